@@ -1,0 +1,1 @@
+//! ckpt: aligned tar archives whose file data is shared (reflinked), not copied.
