@@ -1,1 +1,21 @@
-//! ckpt: aligned tar archives whose file data is shared (reflinked), not copied.
+//! ckpt writes ordinary tar archives in which every regular file's data starts on a
+//! filesystem-block boundary, so that file data can be shared (reflinked) between the source
+//! tree, the archive and the restored tree instead of being copied.
+//!
+//! Data flows one way: [`walk`](crate::walk) lists the tree, the layout planner decides where
+//! every header and data block goes, and the placer moves the data with the cheapest mechanism
+//! the filesystems offer (clone, then copy_file_range, then read/write).
+
+mod error;
+mod export;
+mod layout;
+mod member;
+mod mover;
+mod outfile;
+mod pax;
+mod place;
+mod sys;
+mod walk;
+
+pub use error::{Error, Result};
+pub use export::{DEFAULT_ALIGN, ExportStats, Exporter};

@@ -1,0 +1,130 @@
+//! Export: walk a tree, plan the archive, place it into a file that appears only when complete.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::{Context, Error, Result};
+use crate::layout::{self, Plan};
+use crate::member::{Body, Member};
+use crate::mover::{MoveStats, Mover};
+use crate::outfile::OutFile;
+use crate::place::{Target, place};
+use crate::walk::{self, Skipped};
+
+/// The smallest alignment used by default: the page and block size of every common filesystem.
+pub const DEFAULT_ALIGN: u64 = 4096;
+
+/// Writes aligned tar archives of directory trees.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    align: Option<u64>,
+    share: bool,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportStats {
+    /// Archive members, nested ones included.
+    pub entries: u64,
+    /// Regular files with data (hardlinks not counted).
+    pub files: u64,
+    /// Sum of the regular files' sizes.
+    pub bytes: u64,
+    pub bytes_cloned: u64,
+    /// File bytes placed by copying, holes kept on the copy path included.
+    pub bytes_copied: u64,
+    pub archive_bytes: u64,
+    pub align: u64,
+    pub seconds: f64,
+    /// Entries that cannot be archived (sockets), left out with a warning.
+    pub skipped: Vec<PathBuf>,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Exporter::new()
+    }
+}
+
+impl Exporter {
+    pub fn new() -> Exporter {
+        Exporter { align: None, share: true }
+    }
+
+    /// Aligns file data to `align` bytes (a power of two, at least 512) instead of the larger
+    /// of 4096 and the archive filesystem's block size.
+    pub fn align(mut self, align: u64) -> Exporter {
+        self.align = Some(align);
+        self
+    }
+
+    /// `false` copies every byte through memory so the archive shares nothing with the source.
+    pub fn share(mut self, share: bool) -> Exporter {
+        self.share = share;
+        self
+    }
+
+    /// Archives the contents of `src` (members named `./...`) into `out`.
+    pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
+        let mut skipped = Skipped::default();
+        let members = walk::walk(src, b"", &mut skipped)?;
+        let mut stats = self.write_members(members, out)?;
+        stats.skipped = skipped.paths;
+        Ok(stats)
+    }
+
+    /// Lays out `members` in the given order and writes them to `out`.
+    pub(crate) fn write_members(&self, members: Vec<Member>, out: &Path) -> Result<ExportStats> {
+        let started = Instant::now();
+        if let Some(align) = self.align {
+            check_align(align)?;
+        }
+        let out_file = OutFile::create(out)?;
+        let file = out_file.file();
+        let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
+        let align = self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block));
+        let plan = layout::plan(members, align);
+        let dev = file.metadata().at("fstat", out)?.dev();
+        let target = Target { file, path: out, dev, block: fs_block.max(512) };
+        let mut mover = Mover::new(self.share);
+        place(&plan, 0, &target, &mut mover)?;
+        file.set_len(plan.len).at("ftruncate", out)?;
+        out_file.commit()?;
+        let MoveStats { bytes_cloned, bytes_copied } = mover.stats;
+        let mut stats = ExportStats {
+            bytes_cloned,
+            bytes_copied,
+            archive_bytes: plan.len,
+            align,
+            ..ExportStats::default()
+        };
+        count(&plan, &mut stats);
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}
+
+pub(crate) fn check_align(align: u64) -> Result<()> {
+    if !align.is_power_of_two() || align < 512 {
+        return Err(Error::invalid(
+            format!("--align {align}"),
+            "alignment must be a power of two of at least 512",
+        ));
+    }
+    Ok(())
+}
+
+fn count(plan: &Plan, stats: &mut ExportStats) {
+    for placed in &plan.entries {
+        stats.entries += 1;
+        match &placed.member.body {
+            Body::File(f) => {
+                stats.files += 1;
+                stats.bytes += f.size;
+            }
+            Body::Archive(inner) => count(inner, stats),
+            _ => {}
+        }
+    }
+}

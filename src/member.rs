@@ -1,0 +1,92 @@
+//! What goes into an archive: one member's name, metadata and where its data comes from.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::layout::Plan;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Regular,
+    Directory,
+    Symlink(Vec<u8>),
+    /// A second or later name of an inode; holds the first name.
+    HardLink(Vec<u8>),
+    CharDevice,
+    BlockDevice,
+    Fifo,
+}
+
+/// The inode metadata an archive member carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+}
+
+impl Meta {
+    pub fn from_std(meta: &std::fs::Metadata) -> Meta {
+        let rdev = meta.rdev();
+        Meta {
+            mode: meta.mode() & 0o7777,
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            dev_major: rustix::fs::major(rdev),
+            dev_minor: rustix::fs::minor(rdev),
+        }
+    }
+}
+
+/// A regular file to be archived, with what the walk saw of it so that a change while it is
+/// being archived can be detected.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub ino: u64,
+    pub mtime: (i64, i64),
+}
+
+#[derive(Debug)]
+pub enum Body {
+    None,
+    File(SourceFile),
+    /// Small generated content (a JSON list, a manifest).
+    Bytes(Vec<u8>),
+    /// A tar archive nested inside this one, laid out so that its members' data is aligned
+    /// in the outer file too.
+    Archive(Box<Plan>),
+    /// Not yet laid out; the planner turns it into `Archive`.
+    Members(Vec<Member>),
+}
+
+#[derive(Debug)]
+pub struct Member {
+    /// The tar name: `./a/b`, directories with a trailing slash.
+    pub name: Vec<u8>,
+    pub meta: Meta,
+    pub kind: Kind,
+    pub body: Body,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Member {
+    /// The size the tar header announces.
+    pub fn data_size(&self) -> u64 {
+        match &self.body {
+            Body::None | Body::Members(_) => 0,
+            Body::File(f) => f.size,
+            Body::Bytes(b) => b.len() as u64,
+            Body::Archive(plan) => plan.len,
+        }
+    }
+}

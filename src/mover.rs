@@ -1,0 +1,214 @@
+//! The data mover: places a byte range of one file into another, sharing extents where the
+//! filesystem can (FICLONERANGE), else copying in the kernel (copy_file_range), else through
+//! a buffer. What works is remembered per pair of filesystems, so a filesystem without reflink
+//! costs one failed call, not one per file.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use rustix::io::Errno;
+
+use crate::sys;
+
+/// How data gets from one filesystem to another, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rung {
+    Clone,
+    CopyFileRange,
+    ReadWrite,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MoveStats {
+    pub bytes_cloned: u64,
+    pub bytes_copied: u64,
+}
+
+/// One side of a transfer: an open file, the device it lives on, and an offset in it.
+#[derive(Clone, Copy)]
+pub struct End<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub dev: u64,
+    pub offset: u64,
+}
+
+pub struct Mover {
+    first_rung: Rung,
+    /// The best rung known to work for a (source device, destination device) pair.
+    pairs: HashMap<(u64, u64), Rung>,
+    buf: Vec<u8>,
+    pub stats: MoveStats,
+}
+
+/// Size of the bounce buffer for the last-resort copy.
+const COPY_CHUNK: usize = 1 << 20;
+
+impl Mover {
+    /// `share`: false forces a copy through memory, so that the destination owns independent
+    /// blocks (copy_file_range may share extents without saying so).
+    pub fn new(share: bool) -> Mover {
+        Mover {
+            first_rung: if share { Rung::Clone } else { Rung::ReadWrite },
+            pairs: HashMap::new(),
+            buf: Vec::new(),
+            stats: MoveStats::default(),
+        }
+    }
+
+    /// Places `len` bytes from `src` into `dst`. `block` is the clone granularity (the
+    /// destination filesystem's block size). `tail_at_eof` says that the range ends at the
+    /// source's end of file and at or beyond the destination's, which lets an unaligned tail be
+    /// cloned too. Holes in the source stay holes on the copy paths.
+    pub fn transfer(
+        &mut self,
+        src: End<'_>,
+        dst: End<'_>,
+        len: u64,
+        block: u64,
+        tail_at_eof: bool,
+    ) -> io::Result<()> {
+        let pair = (src.dev, dst.dev);
+        let mut done = 0;
+        if self.rung(pair) == Rung::Clone && src.offset % block == 0 && dst.offset % block == 0 {
+            let clone_len = if tail_at_eof { len } else { len - len % block };
+            if clone_len > 0 {
+                match sys::clone_range(src.fd, src.offset, dst.fd, dst.offset, clone_len) {
+                    Ok(()) => {
+                        self.stats.bytes_cloned += clone_len;
+                        done = clone_len;
+                    }
+                    Err(e) => self.clone_failed(pair, e)?,
+                }
+            }
+        }
+        if done < len {
+            let src = End { offset: src.offset + done, ..src };
+            let dst = End { offset: dst.offset + done, ..dst };
+            self.copy_sparse(src, dst, len - done)?;
+            self.stats.bytes_copied += len - done;
+        }
+        Ok(())
+    }
+
+    fn rung(&self, pair: (u64, u64)) -> Rung {
+        self.pairs.get(&pair).copied().unwrap_or(self.first_rung).max(self.first_rung)
+    }
+
+    fn demote(&mut self, pair: (u64, u64), below: Rung) {
+        let next = match below {
+            Rung::Clone => Rung::CopyFileRange,
+            _ => Rung::ReadWrite,
+        };
+        let current = self.rung(pair);
+        if current <= below {
+            log::debug!("{:?} unavailable between devices {pair:?}; using {next:?}", below);
+            self.pairs.insert(pair, next);
+        }
+    }
+
+    fn clone_failed(&mut self, pair: (u64, u64), e: io::Error) -> io::Result<()> {
+        match Errno::from_io_error(&e) {
+            // Not this pair of filesystems, ever.
+            Some(Errno::OPNOTSUPP | Errno::XDEV | Errno::NOSYS | Errno::NOTTY | Errno::BADF) => {
+                self.demote(pair, Rung::Clone);
+                Ok(())
+            }
+            // This file only: unaligned range, or (Btrfs) one file with and one without data
+            // checksums; the next file may clone.
+            Some(Errno::INVAL | Errno::PERM | Errno::TXTBSY) => Ok(()),
+            _ => Err(e),
+        }
+    }
+
+    /// Copies `len` bytes, skipping the source's holes (left unwritten in the destination).
+    fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
+        let end = src.offset + len;
+        let mut pos = src.offset;
+        while pos < end {
+            let data = match rustix::fs::seek(src.fd, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(data) => data,
+                // No data after pos: the rest is a hole.
+                Err(Errno::NXIO) => return Ok(()),
+                // No hole support: all of it is data.
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
+                Err(e) => return Err(e.into()),
+            };
+            if data >= end {
+                return Ok(());
+            }
+            let hole = match rustix::fs::seek(src.fd, rustix::fs::SeekFrom::Hole(data)) {
+                Ok(hole) => hole.min(end),
+                Err(_) => end,
+            };
+            let skip = data - src.offset;
+            let src_at = End { offset: src.offset + skip, ..src };
+            let dst_at = End { offset: dst.offset + skip, ..dst };
+            self.copy(src_at, dst_at, hole - data)?;
+            pos = hole;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
+        let pair = (src.dev, dst.dev);
+        let (mut src_off, mut dst_off, mut left) = (src.offset, dst.offset, len);
+        if self.rung(pair) <= Rung::CopyFileRange {
+            while left > 0 {
+                let want = left.min(1 << 30) as usize;
+                match rustix::fs::copy_file_range(src.fd, Some(&mut src_off), dst.fd, Some(&mut dst_off), want) {
+                    Ok(0) => return Err(shrunk()),
+                    Ok(n) => left -= n as u64,
+                    Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::BADF)
+                        if left == len =>
+                    {
+                        self.demote(pair, Rung::CopyFileRange);
+                        break;
+                    }
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if left == 0 {
+                return Ok(());
+            }
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; COPY_CHUNK];
+        }
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = match rustix::io::pread(src.fd, &mut self.buf[..want], src_off) {
+                Ok(0) => return Err(shrunk()),
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            write_all_at(dst.fd, &self.buf[..n], dst_off)?;
+            src_off += n as u64;
+            dst_off += n as u64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn shrunk() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_all_at(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
