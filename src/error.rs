@@ -23,12 +23,7 @@ pub enum Error {
     },
     /// The archive is not a well-formed tar at this member.
     #[error("{archive}: member {member:?} at offset {offset}: {reason}", archive = archive.display())]
-    Malformed {
-        archive: PathBuf,
-        member: String,
-        offset: u64,
-        reason: String,
-    },
+    Malformed { archive: PathBuf, member: String, offset: u64, reason: String },
     /// A member that would reach outside the destination, or replace existing data.
     #[error("{}: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
@@ -41,25 +36,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source: source.into(),
-        }
+        Error::Io { op, path: path.into(), source: source.into() }
     }
 
     pub fn invalid(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Invalid {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Invalid { path: path.into(), reason: reason.into() }
     }
 
     pub fn refused(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Refused {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Refused { path: path.into(), reason: reason.into() }
     }
 
     /// The OS error behind this error, if any.

@@ -8,14 +8,17 @@
 
 mod error;
 mod export;
+mod extract;
 mod layout;
 mod member;
 mod mover;
 mod outfile;
 mod pax;
 mod place;
+mod reader;
 mod sys;
 mod walk;
 
 pub use error::{Error, Result};
 pub use export::{DEFAULT_ALIGN, ExportStats, Exporter};
+pub use extract::{ImportStats, Importer};

@@ -33,6 +33,22 @@ enum Command {
         /// The archive to write.
         out: PathBuf,
     },
+    /// Restore an archive (ckpt's or any tar) into a directory.
+    Import {
+        /// Copy every byte instead of sharing extents with the archive.
+        #[arg(long)]
+        no_clone: bool,
+        /// Replace existing entries (by unlink and rename, never by writing into them).
+        #[arg(long)]
+        overwrite: bool,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// The archive to read.
+        archive: PathBuf,
+        /// The directory to restore into (created if missing).
+        dest: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +88,35 @@ fn run(cli: Cli) -> ckpt::Result<ExitCode> {
                         "skipped": stats.skipped.len(),
                     })
                 );
+            }
+            Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+        }
+        Command::Import { no_clone, overwrite, json, archive, dest } => {
+            let stats =
+                ckpt::Importer::new().share(!no_clone).overwrite(overwrite).import(&archive, &dest)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "entries": stats.entries,
+                        "files": stats.files,
+                        "bytes": stats.bytes,
+                        "bytes_cloned": stats.bytes_cloned,
+                        "bytes_copied": stats.bytes_copied,
+                        "seconds": stats.seconds,
+                        "skipped": stats.skipped.len(),
+                        "conflicts": stats.conflicts.len(),
+                        "refused": stats.refused.len(),
+                    })
+                );
+            }
+            if !stats.conflicts.is_empty() || !stats.refused.is_empty() {
+                eprintln!(
+                    "ckpt: import incomplete: {} existing entries left untouched, {} members refused",
+                    stats.conflicts.len(),
+                    stats.refused.len()
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
         }

@@ -19,6 +19,19 @@ enum Rung {
     ReadWrite,
 }
 
+/// What may be done with the block that holds the end of the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The range ends at the source's end of file and at or beyond the destination's, so an
+    /// unaligned tail can be cloned as it is.
+    AtEof,
+    /// Clone whole blocks only; copy the unaligned tail.
+    Copy,
+    /// The source has readable bytes up to the next block boundary and the caller truncates
+    /// the destination to the range's end afterwards, so the tail's whole block can be cloned.
+    Overshoot,
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MoveStats {
     pub bytes_cloned: u64,
@@ -57,26 +70,28 @@ impl Mover {
     }
 
     /// Places `len` bytes from `src` into `dst`. `block` is the clone granularity (the
-    /// destination filesystem's block size). `tail_at_eof` says that the range ends at the
-    /// source's end of file and at or beyond the destination's, which lets an unaligned tail be
-    /// cloned too. Holes in the source stay holes on the copy paths.
+    /// destination filesystem's block size). Holes in the source stay holes on the copy paths.
     pub fn transfer(
         &mut self,
         src: End<'_>,
         dst: End<'_>,
         len: u64,
         block: u64,
-        tail_at_eof: bool,
+        tail: Tail,
     ) -> io::Result<()> {
         let pair = (src.dev, dst.dev);
         let mut done = 0;
         if self.rung(pair) == Rung::Clone && src.offset % block == 0 && dst.offset % block == 0 {
-            let clone_len = if tail_at_eof { len } else { len - len % block };
+            let (clone_len, covers) = match tail {
+                Tail::AtEof => (len, len),
+                Tail::Copy => (len - len % block, len - len % block),
+                Tail::Overshoot => (len.div_ceil(block) * block, len),
+            };
             if clone_len > 0 {
                 match sys::clone_range(src.fd, src.offset, dst.fd, dst.offset, clone_len) {
                     Ok(()) => {
-                        self.stats.bytes_cloned += clone_len;
-                        done = clone_len;
+                        self.stats.bytes_cloned += covers;
+                        done = covers;
                     }
                     Err(e) => self.clone_failed(pair, e)?,
                 }
@@ -156,7 +171,13 @@ impl Mover {
         if self.rung(pair) <= Rung::CopyFileRange {
             while left > 0 {
                 let want = left.min(1 << 30) as usize;
-                match rustix::fs::copy_file_range(src.fd, Some(&mut src_off), dst.fd, Some(&mut dst_off), want) {
+                match rustix::fs::copy_file_range(
+                    src.fd,
+                    Some(&mut src_off),
+                    dst.fd,
+                    Some(&mut dst_off),
+                    want,
+                ) {
                     Ok(0) => return Err(shrunk()),
                     Ok(n) => left -= n as u64,
                     Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::BADF)

@@ -25,16 +25,15 @@ pub struct OutFile {
 
 impl OutFile {
     pub fn create(target: &Path) -> Result<OutFile> {
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::invalid(target, "not a file name"))?
-            .to_os_string();
+        let name =
+            target.file_name().ok_or_else(|| Error::invalid(target, "not a file name"))?.to_os_string();
         let dir_path = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = rustix::fs::open(dir_path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .at("open directory", dir_path)?;
+        let dir =
+            rustix::fs::open(dir_path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .at("open directory", dir_path)?;
         if let Ok(meta) = std::fs::symlink_metadata(target) {
             if meta.is_dir() {
                 return Err(Error::invalid(target, "is a directory"));
@@ -43,7 +42,9 @@ impl OutFile {
         let mode = Mode::from_bits_truncate(0o666);
         let flags = OFlags::RDWR | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir, ".", flags | OFlags::TMPFILE, mode) {
-            Ok(fd) => Ok(OutFile { file: File::from(fd), dir, target: target.to_path_buf(), name, temp_name: None }),
+            Ok(fd) => {
+                Ok(OutFile { file: File::from(fd), dir, target: target.to_path_buf(), name, temp_name: None })
+            }
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
                 let temp_name = temp_name_for(&name);
                 let fd = rustix::fs::openat(&dir, &temp_name, flags | OFlags::CREATE | OFlags::EXCL, mode)
@@ -76,7 +77,13 @@ impl OutFile {
             None => {
                 let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.file));
                 let link = |name: &OsStr| {
-                    rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), &self.dir, name, AtFlags::SYMLINK_FOLLOW)
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        proc_path.as_str(),
+                        &self.dir,
+                        name,
+                        AtFlags::SYMLINK_FOLLOW,
+                    )
                 };
                 match link(&self.name) {
                     Ok(()) => return self.sync_dir(),
@@ -90,7 +97,9 @@ impl OutFile {
                 }
             }
         };
-        if let Err(e) = rustix::fs::renameat_with(&self.dir, &temp_name, &self.dir, &self.name, RenameFlags::empty()) {
+        if let Err(e) =
+            rustix::fs::renameat_with(&self.dir, &temp_name, &self.dir, &self.name, RenameFlags::empty())
+        {
             let _ = rustix::fs::unlinkat(&self.dir, &temp_name, AtFlags::empty());
             return Err(Error::io("rename", &self.target, e));
         }
@@ -114,10 +123,6 @@ fn temp_name_for(name: &OsStr) -> OsString {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut temp = OsString::from(".");
     temp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
-    temp.push(format!(
-        ".ckpt-{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    temp.push(format!(".ckpt-{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     temp
 }

@@ -12,7 +12,7 @@ use rustix::io::Errno;
 use crate::error::{Context, Error, Result};
 use crate::layout::{Plan, encode_headers};
 use crate::member::{Body, SourceFile};
-use crate::mover::{End, Mover, write_all_at};
+use crate::mover::{End, Mover, Tail, write_all_at};
 
 /// The archive being written.
 pub struct Target<'a> {
@@ -50,7 +50,7 @@ fn place_file(source: &SourceFile, offset: u64, target: &Target<'_>, mover: &mut
     let src = End { fd: file.as_fd(), dev: before.dev(), offset: 0 };
     let dst = End { fd: target.file.as_fd(), dev: target.dev, offset };
     mover
-        .transfer(src, dst, source.size, target.block, true)
+        .transfer(src, dst, source.size, target.block, Tail::AtEof)
         .map_err(|e| transfer_error(e, path, target.path))?;
     let after = file.metadata().at("fstat", path)?;
     check_unchanged(source, &after)
@@ -67,7 +67,8 @@ fn open_source(path: &Path) -> Result<File> {
 }
 
 fn check_unchanged(source: &SourceFile, now: &std::fs::Metadata) -> Result<()> {
-    if now.ino() != source.ino || now.len() != source.size || (now.mtime(), now.mtime_nsec()) != source.mtime {
+    if now.ino() != source.ino || now.len() != source.size || (now.mtime(), now.mtime_nsec()) != source.mtime
+    {
         return Err(Error::invalid(
             &source.path,
             format!(

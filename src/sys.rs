@@ -35,9 +35,5 @@ pub fn clone_range(
     // FICLONERANGE only reads `args`, which is a live, correctly laid out (repr(C)) struct of
     // the size encoded in the request number.
     let rc = unsafe { libc::ioctl(dst.as_fd().as_raw_fd(), FICLONERANGE, &args) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

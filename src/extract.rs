@@ -1,0 +1,661 @@
+//! The extractor: restores archive members beneath a destination directory.
+//!
+//! Every path is resolved relative to the destination with openat2(RESOLVE_BENEATH), so no
+//! member, symlink or hardlink can reach outside it. Files are written unnamed (O_TMPFILE) and
+//! linked into place complete, so an interrupted import leaves no half-written file under its
+//! final name and nothing existing is ever written through. Directory modes and times are
+//! applied last, deepest first.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps, UTIME_OMIT};
+use rustix::io::Errno;
+
+use crate::error::{Context, Error, Result};
+use crate::layout::round_up;
+use crate::member::{Kind, Meta};
+use crate::mover::{End, Mover, Tail, write_all_at};
+use crate::reader::{Entry, Reader};
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportStats {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_cloned: u64,
+    pub bytes_copied: u64,
+    pub seconds: f64,
+    /// Members that could not be restored here (unknown types, devices without privilege).
+    pub skipped: Vec<String>,
+    /// Existing paths left untouched because a member wanted to replace them.
+    pub conflicts: Vec<PathBuf>,
+    /// Members refused because they would reach outside the destination.
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractOptions {
+    pub share: bool,
+    pub overwrite: bool,
+}
+
+struct DeferredDir {
+    rel: Vec<u8>,
+    meta: Meta,
+}
+
+pub struct Extractor {
+    root: Rc<OwnedFd>,
+    root_path: PathBuf,
+    dev: u64,
+    block: u64,
+    privileged: bool,
+    options: ExtractOptions,
+    mover: Mover,
+    dirs: Vec<DeferredDir>,
+    /// The parent directory of the previous member, which is usually the next one's too.
+    last_parent: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    warned_owner: bool,
+    warned_absolute: bool,
+    zero_buf: Vec<u8>,
+    /// Length and device of the archive file, looked up once.
+    archive_info: Option<(std::os::fd::RawFd, u64, u64)>,
+    pub stats: ImportStats,
+}
+
+/// A member's path below the destination, split into its parent's components and its name.
+struct RelPath<'n> {
+    parent: Vec<&'n [u8]>,
+    name: Option<&'n [u8]>,
+}
+
+impl RelPath<'_> {
+    fn joined(&self) -> Vec<u8> {
+        let mut all = self.parent.clone();
+        all.extend(self.name);
+        all.join(&b'/')
+    }
+}
+
+impl Extractor {
+    /// Prepares to restore into `dest`, creating it if needed.
+    pub fn new(dest: &Path, options: ExtractOptions) -> Result<Extractor> {
+        match std::fs::create_dir_all(dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("mkdir", dest, e)),
+        }
+        let root =
+            rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .at("open", dest)?;
+        let block = rustix::fs::fstatfs(&root).at("fstatfs", dest)?.f_bsize as u64;
+        let dev = rustix::fs::fstat(&root).at("fstat", dest)?.st_dev;
+        Ok(Extractor {
+            root: Rc::new(root),
+            root_path: dest.to_path_buf(),
+            dev,
+            block: block.max(512),
+            privileged: rustix::process::geteuid().is_root(),
+            options,
+            mover: Mover::new(options.share),
+            dirs: Vec::new(),
+            last_parent: None,
+            warned_owner: false,
+            warned_absolute: false,
+            zero_buf: Vec::new(),
+            archive_info: None,
+            stats: ImportStats::default(),
+        })
+    }
+
+    fn display(&self, rel: &[u8]) -> PathBuf {
+        self.root_path.join(OsStr::from_bytes(rel))
+    }
+
+    /// Splits a member name into safe components: no `..`, leading `/` stripped.
+    fn rel_path<'n>(&mut self, name: &'n [u8]) -> std::result::Result<RelPath<'n>, String> {
+        if name.starts_with(b"/") && !self.warned_absolute {
+            log::warn!("removing leading '/' from member names");
+            self.warned_absolute = true;
+        }
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in name.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => return Err("member name contains '..'".to_string()),
+                _ => parts.push(part),
+            }
+        }
+        let name = parts.pop();
+        Ok(RelPath { parent: parts, name })
+    }
+
+    /// Restores one member. `reader` must be positioned at its data.
+    pub fn extract(&mut self, entry: &Entry, reader: &mut Reader<'_>) -> Result<()> {
+        self.stats.entries += 1;
+        let Some(kind) = &entry.kind else {
+            log::warn!(
+                "{}: unsupported member type {:?} skipped",
+                entry.name_lossy(),
+                entry.typeflag as char
+            );
+            self.stats.skipped.push(entry.name_lossy());
+            return Ok(());
+        };
+        let rel = match self.rel_path(&entry.name) {
+            Ok(rel) => rel,
+            Err(reason) => return self.refuse(entry, reason),
+        };
+        let Some(name) = rel.name else {
+            // The archive's top directory (`./`): the destination itself.
+            if *kind == Kind::Directory {
+                self.dirs.push(DeferredDir { rel: Vec::new(), meta: entry.meta });
+            }
+            return Ok(());
+        };
+        let parent = match self.parent_dir(&rel.parent)? {
+            Ok(parent) => parent,
+            Err(reason) => return self.refuse(entry, reason),
+        };
+        let result = match kind {
+            Kind::Regular => self.create_file(&parent, name, &rel.joined(), entry, reader),
+            Kind::Directory => self.create_dir(&parent, name, &rel, entry),
+            Kind::Symlink(target) => self.create_node(&parent, name, &rel, entry, |dir, n| {
+                rustix::fs::symlinkat(OsStr::from_bytes(target), dir, n)
+            }),
+            Kind::HardLink(target) => self.create_hardlink(&parent, name, &rel, entry, target),
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
+                let file_type = match kind {
+                    Kind::CharDevice => rustix::fs::FileType::CharacterDevice,
+                    Kind::BlockDevice => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
+                };
+                let dev = rustix::fs::makedev(entry.meta.dev_major, entry.meta.dev_minor);
+                self.create_node(&parent, name, &rel, entry, |dir, n| {
+                    rustix::fs::mknodat(dir, n, file_type, Mode::from_bits_truncate(0o600), dev)
+                })
+            }
+        };
+        match result {
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(Errno::PERM.raw_os_error())
+                    && matches!(kind, Kind::CharDevice | Kind::BlockDevice)
+                    && !self.privileged =>
+            {
+                log::warn!("{}: cannot create a device node without privilege; skipped", entry.name_lossy());
+                self.stats.skipped.push(entry.name_lossy());
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn refuse(&mut self, entry: &Entry, reason: String) -> Result<()> {
+        log::error!("{}: {reason}; refused", entry.name_lossy());
+        self.stats.refused.push(entry.name_lossy());
+        Ok(())
+    }
+
+    /// Opens the directory holding a member, creating missing ancestors. The outer error is
+    /// an I/O failure; the inner one a refusal (the path leaves the destination).
+    fn parent_dir(&mut self, parts: &[&[u8]]) -> Result<std::result::Result<Rc<OwnedFd>, String>> {
+        if parts.is_empty() {
+            return Ok(Ok(self.root.clone()));
+        }
+        let key = parts.join(&b'/');
+        if let Some((cached, fd)) = &self.last_parent {
+            if *cached == key {
+                return Ok(Ok(fd.clone()));
+            }
+        }
+        let fd = match self.open_beneath(&key, OFlags::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                // Archives need not list every directory: create the missing ones.
+                let mut dir = self.root.clone();
+                for (i, part) in parts.iter().enumerate() {
+                    let sub = parts[..=i].join(&b'/');
+                    match rustix::fs::mkdirat(&*dir, OsStr::from_bytes(part), Mode::from_bits_truncate(0o755))
+                    {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(Error::io("mkdir", self.display(&sub), e)),
+                    }
+                    dir = match self.open_beneath(&sub, OFlags::empty()) {
+                        Ok(fd) => Rc::new(fd),
+                        Err(e) => return self.parent_failure(&sub, e),
+                    };
+                }
+                self.last_parent = Some((key, dir.clone()));
+                return Ok(Ok(dir));
+            }
+            Err(e) => return self.parent_failure(&key, e),
+        };
+        let fd = Rc::new(fd);
+        self.last_parent = Some((key, fd.clone()));
+        Ok(Ok(fd))
+    }
+
+    fn parent_failure<T>(&self, rel: &[u8], e: Errno) -> Result<std::result::Result<T, String>> {
+        match e {
+            Errno::XDEV | Errno::LOOP => Ok(Err(format!(
+                "{} leads outside the destination through a symlink",
+                String::from_utf8_lossy(rel)
+            ))),
+            Errno::NOTDIR => Ok(Err(format!("{} is not a directory", String::from_utf8_lossy(rel)))),
+            e => Err(Error::io("openat2", self.display(rel), e)),
+        }
+    }
+
+    fn open_beneath(&self, rel: &[u8], extra: OFlags) -> std::result::Result<OwnedFd, Errno> {
+        rustix::fs::openat2(
+            &*self.root,
+            OsStr::from_bytes(rel),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    fn create_file(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        entry: &Entry,
+        reader: &mut Reader<'_>,
+    ) -> Result<()> {
+        let tmp = match rustix::fs::openat(
+            parent,
+            ".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(e) => return Err(Error::io("open O_TMPFILE for", self.display(rel), e)),
+        };
+        self.fill(&tmp, entry, reader)?;
+        self.set_meta_fd(tmp.as_fd(), &entry.meta, &entry.xattrs, rel, true)?;
+        self.stats.files += 1;
+        self.stats.bytes += entry.size;
+        let proc_path = format!("/proc/self/fd/{}", tmp.as_raw_fd());
+        self.place(parent, name, rel, |dir, n| {
+            rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, n, AtFlags::SYMLINK_FOLLOW)
+        })
+    }
+
+    /// Writes the member's data into the new file.
+    fn fill(&mut self, tmp: &File, entry: &Entry, reader: &mut Reader<'_>) -> Result<()> {
+        let path = reader.archive_path().to_path_buf();
+        if let Some(archive) = reader.file() {
+            let (archive_len, archive_dev) = match self.archive_info {
+                Some((fd, len, dev)) if fd == archive.as_raw_fd() => (len, dev),
+                _ => {
+                    let meta = archive.metadata().at("fstat", &path)?;
+                    self.archive_info = Some((archive.as_raw_fd(), meta.len(), meta.dev()));
+                    (meta.len(), meta.dev())
+                }
+            };
+            // Cloning the whole last block (then truncating) shares the tail too; the bytes
+            // after the data in that block belong to the next header, never to the file.
+            let tail = if entry.data_offset + round_up(entry.size, self.block) <= archive_len {
+                Tail::Overshoot
+            } else {
+                Tail::Copy
+            };
+            let src = End { fd: archive.as_fd(), dev: archive_dev, offset: entry.data_offset };
+            let dst = End { fd: tmp.as_fd(), dev: self.dev, offset: 0 };
+            self.mover.transfer(src, dst, entry.size, self.block, tail).map_err(|e| Error::Copy {
+                from: path.clone(),
+                to: self.root_path.clone(),
+                source: e,
+            })?;
+        } else {
+            self.copy_stream(tmp, entry.size, reader)?;
+        }
+        tmp.set_len(entry.size).at("ftruncate", &path)?;
+        let stats = self.mover.stats;
+        self.stats.bytes_cloned = stats.bytes_cloned;
+        self.stats.bytes_copied = stats.bytes_copied;
+        Ok(())
+    }
+
+    /// Copies from a stream, leaving all-zero blocks unwritten so they become holes.
+    fn copy_stream(&mut self, tmp: &File, size: u64, reader: &mut Reader<'_>) -> Result<()> {
+        let path = reader.archive_path().to_path_buf();
+        if self.zero_buf.is_empty() {
+            self.zero_buf = vec![0; 1 << 20];
+        }
+        let mut offset = 0u64;
+        while offset < size {
+            let want = (size - offset).min(self.zero_buf.len() as u64) as usize;
+            let buf = &mut self.zero_buf[..want];
+            reader.read_exact(buf).map_err(|e| Error::io("read", &path, e))?;
+            for (i, chunk) in buf.chunks(4096).enumerate() {
+                if chunk.iter().any(|&b| b != 0) {
+                    write_all_at(tmp.as_fd(), chunk, offset + (i * 4096) as u64)
+                        .at("write", &self.root_path)?;
+                }
+            }
+            offset += want as u64;
+        }
+        self.mover.stats.bytes_copied += size;
+        Ok(())
+    }
+
+    fn create_dir(&mut self, parent: &OwnedFd, name: &[u8], rel: &RelPath<'_>, entry: &Entry) -> Result<()> {
+        let joined = rel.joined();
+        match rustix::fs::mkdirat(parent, OsStr::from_bytes(name), Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let stat = rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                    .at("lstat", &self.display(&joined))?;
+                if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
+                    self.conflict(&joined);
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(Error::io("mkdir", self.display(&joined), e)),
+        }
+        if !entry.xattrs.is_empty() {
+            let dir = self.open_beneath(&joined, OFlags::NOFOLLOW).at("open", &self.display(&joined))?;
+            self.set_xattrs_fd(dir.as_fd(), &entry.xattrs, &joined);
+        }
+        self.dirs.push(DeferredDir { rel: joined, meta: entry.meta });
+        Ok(())
+    }
+
+    fn create_hardlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        rel: &RelPath<'_>,
+        entry: &Entry,
+        target: &[u8],
+    ) -> Result<()> {
+        let target_rel = match self.rel_path(target) {
+            Ok(t) => t,
+            Err(reason) => return self.refuse(entry, format!("hard link target: {reason}")),
+        };
+        let Some(target_name) = target_rel.name else {
+            return self.refuse(entry, "hard link to the destination itself".into());
+        };
+        let target_parent = match self.parent_dir(&target_rel.parent)? {
+            Ok(dir) => dir,
+            Err(reason) => return self.refuse(entry, format!("hard link target: {reason}")),
+        };
+        let joined = rel.joined();
+        // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
+        self.place(parent, name, &joined, |dir, n| {
+            rustix::fs::linkat(&*target_parent, OsStr::from_bytes(target_name), dir, n, AtFlags::empty())
+        })
+    }
+
+    /// Creates a symlink, device or fifo, then applies its metadata by name.
+    fn create_node(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        rel: &RelPath<'_>,
+        entry: &Entry,
+        create: impl Fn(BorrowedFd<'_>, &OsStr) -> std::result::Result<(), Errno>,
+    ) -> Result<()> {
+        let joined = rel.joined();
+        // Metadata goes on under a temporary name, so what appears under the final name is
+        // complete.
+        let temp = temp_name(name);
+        create(parent.as_fd(), OsStr::from_bytes(&temp)).at("create", &self.display(&joined))?;
+        let result = self.set_meta_at(parent, &temp, entry, &joined);
+        let flags = if self.options.overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+        let placed = result.and_then(|()| {
+            self.place(parent, name, &joined, |dir, n| {
+                rustix::fs::renameat_with(dir, OsStr::from_bytes(&temp), dir, n, flags)
+            })
+        });
+        // Still there after a conflict or a failure.
+        let _ = rustix::fs::unlinkat(parent, OsStr::from_bytes(&temp), AtFlags::empty());
+        placed
+    }
+
+    /// Gives a complete new entry its final name with `link`, which fails with EEXIST when the
+    /// name is taken. An existing entry is replaced only with --overwrite, and then atomically
+    /// by rename: nothing existing is written through or truncated.
+    fn place(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        link: impl Fn(BorrowedFd<'_>, &OsStr) -> std::result::Result<(), Errno>,
+    ) -> Result<()> {
+        match link(parent.as_fd(), OsStr::from_bytes(name)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) if self.options.overwrite => {
+                let stat = rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                    .at("lstat", &self.display(rel))?;
+                if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+                    // Only an empty directory may give way.
+                    match rustix::fs::unlinkat(parent, OsStr::from_bytes(name), AtFlags::REMOVEDIR) {
+                        Ok(()) => {
+                            self.last_parent = None;
+                            link(parent.as_fd(), OsStr::from_bytes(name)).at("create", &self.display(rel))
+                        }
+                        Err(Errno::NOTEMPTY | Errno::EXIST) => {
+                            self.conflict(rel);
+                            Ok(())
+                        }
+                        Err(e) => Err(Error::io("rmdir", self.display(rel), e)),
+                    }
+                } else {
+                    let temp = temp_name(name);
+                    link(parent.as_fd(), OsStr::from_bytes(&temp)).at("create", &self.display(rel))?;
+                    rustix::fs::renameat(parent, OsStr::from_bytes(&temp), parent, OsStr::from_bytes(name))
+                        .at("rename", &self.display(rel))
+                }
+            }
+            Err(Errno::EXIST) => {
+                self.conflict(rel);
+                Ok(())
+            }
+            Err(e) => Err(Error::io("create", self.display(rel), e)),
+        }
+    }
+
+    fn conflict(&mut self, rel: &[u8]) {
+        let path = self.display(rel);
+        log::error!("{}: already exists; left untouched (use --overwrite to replace)", path.display());
+        self.stats.conflicts.push(path);
+    }
+
+    fn set_owner_failed(&mut self, rel: &[u8], e: Errno) -> Result<()> {
+        if e == Errno::PERM && !self.privileged {
+            if !self.warned_owner {
+                log::warn!("not running as root: file owners are not restored");
+                self.warned_owner = true;
+            }
+            return Ok(());
+        }
+        Err(Error::io("chown", self.display(rel), e))
+    }
+
+    /// Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities), then
+    /// times.
+    fn set_meta_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        meta: &Meta,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        rel: &[u8],
+        times: bool,
+    ) -> Result<()> {
+        if let Err(e) = rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid))) {
+            self.set_owner_failed(rel, e)?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).at("chmod", &self.display(rel))?;
+        self.set_xattrs_fd(fd, xattrs, rel);
+        if times {
+            rustix::fs::futimens(fd, &timestamps(meta)).at("utimensat", &self.display(rel))?;
+        }
+        Ok(())
+    }
+
+    fn set_xattrs_fd(&self, fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)], rel: &[u8]) {
+        for (name, value) in xattrs {
+            if let Err(e) =
+                rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, rustix::fs::XattrFlags::empty())
+            {
+                self.xattr_failed(rel, name, e);
+            }
+        }
+    }
+
+    fn xattr_failed(&self, rel: &[u8], name: &[u8], e: Errno) {
+        log::warn!(
+            "{}: cannot set extended attribute {}: {}",
+            self.display(rel).display(),
+            String::from_utf8_lossy(name),
+            std::io::Error::from(e)
+        );
+    }
+
+    fn set_meta_at(&mut self, parent: &OwnedFd, name: &[u8], entry: &Entry, rel: &[u8]) -> Result<()> {
+        let meta = &entry.meta;
+        let name_os = OsStr::from_bytes(name);
+        let is_symlink = matches!(entry.kind, Some(Kind::Symlink(_)));
+        if let Err(e) = rustix::fs::chownat(
+            parent,
+            name_os,
+            Some(uid(meta.uid)),
+            Some(gid(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            self.set_owner_failed(rel, e)?;
+        }
+        if !is_symlink {
+            rustix::fs::chmodat(parent, name_os, Mode::from_bits_truncate(meta.mode), AtFlags::empty())
+                .at("chmod", &self.display(rel))?;
+        }
+        if !entry.xattrs.is_empty() {
+            // The magic link names the parent directory itself; lsetxattr does not follow the
+            // final component, so this reaches the new node, not what a symlink points to.
+            let path = format!("/proc/self/fd/{}/", parent.as_raw_fd());
+            let mut path = path.into_bytes();
+            path.extend_from_slice(name);
+            for (xname, value) in &entry.xattrs {
+                if let Err(e) = rustix::fs::lsetxattr(
+                    OsStr::from_bytes(&path),
+                    OsStr::from_bytes(xname),
+                    value,
+                    rustix::fs::XattrFlags::empty(),
+                ) {
+                    self.xattr_failed(rel, xname, e);
+                }
+            }
+        }
+        rustix::fs::utimensat(parent, name_os, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .at("utimensat", &self.display(rel))
+    }
+
+    /// Applies directory owners, modes and times, deepest first, now that nothing more will be
+    /// created inside them.
+    pub fn finish(mut self) -> Result<ImportStats> {
+        self.last_parent = None;
+        let dirs = std::mem::take(&mut self.dirs);
+        for dir in dirs.iter().rev() {
+            let fd = if dir.rel.is_empty() {
+                self.root.clone()
+            } else {
+                match self.open_beneath(&dir.rel, OFlags::NOFOLLOW) {
+                    Ok(fd) => Rc::new(fd),
+                    // Replaced by a later member (reported then) or not a directory now.
+                    Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => continue,
+                    Err(e) => return Err(Error::io("openat2", self.display(&dir.rel), e)),
+                }
+            };
+            self.set_meta_fd(fd.as_fd(), &dir.meta, &[], &dir.rel, true)?;
+        }
+        Ok(self.stats)
+    }
+}
+
+fn timestamps(meta: &Meta) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
+        last_modification: Timespec { tv_sec: meta.mtime, tv_nsec: i64::from(meta.mtime_nsec) as _ },
+    }
+}
+
+fn uid(id: u64) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id as u32)
+}
+
+fn gid(id: u64) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id as u32)
+}
+
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut temp = b".".to_vec();
+    temp.extend_from_slice(&name[..name.len().min(200)]);
+    temp.extend_from_slice(
+        format!(".ckpt-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)).as_bytes(),
+    );
+    temp
+}
+
+/// Restores archives into directories.
+#[derive(Debug, Clone)]
+pub struct Importer {
+    options: ExtractOptions,
+}
+
+impl Default for Importer {
+    fn default() -> Self {
+        Importer::new()
+    }
+}
+
+impl Importer {
+    pub fn new() -> Importer {
+        Importer { options: ExtractOptions { share: true, overwrite: false } }
+    }
+
+    /// `false` copies every byte instead of sharing extents with the archive.
+    pub fn share(mut self, share: bool) -> Importer {
+        self.options.share = share;
+        self
+    }
+
+    /// Replace existing entries (by unlink/rename, never by writing into them).
+    pub fn overwrite(mut self, overwrite: bool) -> Importer {
+        self.options.overwrite = overwrite;
+        self
+    }
+
+    /// Restores every member of `archive` beneath `dest`. Conflicts with existing entries and
+    /// refused members are reported in the stats; the caller decides whether they are fatal.
+    pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
+        let started = std::time::Instant::now();
+        let file = File::open(archive).at("open", archive)?;
+        let meta = file.metadata().at("fstat", archive)?;
+        let mut extractor = Extractor::new(dest, self.options)?;
+        let mut reader = if meta.is_file() {
+            Reader::from_file(&file, 0, meta.len(), archive)
+        } else {
+            Reader::from_stream(&file, archive)
+        };
+        while let Some(entry) = reader.next_entry()? {
+            extractor.extract(&entry, &mut reader)?;
+        }
+        let mut stats = extractor.finish()?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}
