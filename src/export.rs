@@ -9,8 +9,10 @@ use crate::layout::{self, Plan};
 use crate::member::{Body, Member};
 use crate::mover::{MoveStats, Mover};
 use crate::outfile::OutFile;
+use crate::overlay::WhiteoutStyle;
 use crate::place::{Target, place};
-use crate::walk::{self, Skipped};
+use crate::podman::{self, Rootfs};
+use crate::walk::{self, Naming, Skipped};
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;
@@ -20,6 +22,9 @@ pub const DEFAULT_ALIGN: u64 = 4096;
 pub struct Exporter {
     align: Option<u64>,
     share: bool,
+    bundle: bool,
+    rootfs: Option<Rootfs>,
+    whiteouts: WhiteoutStyle,
 }
 
 /// What an export did.
@@ -49,7 +54,7 @@ impl Default for Exporter {
 
 impl Exporter {
     pub fn new() -> Exporter {
-        Exporter { align: None, share: true }
+        Exporter { align: None, share: true, bundle: false, rootfs: None, whiteouts: WhiteoutStyle::Podman }
     }
 
     /// Aligns file data to `align` bytes (a power of two, at least 512) instead of the larger
@@ -65,10 +70,36 @@ impl Exporter {
         self
     }
 
-    /// Archives the contents of `src` (members named `./...`) into `out`.
+    /// Treats the source as a container checkpoint bundle and writes podman's layout:
+    /// `config.dump` and `spec.dump` first, names without `./`, `checkpoint/inventory.img`
+    /// required. Implied by [`Exporter::rootfs`].
+    pub fn bundle_layout(mut self, bundle: bool) -> Exporter {
+        self.bundle = bundle;
+        self
+    }
+
+    /// Adds the container's rootfs changes as a nested, aligned `rootfs-diff.tar` (and
+    /// `deleted.files`), read from the overlay layer's upper dir.
+    pub fn rootfs(mut self, rootfs: Rootfs) -> Exporter {
+        self.rootfs = Some(rootfs);
+        self
+    }
+
+    /// How deletions in the rootfs changes are recorded.
+    pub fn whiteouts(mut self, style: WhiteoutStyle) -> Exporter {
+        self.whiteouts = style;
+        self
+    }
+
+    /// Archives the contents of `src` into `out`: as `tar -C src -cf out .` would name them, or
+    /// in the checkpoint layout when asked for.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
         let mut skipped = Skipped::default();
-        let members = walk::walk(src, b"", &mut skipped)?;
+        let members = if self.bundle || self.rootfs.is_some() {
+            podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, &mut skipped)?
+        } else {
+            walk::walk(src, Naming::DotSlash, &mut skipped)?
+        };
         let mut stats = self.write_members(members, out)?;
         stats.skipped = skipped.paths;
         Ok(stats)

@@ -22,6 +22,7 @@ use crate::error::{Context, Error, Result};
 use crate::layout::round_up;
 use crate::member::{Kind, Meta};
 use crate::mover::{End, Mover, Tail, write_all_at};
+use crate::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::reader::{Entry, Reader};
 
 /// What an import did.
@@ -41,10 +42,34 @@ pub struct ImportStats {
     pub refused: Vec<String>,
 }
 
+impl ImportStats {
+    /// Adds the counts of a second extraction (a nested layer) to these.
+    pub fn absorb(&mut self, other: ImportStats) {
+        self.entries += other.entries;
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.bytes_cloned += other.bytes_cloned;
+        self.bytes_copied += other.bytes_copied;
+        self.skipped.extend(other.skipped);
+        self.conflicts.extend(other.conflicts);
+        self.refused.extend(other.refused);
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractOptions {
     pub share: bool,
     pub overwrite: bool,
+}
+
+/// How deletions in a layer are applied to the directory a layer is restored into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerMode {
+    /// The directory is an overlay upper dir: deletions become whiteouts (char 0:0) and opaque
+    /// markers set this xattr to "y".
+    Overlay { opaque_xattr: &'static [u8] },
+    /// A plain directory: deleted paths are removed.
+    Plain,
 }
 
 struct DeferredDir {
@@ -68,6 +93,7 @@ pub struct Extractor {
     zero_buf: Vec<u8>,
     /// Length and device of the archive file, looked up once.
     archive_info: Option<(std::os::fd::RawFd, u64, u64)>,
+    layer: Option<LayerMode>,
     pub stats: ImportStats,
 }
 
@@ -112,8 +138,14 @@ impl Extractor {
             warned_absolute: false,
             zero_buf: Vec::new(),
             archive_info: None,
+            layer: None,
             stats: ImportStats::default(),
         })
+    }
+
+    /// Restores a container layer: OCI `.wh.` entries and deletions are applied per `mode`.
+    pub fn set_layer(&mut self, mode: LayerMode) {
+        self.layer = Some(mode);
     }
 
     fn display(&self, rel: &[u8]) -> PathBuf {
@@ -165,6 +197,15 @@ impl Extractor {
             Ok(parent) => parent,
             Err(reason) => return self.refuse(entry, reason),
         };
+        if let Some(mode) = self.layer {
+            if name == OPAQUE_MARKER {
+                return self.make_opaque(mode, &parent, &rel);
+            }
+            if let Some(deleted) = name.strip_prefix(WHITEOUT_PREFIX) {
+                let target = RelPath { parent: rel.parent.clone(), name: Some(deleted) };
+                return self.delete(mode, &parent, deleted, &target.joined());
+            }
+        }
         let result = match kind {
             Kind::Regular => self.create_file(&parent, name, &rel.joined(), entry, reader),
             Kind::Directory => self.create_dir(&parent, name, &rel, entry),
@@ -562,6 +603,99 @@ impl Extractor {
             .at("utimensat", &self.display(rel))
     }
 
+    /// Applies a layer's deleted paths (`/etc/old.conf`, as in podman's deleted.files).
+    pub fn apply_deletions(&mut self, mode: LayerMode, paths: &[String]) -> Result<()> {
+        for path in paths {
+            // Deleted paths are absolute by design: not a reason to warn.
+            let rel = match self.rel_path(path.trim_start_matches('/').as_bytes()) {
+                Ok(rel) => rel,
+                Err(reason) => {
+                    log::error!("deleted.files: {path}: {reason}; refused");
+                    self.stats.refused.push(path.clone());
+                    continue;
+                }
+            };
+            let Some(name) = rel.name else { continue };
+            let parent = match mode {
+                LayerMode::Overlay { .. } => match self.parent_dir(&rel.parent)? {
+                    Ok(parent) => parent,
+                    Err(reason) => {
+                        log::error!("deleted.files: {path}: {reason}; refused");
+                        self.stats.refused.push(path.clone());
+                        continue;
+                    }
+                },
+                // Nothing to remove below a directory that is not there.
+                LayerMode::Plain => match self.open_beneath(&rel.parent.join(&b'/'), OFlags::empty()) {
+                    Ok(fd) => Rc::new(fd),
+                    Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                    Err(e) => match self.parent_failure(&rel.parent.join(&b'/'), e)? {
+                        Ok(never) => never,
+                        Err(reason) => {
+                            log::error!("deleted.files: {path}: {reason}; refused");
+                            self.stats.refused.push(path.clone());
+                            continue;
+                        }
+                    },
+                },
+            };
+            self.delete(mode, &parent, name, &rel.joined())?;
+        }
+        Ok(())
+    }
+
+    /// Records the deletion of `name`: a whiteout in an upper dir, a removal elsewhere.
+    fn delete(&mut self, mode: LayerMode, parent: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        match mode {
+            LayerMode::Overlay { .. } => {
+                let whiteout = rustix::fs::makedev(0, 0);
+                let file_type = rustix::fs::FileType::CharacterDevice;
+                match rustix::fs::mknodat(parent, OsStr::from_bytes(name), file_type, Mode::empty(), whiteout)
+                {
+                    Ok(()) => Ok(()),
+                    Err(Errno::EXIST) => {
+                        let stat =
+                            rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                                .at("lstat", &self.display(rel))?;
+                        let is_whiteout = rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                            == rustix::fs::FileType::CharacterDevice
+                            && stat.st_rdev == 0;
+                        if !is_whiteout {
+                            self.conflict(rel);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(Error::io("mknod whiteout", self.display(rel), e)),
+                }
+            }
+            LayerMode::Plain => {
+                self.last_parent = None;
+                remove_tree(parent.as_fd(), name).at("remove", &self.display(rel))
+            }
+        }
+    }
+
+    /// An OCI opaque marker: the directory hides what the lower layers have in it.
+    fn make_opaque(&mut self, mode: LayerMode, dir: &OwnedFd, rel: &RelPath<'_>) -> Result<()> {
+        let dir_rel = rel.parent.join(&b'/');
+        match mode {
+            LayerMode::Overlay { opaque_xattr } => rustix::fs::fsetxattr(
+                dir,
+                OsStr::from_bytes(opaque_xattr),
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .at("setxattr overlay.opaque on", &self.display(&dir_rel)),
+            LayerMode::Plain => {
+                self.last_parent = None;
+                for child in list_dir(dir.as_fd()).at("read directory", &self.display(&dir_rel))? {
+                    remove_tree(dir.as_fd(), &child).at("remove", &self.display(&dir_rel))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Applies directory owners, modes and times, deepest first, now that nothing more will be
     /// created inside them.
     pub fn finish(mut self) -> Result<ImportStats> {
@@ -610,52 +744,36 @@ fn temp_name(name: &[u8]) -> Vec<u8> {
     temp
 }
 
-/// Restores archives into directories.
-#[derive(Debug, Clone)]
-pub struct Importer {
-    options: ExtractOptions,
-}
-
-impl Default for Importer {
-    fn default() -> Self {
-        Importer::new()
-    }
-}
-
-impl Importer {
-    pub fn new() -> Importer {
-        Importer { options: ExtractOptions { share: true, overwrite: false } }
-    }
-
-    /// `false` copies every byte instead of sharing extents with the archive.
-    pub fn share(mut self, share: bool) -> Importer {
-        self.options.share = share;
-        self
-    }
-
-    /// Replace existing entries (by unlink/rename, never by writing into them).
-    pub fn overwrite(mut self, overwrite: bool) -> Importer {
-        self.options.overwrite = overwrite;
-        self
-    }
-
-    /// Restores every member of `archive` beneath `dest`. Conflicts with existing entries and
-    /// refused members are reported in the stats; the caller decides whether they are fatal.
-    pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
-        let started = std::time::Instant::now();
-        let file = File::open(archive).at("open", archive)?;
-        let meta = file.metadata().at("fstat", archive)?;
-        let mut extractor = Extractor::new(dest, self.options)?;
-        let mut reader = if meta.is_file() {
-            Reader::from_file(&file, 0, meta.len(), archive)
-        } else {
-            Reader::from_stream(&file, archive)
-        };
-        while let Some(entry) = reader.next_entry()? {
-            extractor.extract(&entry, &mut reader)?;
+fn list_dir(dir: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno> {
+    let fd =
+        rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(name);
         }
-        let mut stats = extractor.finish()?;
-        stats.seconds = started.elapsed().as_secs_f64();
-        Ok(stats)
+    }
+    Ok(names)
+}
+
+/// Removes `name` in `parent` and, for a directory, everything in it, never following symlinks.
+fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<(), Errno> {
+    let name_os = OsStr::from_bytes(name);
+    match rustix::fs::unlinkat(parent, name_os, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR | Errno::PERM) => {
+            let dir = rustix::fs::openat(
+                parent,
+                name_os,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            for child in list_dir(dir.as_fd())? {
+                remove_tree(dir.as_fd(), &child)?;
+            }
+            rustix::fs::unlinkat(parent, name_os, AtFlags::REMOVEDIR)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -26,7 +26,6 @@ pub struct Plan {
     pub entries: Vec<Placed>,
     /// Total length including the two zero blocks that end a tar archive.
     pub len: u64,
-    pub align: u64,
 }
 
 #[derive(Debug)]
@@ -65,7 +64,7 @@ pub fn plan(members: Vec<Member>, align: u64) -> Plan {
         offset = round_up(placed.data_end(), BLOCK);
         entries.push(placed);
     }
-    Plan { entries, len: offset + 2 * BLOCK, align }
+    Plan { entries, len: offset + 2 * BLOCK }
 }
 
 fn needs_alignment(member: &Member, align: u64) -> bool {

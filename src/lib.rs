@@ -9,16 +9,22 @@
 mod error;
 mod export;
 mod extract;
+mod import;
 mod layout;
 mod member;
 mod mover;
 mod outfile;
+mod overlay;
 mod pax;
 mod place;
+mod podman;
 mod reader;
 mod sys;
 mod walk;
 
 pub use error::{Error, Result};
 pub use export::{DEFAULT_ALIGN, ExportStats, Exporter};
-pub use extract::{ImportStats, Importer};
+pub use extract::ImportStats;
+pub use import::{Compression, Importer};
+pub use overlay::{OverlayMount, WhiteoutStyle, find_overlay};
+pub use podman::Rootfs;

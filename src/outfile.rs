@@ -65,10 +65,6 @@ impl OutFile {
         &self.file
     }
 
-    pub fn path(&self) -> &Path {
-        &self.target
-    }
-
     /// Syncs the data and gives the file its name, replacing any previous file atomically.
     pub fn commit(mut self) -> Result<()> {
         self.file.sync_all().at("fsync", &self.target)?;

@@ -15,10 +15,18 @@ pub struct Skipped {
     pub paths: Vec<PathBuf>,
 }
 
-/// Lists `root` and everything below it as members named `./`, `./a`, `./dir/`, ... in
-/// depth-first order, sorted byte-wise within each directory, so the same tree always gives
-/// the same archive. Names start with `prefix` (`.` when empty) instead of `./`.
-pub fn walk(root: &Path, prefix: &[u8], skipped: &mut Skipped) -> Result<Vec<Member>> {
+/// How members are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `./`, `./a`, `./dir/`: what `tar -C ROOT -cf OUT .` writes.
+    DotSlash,
+    /// `a`, `dir/`, without an entry for the root: the layout of podman's checkpoint archives.
+    Bare,
+}
+
+/// Lists `root` and everything below it in depth-first order, sorted byte-wise within each
+/// directory, so the same tree always gives the same archive.
+pub fn walk(root: &Path, naming: Naming, skipped: &mut Skipped) -> Result<Vec<Member>> {
     let meta = std::fs::symlink_metadata(root).at("lstat", root)?;
     if !meta.is_dir() {
         return Err(Error::invalid(root, "not a directory"));
@@ -35,13 +43,12 @@ pub fn walk(root: &Path, prefix: &[u8], skipped: &mut Skipped) -> Result<Vec<Mem
         let rel = path.strip_prefix(root).unwrap_or(path);
         let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
         let file_type = meta.file_type();
-        let mut name = if prefix.is_empty() { b".".to_vec() } else { prefix.to_vec() };
-        if !rel.as_os_str().is_empty() {
-            if !name.ends_with(b"/") {
-                name.push(b'/');
-            }
-            name.extend_from_slice(rel.as_os_str().as_bytes());
-        }
+        let mut name = match naming {
+            Naming::DotSlash if rel.as_os_str().is_empty() => b".".to_vec(),
+            Naming::DotSlash => [b"./", rel.as_os_str().as_bytes()].concat(),
+            Naming::Bare if rel.as_os_str().is_empty() => continue,
+            Naming::Bare => rel.as_os_str().as_bytes().to_vec(),
+        };
         if file_type.is_dir() && !name.ends_with(b"/") {
             name.push(b'/');
         }

@@ -1,0 +1,187 @@
+//! Import: open the archive (a file whose data can be cloned, or a stream, compressed or not),
+//! and hand each member to the extractor; in checkpoint archives, restore the nested
+//! `rootfs-diff.tar` straight into the container's layer.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::{Context, Error, Result};
+use crate::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
+use crate::member::Kind;
+use crate::overlay;
+use crate::podman::{self, Rootfs};
+use crate::reader::Reader;
+
+/// Restores archives into directories.
+#[derive(Debug, Clone)]
+pub struct Importer {
+    options: ExtractOptions,
+    rootfs: Option<Rootfs>,
+}
+
+impl Default for Importer {
+    fn default() -> Self {
+        Importer::new()
+    }
+}
+
+/// Compression recognised by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn detect(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Where a layer is restored to, and how its deletions are applied.
+struct LayerTarget {
+    dir: PathBuf,
+    mode: LayerMode,
+}
+
+impl Importer {
+    pub fn new() -> Importer {
+        Importer { options: ExtractOptions { share: true, overwrite: false }, rootfs: None }
+    }
+
+    /// `false` copies every byte instead of sharing extents with the archive.
+    pub fn share(mut self, share: bool) -> Importer {
+        self.options.share = share;
+        self
+    }
+
+    /// Replace existing entries (by unlink and rename, never by writing into them).
+    pub fn overwrite(mut self, overwrite: bool) -> Importer {
+        self.options.overwrite = overwrite;
+        self
+    }
+
+    /// Restores a checkpoint archive's `rootfs-diff.tar` into the container's layer (and
+    /// applies `deleted.files` there) instead of as a file in the bundle.
+    pub fn rootfs(mut self, rootfs: Rootfs) -> Importer {
+        self.rootfs = Some(rootfs);
+        self
+    }
+
+    /// Restores every member of `archive` (`-` for standard input) beneath `dest`. Conflicts
+    /// with existing entries and refused members are reported in the stats; the caller decides
+    /// whether they are fatal.
+    pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
+        let started = Instant::now();
+        let layer = self.rootfs.as_ref().map(layer_target).transpose()?;
+        let stdin;
+        let file;
+        let input: Box<dyn Read>;
+        let mut seekable = None;
+        if archive == Path::new("-") {
+            stdin = std::io::stdin();
+            input = Box::new(stdin.lock());
+        } else {
+            file = File::open(archive).at("open", archive)?;
+            let meta = file.metadata().at("fstat", archive)?;
+            if meta.is_dir() {
+                return Err(Error::invalid(archive, "is a directory, not an archive"));
+            }
+            let mut magic = [0u8; 4];
+            let n = if meta.is_file() { file.read_at(&mut magic, 0).at("read", archive)? } else { 0 };
+            if meta.is_file() && Compression::detect(&magic[..n]) == Compression::None {
+                seekable = Some((&file, meta.len()));
+            }
+            input = Box::new(&file);
+        }
+        let mut reader = match seekable {
+            Some((file, len)) => Reader::from_file(file, 0, len, archive),
+            None => Reader::from_stream(decompress(input, archive)?, archive),
+        };
+        let mut bundle = Extractor::new(dest, self.options)?;
+        let mut layer_extractor = match &layer {
+            Some(target) => {
+                let mut extractor = Extractor::new(&target.dir, self.options)?;
+                extractor.set_layer(target.mode);
+                Some(extractor)
+            }
+            None => None,
+        };
+        let mut deleted = Vec::new();
+        while let Some(entry) = reader.next_entry()? {
+            let name = podman::bundle_name(&entry.name);
+            match layer_extractor.as_mut() {
+                Some(layer) if name == podman::ROOTFS_DIFF && entry.kind == Some(Kind::Regular) => {
+                    let end = entry.data_offset + entry.size;
+                    let mut inner = match reader.file() {
+                        Some(file) => Reader::from_file(file, entry.data_offset, end, archive),
+                        None => Reader::from_stream(&mut reader, archive),
+                    };
+                    while let Some(member) = inner.next_entry()? {
+                        layer.extract(&member, &mut inner)?;
+                    }
+                }
+                Some(_) if name == podman::DELETED_FILES && entry.kind == Some(Kind::Regular) => {
+                    if entry.size > podman::MAX_DELETED_FILES {
+                        return Err(Error::invalid(
+                            archive,
+                            format!("deleted.files of {} bytes", entry.size),
+                        ));
+                    }
+                    let mut data = Vec::new();
+                    (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
+                    deleted.extend(podman::parse_deleted_files(&data, archive)?);
+                }
+                _ => bundle.extract(&entry, &mut reader)?,
+            }
+        }
+        let mut stats = bundle.finish()?;
+        if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
+            // Podman applies the deletions after the changes, as here.
+            layer.apply_deletions(target.mode, &deleted)?;
+            let layer_stats = layer.finish()?;
+            stats.absorb(layer_stats);
+        }
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}
+
+fn layer_target(rootfs: &Rootfs) -> Result<LayerTarget> {
+    const TRUSTED_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+    Ok(match rootfs {
+        Rootfs::Diff { upper, .. } => {
+            LayerTarget { dir: upper.clone(), mode: LayerMode::Overlay { opaque_xattr: TRUSTED_OPAQUE } }
+        }
+        Rootfs::Mount(path) => match overlay::find_overlay(path)? {
+            Some(mount) => {
+                let mode = LayerMode::Overlay { opaque_xattr: mount.opaque_xattr() };
+                LayerTarget { dir: mount.upper, mode }
+            }
+            None => LayerTarget { dir: path.clone(), mode: LayerMode::Plain },
+        },
+    })
+}
+
+/// Wraps a stream in a decompressor if its first bytes say it is compressed.
+fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<dyn Read + 'a>> {
+    let mut buffered = BufReader::with_capacity(1 << 20, input);
+    let magic = buffered.fill_buf().at("read", archive)?;
+    Ok(match Compression::detect(magic) {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
+        }
+    })
+}

@@ -1,0 +1,285 @@
+//! Overlayfs layers: finding a mount's upper and lower dirs, turning an upper (diff) dir's
+//! whiteouts and opaque directories into podman's `deleted.files` or OCI `.wh.` entries, and
+//! back.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Error, Result};
+use crate::member::{Body, Kind, Member};
+use crate::walk::{self, Naming, Skipped};
+
+/// OCI layer names for deletions.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// How a layer's deletions are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutStyle {
+    /// A `deleted.files` JSON list beside `rootfs-diff.tar`, as podman writes.
+    #[default]
+    Podman,
+    /// `.wh.NAME` and `.wh..wh..opq` entries inside the layer tar, as OCI images carry.
+    Oci,
+}
+
+/// The directories behind an overlay mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    pub upper: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    /// Mounted with `userxattr`: overlay xattrs live in `user.overlay.*`.
+    pub userxattr: bool,
+}
+
+impl OverlayMount {
+    pub fn opaque_xattr(&self) -> &'static [u8] {
+        if self.userxattr { b"user.overlay.opaque" } else { b"trusted.overlay.opaque" }
+    }
+}
+
+/// Finds the overlay mounted at `path` in /proc/self/mountinfo. Ok(None) if `path` is a
+/// mount point of another filesystem type or no mount point at all.
+pub fn find_overlay(path: &Path) -> Result<Option<OverlayMount>> {
+    let path = std::fs::canonicalize(path).at("resolve", path)?;
+    let mountinfo = std::fs::read("/proc/self/mountinfo").at("read", Path::new("/proc/self/mountinfo"))?;
+    // Later lines are later mounts: the last one at a mount point is the visible one.
+    let mut found = None;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else { continue };
+        if fields.len() < sep + 4 || fields.len() < 5 || unescape(fields[4]) != path.as_os_str().as_bytes() {
+            continue;
+        }
+        found = Some((fields[sep + 1] == b"overlay").then(|| parse_overlay_options(fields[sep + 3])));
+    }
+    match found {
+        Some(Some(mount)) => mount.map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn parse_overlay_options(options: &[u8]) -> Result<OverlayMount> {
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    let mut userxattr = false;
+    // Commas inside values are octal-escaped, so split first, then decode each option.
+    for option in options.split(|&b| b == b',').map(unescape) {
+        let option = option.as_slice();
+        if let Some(dirs) = option.strip_prefix(b"lowerdir=") {
+            lowers.extend(split_unescaped(dirs, b':').map(|d| PathBuf::from(OsStr::from_bytes(&d))));
+        } else if let Some(dir) = option.strip_prefix(b"lowerdir+=") {
+            lowers.push(PathBuf::from(OsStr::from_bytes(dir)));
+        } else if let Some(dir) = option.strip_prefix(b"upperdir=") {
+            upper = Some(PathBuf::from(OsStr::from_bytes(dir)));
+        } else if option == b"userxattr" {
+            userxattr = true;
+        }
+    }
+    let upper = upper.ok_or_else(|| {
+        Error::invalid("/proc/self/mountinfo", "overlay mount has no upperdir (read-only overlay)")
+    })?;
+    Ok(OverlayMount { upper, lowers, userxattr })
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 4 <= field.len() {
+            let digits = &field[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                out.push((digits[0] - b'0') * 64 + (digits[1] - b'0') * 8 + (digits[2] - b'0'));
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Splits on `sep` where it is not escaped with a backslash (overlay escapes `:` in lower
+/// directory names that way).
+fn split_unescaped(s: &[u8], sep: u8) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if i + 1 < s.len() => {
+                current.push(s[i + 1]);
+                i += 2;
+                continue;
+            }
+            b if b == sep => parts.push(std::mem::take(&mut current)),
+            b => current.push(b),
+        }
+        i += 1;
+    }
+    parts.push(current);
+    parts.into_iter().filter(|p| !p.is_empty())
+}
+
+/// A layer's changes, ready for archiving.
+pub struct LayerDiff {
+    pub members: Vec<Member>,
+    /// Deleted paths (`/etc/old.conf`), for podman's `deleted.files`.
+    pub deleted: Vec<String>,
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+fn overlay_xattr<'m>(member: &'m Member, key: &[u8]) -> Option<&'m [u8]> {
+    member
+        .xattrs
+        .iter()
+        .find(|(name, _)| {
+            [&b"trusted.overlay."[..], b"user.overlay."]
+                .iter()
+                .any(|prefix| name.strip_prefix(*prefix) == Some(key))
+        })
+        .map(|(_, value)| value.as_slice())
+}
+
+/// Reads an upper dir. Whiteouts (char 0:0, or a zero-size file marked
+/// `overlay.whiteout`) and opaque directories become deletions in `style`; overlay's own
+/// xattrs, which describe this host's lower inodes, are dropped.
+pub fn read_layer(
+    upper: &Path,
+    lowers: &[PathBuf],
+    style: WhiteoutStyle,
+    skipped: &mut Skipped,
+) -> Result<LayerDiff> {
+    let walked = walk::walk(upper, Naming::Bare, skipped)?;
+    let mut whiteouts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut members = Vec::with_capacity(walked.len());
+    for mut member in walked {
+        let path = || upper.join(OsStr::from_bytes(member.name.strip_suffix(b"/").unwrap_or(&member.name)));
+        for key in [&b"metacopy"[..], b"redirect"] {
+            if overlay_xattr(&member, key).is_some() {
+                return Err(Error::invalid(
+                    path(),
+                    format!(
+                        "written by an overlay mounted with {}: its data or name lives in the lower layers; \
+                         remount without it or archive the merged view",
+                        if key == b"metacopy" { "metacopy=on" } else { "redirect_dir=on" }
+                    ),
+                ));
+            }
+        }
+        let is_whiteout = match &member.kind {
+            Kind::CharDevice => member.meta.dev_major == 0 && member.meta.dev_minor == 0,
+            Kind::Regular => member.data_size() == 0 && overlay_xattr(&member, b"whiteout").is_some(),
+            // Kernel whiteouts share one inode: a hard link to a whiteout is a whiteout.
+            Kind::HardLink(target) => whiteouts.contains(target),
+            _ => false,
+        };
+        let is_opaque = member.kind == Kind::Directory && overlay_xattr(&member, b"opaque") == Some(b"y");
+        member.xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+        if is_whiteout {
+            whiteouts.insert(member.name.clone());
+            match style {
+                WhiteoutStyle::Podman => {
+                    deleted.insert(absolute(&member.name));
+                }
+                WhiteoutStyle::Oci => members.push(oci_marker(&member, &whiteout_name(&member.name))),
+            }
+            continue;
+        }
+        let opaque_marker = is_opaque.then(|| [member.name.as_slice(), OPAQUE_MARKER].concat());
+        if is_opaque && style == WhiteoutStyle::Podman {
+            let dir = member.name.strip_suffix(b"/").unwrap_or(&member.name).to_vec();
+            if lowers.is_empty() {
+                return Err(Error::invalid(
+                    path(),
+                    "opaque directory: listing what it hides needs the lower dirs (--lower), \
+                     or use --whiteouts oci",
+                ));
+            }
+            for hidden in hidden_by_opaque(upper, lowers, &dir)? {
+                deleted.insert(hidden);
+            }
+        }
+        let marker =
+            opaque_marker.filter(|_| style == WhiteoutStyle::Oci).map(|name| oci_marker(&member, &name));
+        members.push(member);
+        members.extend(marker);
+    }
+    Ok(LayerDiff { members, deleted: deleted.into_iter().collect() })
+}
+
+fn absolute(name: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(name.strip_suffix(b"/").unwrap_or(name)))
+}
+
+fn whiteout_name(name: &[u8]) -> Vec<u8> {
+    let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+        Some(slash) => name.split_at(slash + 1),
+        None => (&[][..], name),
+    };
+    [dir, WHITEOUT_PREFIX, base].concat()
+}
+
+/// An empty regular file standing for a deletion, with the owner and time of what it marks.
+fn oci_marker(like: &Member, name: &[u8]) -> Member {
+    Member {
+        name: name.to_vec(),
+        meta: crate::member::Meta { mode: 0o600, dev_major: 0, dev_minor: 0, ..like.meta },
+        kind: Kind::Regular,
+        body: Body::Bytes(Vec::new()),
+        xattrs: Vec::new(),
+    }
+}
+
+/// The lower layers' entries directly inside `dir` that the upper does not have itself.
+fn hidden_by_opaque(upper: &Path, lowers: &[PathBuf], dir: &[u8]) -> Result<Vec<String>> {
+    let mut hidden = Vec::new();
+    for lower in lowers {
+        let lower_dir = lower.join(OsStr::from_bytes(dir));
+        let entries = match std::fs::read_dir(&lower_dir) {
+            Ok(entries) => entries,
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(Error::io("read directory", lower_dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.at("read directory", &lower_dir)?;
+            let rel = [dir, b"/", entry.file_name().as_bytes()].concat();
+            if std::fs::symlink_metadata(upper.join(OsStr::from_bytes(&rel))).is_err() {
+                hidden.push(absolute(&rel));
+            }
+        }
+    }
+    Ok(hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options() {
+        let m = parse_overlay_options(b"rw,lowerdir=/l/a\\:b:/l/c,upperdir=/u\\040x,workdir=/w,userxattr")
+            .unwrap();
+        assert_eq!(m.lowers, vec![PathBuf::from("/l/a:b"), PathBuf::from("/l/c")]);
+        assert_eq!(m.upper, PathBuf::from("/u x"));
+        assert!(m.userxattr);
+    }
+
+    #[test]
+    fn whiteout_names() {
+        assert_eq!(whiteout_name(b"etc/old.conf"), b"etc/.wh.old.conf");
+        assert_eq!(whiteout_name(b"top"), b".wh.top");
+    }
+}
