@@ -4,6 +4,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::io::{BufWriter, Write};
+use std::os::fd::AsFd;
+
+use crate::compress::{Compression, Encoder};
 use crate::error::{Context, Error, Result};
 use crate::layout::{self, Plan};
 use crate::member::{Body, Member};
@@ -12,6 +16,7 @@ use crate::outfile::OutFile;
 use crate::overlay::WhiteoutStyle;
 use crate::place::{Target, place};
 use crate::podman::{self, Rootfs};
+use crate::stream::{Sink, Stream};
 use crate::walk::{self, Naming, Skipped};
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
@@ -25,6 +30,7 @@ pub struct Exporter {
     bundle: bool,
     rootfs: Option<Rootfs>,
     whiteouts: WhiteoutStyle,
+    compression: Option<Compression>,
 }
 
 /// What an export did.
@@ -54,7 +60,14 @@ impl Default for Exporter {
 
 impl Exporter {
     pub fn new() -> Exporter {
-        Exporter { align: None, share: true, bundle: false, rootfs: None, whiteouts: WhiteoutStyle::Podman }
+        Exporter {
+            align: None,
+            share: true,
+            bundle: false,
+            rootfs: None,
+            whiteouts: WhiteoutStyle::Podman,
+            compression: None,
+        }
     }
 
     /// Aligns file data to `align` bytes (a power of two, at least 512) instead of the larger
@@ -91,26 +104,52 @@ impl Exporter {
         self
     }
 
-    /// Archives the contents of `src` into `out`: as `tar -C src -cf out .` would name them, or
+    /// Compresses the archive. A compressed archive is written as a stream: its data cannot
+    /// be shared with the source, and alignment no longer matters.
+    pub fn compress(mut self, compression: Option<Compression>) -> Exporter {
+        self.compression = compression;
+        self
+    }
+
+    /// Archives the contents of `src` into `out` (`-` for standard output): as `tar -C src -cf out .` would name them, or
     /// in the checkpoint layout when asked for.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
+        let started = Instant::now();
         let mut skipped = Skipped::default();
         let members = if self.bundle || self.rootfs.is_some() {
             podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, &mut skipped)?
         } else {
             walk::walk(src, Naming::DotSlash, &mut skipped)?
         };
-        let mut stats = self.write_members(members, out)?;
+        let mut stats = self.write_members(members, out, started)?;
         stats.skipped = skipped.paths;
         Ok(stats)
     }
 
     /// Lays out `members` in the given order and writes them to `out`.
-    pub(crate) fn write_members(&self, members: Vec<Member>, out: &Path) -> Result<ExportStats> {
-        let started = Instant::now();
+    fn write_members(&self, members: Vec<Member>, out: &Path, started: Instant) -> Result<ExportStats> {
         if let Some(align) = self.align {
             check_align(align)?;
         }
+        let to_stdout = out == Path::new("-");
+        let mut stats = if !to_stdout && self.compression.is_none() {
+            self.write_file(members, out)?
+        } else {
+            let align = self.align.unwrap_or(DEFAULT_ALIGN);
+            let plan = layout::plan(members, align);
+            let bytes_copied =
+                if to_stdout { self.write_stdout(&plan)? } else { self.write_compressed_file(&plan, out)? };
+            let mut stats =
+                ExportStats { bytes_copied, archive_bytes: plan.len, align, ..ExportStats::default() };
+            count(&plan, &mut stats);
+            stats
+        };
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Places the archive by offset, sharing data with the sources where possible.
+    fn write_file(&self, members: Vec<Member>, out: &Path) -> Result<ExportStats> {
         let out_file = OutFile::create(out)?;
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
@@ -131,9 +170,49 @@ impl Exporter {
             ..ExportStats::default()
         };
         count(&plan, &mut stats);
-        stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
+
+    fn write_stdout(&self, plan: &Plan) -> Result<u64> {
+        let stdout = std::io::stdout();
+        let name = Path::new("<stdout>");
+        if std::io::IsTerminal::is_terminal(&stdout) {
+            return Err(Error::invalid(name, "refusing to write an archive to a terminal"));
+        }
+        match self.compression {
+            None => {
+                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name);
+                stream.write_plan(plan, 0)?;
+                Ok(stream.bytes_copied)
+            }
+            Some(compression) => {
+                let lock = stdout.lock();
+                let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, lock))
+                    .at("start compressor for", name)?;
+                let copied = write_stream(plan, &mut encoder, name)?;
+                encoder.finish().and_then(|mut w| w.flush()).at("write", name)?;
+                Ok(copied)
+            }
+        }
+    }
+
+    fn write_compressed_file(&self, plan: &Plan, out: &Path) -> Result<u64> {
+        let compression = self.compression.expect("compressed output");
+        let out_file = OutFile::create(out)?;
+        let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out_file.file()))
+            .at("start compressor for", out)?;
+        let copied = write_stream(plan, &mut encoder, out)?;
+        encoder.finish().and_then(|mut w| w.flush()).at("write", out)?;
+        out_file.commit()?;
+        Ok(copied)
+    }
+}
+
+fn write_stream(plan: &Plan, writer: &mut dyn Write, name: &Path) -> Result<u64> {
+    let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name);
+    stream.write_plan(plan, 0)?;
+    stream.flush()?;
+    Ok(stream.bytes_copied)
 }
 
 pub(crate) fn check_align(align: u64) -> Result<()> {

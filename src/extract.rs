@@ -252,10 +252,10 @@ impl Extractor {
             return Ok(Ok(self.root.clone()));
         }
         let key = parts.join(&b'/');
-        if let Some((cached, fd)) = &self.last_parent {
-            if *cached == key {
-                return Ok(Ok(fd.clone()));
-            }
+        if let Some((cached, fd)) = &self.last_parent
+            && *cached == key
+        {
+            return Ok(Ok(fd.clone()));
         }
         let fd = match self.open_beneath(&key, OFlags::empty()) {
             Ok(fd) => fd,

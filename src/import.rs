@@ -3,11 +3,12 @@
 //! `rootfs-diff.tar` straight into the container's layer.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::compress::{self, Compression};
 use crate::error::{Context, Error, Result};
 use crate::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
 use crate::member::Kind;
@@ -25,26 +26,6 @@ pub struct Importer {
 impl Default for Importer {
     fn default() -> Self {
         Importer::new()
-    }
-}
-
-/// Compression recognised by its magic bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn detect(magic: &[u8]) -> Compression {
-        if magic.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
     }
 }
 
@@ -99,14 +80,14 @@ impl Importer {
             }
             let mut magic = [0u8; 4];
             let n = if meta.is_file() { file.read_at(&mut magic, 0).at("read", archive)? } else { 0 };
-            if meta.is_file() && Compression::detect(&magic[..n]) == Compression::None {
+            if meta.is_file() && Compression::detect(&magic[..n]).is_none() {
                 seekable = Some((&file, meta.len()));
             }
             input = Box::new(&file);
         }
         let mut reader = match seekable {
             Some((file, len)) => Reader::from_file(file, 0, len, archive),
-            None => Reader::from_stream(decompress(input, archive)?, archive),
+            None => Reader::from_stream(compress::decompress(input, archive)?, archive),
         };
         let mut bundle = Extractor::new(dest, self.options)?;
         let mut layer_extractor = match &layer {
@@ -170,18 +151,5 @@ fn layer_target(rootfs: &Rootfs) -> Result<LayerTarget> {
             }
             None => LayerTarget { dir: path.clone(), mode: LayerMode::Plain },
         },
-    })
-}
-
-/// Wraps a stream in a decompressor if its first bytes say it is compressed.
-fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(1 << 20, input);
-    let magic = buffered.fill_buf().at("read", archive)?;
-    Ok(match Compression::detect(magic) {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
-        }
     })
 }

@@ -82,7 +82,7 @@ fn pax_layout(start: u64, records: usize, aligned: bool, align: u64) -> (u64, us
     if !aligned {
         return (records as u64, 0);
     }
-    if records == 0 && (start + BLOCK) % align == 0 {
+    if records == 0 && (start + BLOCK).is_multiple_of(align) {
         return (0, 0);
     }
     // Each extra block of pax data moves the data by 512 bytes, so within align/512 steps the
@@ -91,7 +91,7 @@ fn pax_layout(start: u64, records: usize, aligned: bool, align: u64) -> (u64, us
     loop {
         let data = start + BLOCK + blocks * BLOCK + BLOCK;
         let padding = (blocks * BLOCK) as usize - records;
-        if data % align == 0 && (padding == 0 || padding >= pax::MIN_PADDING) {
+        if data.is_multiple_of(align) && (padding == 0 || padding >= pax::MIN_PADDING) {
             return (blocks * BLOCK, padding);
         }
         blocks += 1;
@@ -136,10 +136,10 @@ fn pax_records(member: &Member) -> Vec<u8> {
     if split_ustar_name(&member.name).is_none() {
         pax::push_record(&mut out, b"path", &member.name);
     }
-    if let Kind::Symlink(target) | Kind::HardLink(target) = &member.kind {
-        if target.len() > 100 {
-            pax::push_record(&mut out, b"linkpath", target);
-        }
+    if let Kind::Symlink(target) | Kind::HardLink(target) = &member.kind
+        && target.len() > 100
+    {
+        pax::push_record(&mut out, b"linkpath", target);
     }
     let size = member.data_size();
     if size > MAX_OCTAL_12 {

@@ -6,6 +6,7 @@
 //! every header and data block goes, and the placer moves the data with the cheapest mechanism
 //! the filesystems offer (clone, then copy_file_range, then read/write).
 
+mod compress;
 mod error;
 mod export;
 mod extract;
@@ -19,12 +20,14 @@ mod pax;
 mod place;
 mod podman;
 mod reader;
+mod stream;
 mod sys;
 mod walk;
 
+pub use compress::Compression;
 pub use error::{Error, Result};
 pub use export::{DEFAULT_ALIGN, ExportStats, Exporter};
 pub use extract::ImportStats;
-pub use import::{Compression, Importer};
+pub use import::Importer;
 pub use overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use podman::Rootfs;

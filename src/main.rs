@@ -53,12 +53,16 @@ struct ExportArgs {
     /// How deletions in the rootfs changes are recorded.
     #[arg(long, value_enum, default_value = "podman")]
     whiteouts: Whiteouts,
-    /// Print a JSON summary on stdout.
+    /// Compress the archive. Compressed data cannot be shared with the source, so the archive
+    /// is written as a stream and its alignment no longer matters.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    compress: Option<CompressArg>,
+    /// Print a JSON summary on stdout (on stderr when the archive goes to stdout).
     #[arg(long)]
     json: bool,
     /// The directory to archive.
     src: PathBuf,
-    /// The archive to write.
+    /// The archive to write; `-` for standard output (a pipe: written as a stream).
     out: PathBuf,
 }
 
@@ -81,6 +85,12 @@ enum Whiteouts {
     Oci,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressArg {
+    Gzip,
+    Zstd,
+}
+
 #[derive(Args)]
 struct ImportArgs {
     /// Copy every byte instead of sharing extents with the archive.
@@ -94,7 +104,7 @@ struct ImportArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
-    /// The archive to read.
+    /// The archive to read (gzip and zstd are detected); `-` for standard input.
     archive: PathBuf,
     /// The directory to restore into (created if missing).
     dest: PathBuf,
@@ -159,11 +169,13 @@ fn export(args: ExportArgs) -> ckpt::Result<ExitCode> {
     if let Some(rootfs) = args.rootfs.rootfs(&args.lower) {
         exporter = exporter.rootfs(rootfs);
     }
+    exporter = exporter.compress(args.compress.map(|c| match c {
+        CompressArg::Gzip => ckpt::Compression::Gzip,
+        CompressArg::Zstd => ckpt::Compression::Zstd,
+    }));
     let stats = exporter.export(&args.src, &args.out)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
+        let summary = serde_json::json!({
                 "entries": stats.entries,
                 "files": stats.files,
                 "bytes": stats.bytes,
@@ -173,8 +185,12 @@ fn export(args: ExportArgs) -> ckpt::Result<ExitCode> {
                 "align": stats.align,
                 "seconds": stats.seconds,
                 "skipped": stats.skipped.len(),
-            })
-        );
+        });
+        if args.out.as_os_str() == "-" {
+            eprintln!("{summary}");
+        } else {
+            println!("{summary}");
+        }
     }
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
 }

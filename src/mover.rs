@@ -81,7 +81,10 @@ impl Mover {
     ) -> io::Result<()> {
         let pair = (src.dev, dst.dev);
         let mut done = 0;
-        if self.rung(pair) == Rung::Clone && src.offset % block == 0 && dst.offset % block == 0 {
+        if self.rung(pair) == Rung::Clone
+            && src.offset.is_multiple_of(block)
+            && dst.offset.is_multiple_of(block)
+        {
             let (clone_len, covers) = match tail {
                 Tail::AtEof => (len, len),
                 Tail::Copy => (len - len % block, len - len % block),

@@ -34,10 +34,10 @@ impl OutFile {
         let dir =
             rustix::fs::open(dir_path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
                 .at("open directory", dir_path)?;
-        if let Ok(meta) = std::fs::symlink_metadata(target) {
-            if meta.is_dir() {
-                return Err(Error::invalid(target, "is a directory"));
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(target)
+            && meta.is_dir()
+        {
+            return Err(Error::invalid(target, "is a directory"));
         }
         let mode = Mode::from_bits_truncate(0o666);
         let flags = OFlags::RDWR | OFlags::CLOEXEC;

@@ -56,7 +56,7 @@ fn place_file(source: &SourceFile, offset: u64, target: &Target<'_>, mover: &mut
     check_unchanged(source, &after)
 }
 
-fn open_source(path: &Path) -> Result<File> {
+pub(crate) fn open_source(path: &Path) -> Result<File> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     // O_NOATIME keeps archiving from dirtying inodes; only the owner (or root) may ask for it.
     match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
@@ -66,7 +66,7 @@ fn open_source(path: &Path) -> Result<File> {
     }
 }
 
-fn check_unchanged(source: &SourceFile, now: &std::fs::Metadata) -> Result<()> {
+pub(crate) fn check_unchanged(source: &SourceFile, now: &std::fs::Metadata) -> Result<()> {
     if now.ino() != source.ino || now.len() != source.size || (now.mtime(), now.mtime_nsec()) != source.mtime
     {
         return Err(Error::invalid(

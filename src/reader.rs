@@ -246,14 +246,14 @@ impl<'a> Reader<'a> {
                         .data_offset
                         .checked_add(crate::layout::round_up(entry.size, BLOCK))
                         .ok_or_else(|| self.malformed(&entry.name, offset, "size overflows"))?;
-                    if let Input::File { end, .. } = self.input {
-                        if self.next_header > end {
-                            return Err(self.malformed(
-                                &entry.name,
-                                entry.header_offset,
-                                format!("member of {} bytes runs past the end of the archive", entry.size),
-                            ));
-                        }
+                    if let Input::File { end, .. } = self.input
+                        && self.next_header > end
+                    {
+                        return Err(self.malformed(
+                            &entry.name,
+                            entry.header_offset,
+                            format!("member of {} bytes runs past the end of the archive", entry.size),
+                        ));
                     }
                     return Ok(Some(entry));
                 }

@@ -1,0 +1,85 @@
+//! gzip and zstd: recognised by their magic bytes on import, written on request on export.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use crate::error::{Context, Result};
+
+/// A compression format for whole archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The format whose magic bytes start `data`, if any.
+    pub fn detect(data: &[u8]) -> Option<Compression> {
+        if data.starts_with(&[0x1f, 0x8b]) {
+            Some(Compression::Gzip)
+        } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
+/// Wraps a stream in a decompressor if its first bytes say it is compressed.
+pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<dyn Read + 'a>> {
+    let mut buffered = BufReader::with_capacity(1 << 20, input);
+    let magic = buffered.fill_buf().at("read", archive)?;
+    Ok(match Compression::detect(magic) {
+        None => Box::new(buffered),
+        Some(Compression::Gzip) => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Some(Compression::Zstd) => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
+        }
+    })
+}
+
+/// A compressing writer that must be finished to write its trailer.
+pub enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    /// Default levels, and zstd on every core, as `zstd -T0` does.
+    pub fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
+        Ok(match compression {
+            Compression::Gzip => {
+                Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default()))
+            }
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(inner, zstd::DEFAULT_COMPRESSION_LEVEL)?;
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                encoder.multithread(threads)?;
+                Encoder::Zstd(encoder)
+            }
+        })
+    }
+
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The stream writer: writes a planned archive front to back to a pipe, a terminal or a
+//! compressor, where nothing can be placed by offset or shared. File data goes to a plain
+//! descriptor with sendfile (no copy through user space), to a compressor through a buffer.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use rustix::io::Errno;
+
+use crate::error::{Context, Error, Result};
+use crate::layout::{Plan, encode_headers};
+use crate::member::{Body, SourceFile};
+use crate::place::{check_unchanged, open_source};
+
+/// Where the archive's bytes go.
+pub enum Sink<'a> {
+    /// A descriptor written directly (stdout).
+    Fd(BorrowedFd<'a>),
+    /// A compressor or other writer.
+    Writer(Box<dyn Write + 'a>),
+}
+
+pub struct Stream<'a> {
+    sink: Sink<'a>,
+    /// What to call the output in error messages.
+    name: &'a Path,
+    pos: u64,
+    /// Bytes of file data written.
+    pub bytes_copied: u64,
+    buf: Vec<u8>,
+}
+
+const ZEROS: [u8; 4096] = [0; 4096];
+
+impl<'a> Stream<'a> {
+    pub fn new(sink: Sink<'a>, name: &'a Path) -> Stream<'a> {
+        Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new() }
+    }
+
+    /// Flushes a writer sink (a compressor is finished by its owner).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Sink::Writer(writer) = &mut self.sink {
+            writer.flush().at("write", self.name)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, mut buf: &[u8]) -> Result<()> {
+        self.pos += buf.len() as u64;
+        match &mut self.sink {
+            Sink::Writer(writer) => writer.write_all(buf).at("write", self.name),
+            Sink::Fd(fd) => {
+                while !buf.is_empty() {
+                    match rustix::io::write(*fd, buf) {
+                        Ok(n) => buf = &buf[n..],
+                        Err(Errno::INTR) => {}
+                        Err(e) => return Err(Error::io("write", self.name, e)),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn pad_to(&mut self, offset: u64) -> Result<()> {
+        while self.pos < offset {
+            let n = (offset - self.pos).min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+
+    /// Writes a plan whose first byte belongs at `base`.
+    pub fn write_plan(&mut self, plan: &Plan, base: u64) -> Result<()> {
+        for placed in &plan.entries {
+            self.pad_to(base + placed.header_offset)?;
+            self.write(&encode_headers(placed))?;
+            match &placed.member.body {
+                Body::File(source) => self.file_data(source)?,
+                Body::Bytes(bytes) => self.write(bytes)?,
+                Body::Archive(inner) => self.write_plan(inner, base + placed.data_offset)?,
+                Body::None | Body::Members(_) => {}
+            }
+        }
+        self.pad_to(base + plan.len)
+    }
+
+    fn file_data(&mut self, source: &SourceFile) -> Result<()> {
+        let path = source.path.as_path();
+        let file = open_source(path)?;
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        let copied = match &self.sink {
+            Sink::Fd(fd) => send(*fd, &file, source.size).map_err(|e| self.copy_error(e, path))?,
+            Sink::Writer(_) => 0,
+        };
+        self.pos += copied;
+        self.copy_through_buffer(&file, copied, source.size).map_err(|e| self.copy_error(e, path))?;
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        self.bytes_copied += source.size;
+        Ok(())
+    }
+
+    fn copy_through_buffer(&mut self, file: &File, from: u64, to: u64) -> io::Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; 1 << 20];
+        }
+        let mut offset = from;
+        while offset < to {
+            let want = (to - offset).min(self.buf.len() as u64) as usize;
+            let n = std::os::unix::fs::FileExt::read_at(file, &mut self.buf[..want], offset)?;
+            if n == 0 {
+                return Err(shrunk());
+            }
+            let chunk = std::mem::take(&mut self.buf);
+            let result = self.write(&chunk[..n]).map_err(io::Error::other);
+            self.buf = chunk;
+            result?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn copy_error(&self, e: io::Error, source: &Path) -> Error {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::invalid(source, e.to_string())
+        } else {
+            Error::Copy { from: source.to_path_buf(), to: self.name.to_path_buf(), source: e }
+        }
+    }
+}
+
+/// Sends up to `len` bytes of `file` to `out` in the kernel; returns how many went, which is
+/// fewer only when the kernel cannot sendfile to this descriptor.
+fn send(out: BorrowedFd<'_>, file: &File, len: u64) -> io::Result<u64> {
+    let mut offset = 0u64;
+    while offset < len {
+        let want = (len - offset).min(1 << 30) as usize;
+        match rustix::fs::sendfile(out, file.as_fd(), Some(&mut offset), want) {
+            Ok(0) => return Err(shrunk()),
+            Ok(_) => {}
+            Err(Errno::INTR | Errno::AGAIN) => {}
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if offset == 0 => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(offset)
+}
+
+fn shrunk() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
+}
