@@ -1,10 +1,4 @@
-//! ckpt writes ordinary tar archives in which every regular file's data starts on a
-//! filesystem-block boundary, so that file data can be shared (reflinked) between the source
-//! tree, the archive and the restored tree instead of being copied.
-//!
-//! Data flows one way: [`walk`](crate::walk) lists the tree, the layout planner decides where
-//! every header and data block goes, and the placer moves the data with the cheapest mechanism
-//! the filesystems offer (clone, then copy_file_range, then read/write).
+#![doc = include_str!("../README.md")]
 
 mod compress;
 mod error;
