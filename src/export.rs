@@ -14,7 +14,9 @@ use crate::member::{Body, Member};
 use crate::mover::{MoveStats, Mover};
 use crate::outfile::OutFile;
 use crate::overlay::WhiteoutStyle;
-use crate::place::{Target, place};
+use crate::digest;
+use crate::place::{Placer, Target};
+use crate::progress::{Progress, ProgressHandle};
 use crate::podman::{self, Rootfs};
 use crate::stream::{Sink, Stream};
 use crate::walk::{self, Naming, Skipped};
@@ -31,6 +33,8 @@ pub struct Exporter {
     rootfs: Option<Rootfs>,
     whiteouts: WhiteoutStyle,
     compression: Option<Compression>,
+    digest: bool,
+    progress: Option<ProgressHandle>,
 }
 
 /// What an export did.
@@ -67,6 +71,8 @@ impl Exporter {
             rootfs: None,
             whiteouts: WhiteoutStyle::Podman,
             compression: None,
+            digest: false,
+            progress: None,
         }
     }
 
@@ -111,17 +117,44 @@ impl Exporter {
         self
     }
 
+    /// Adds a last member `ckpt.sha256` in `sha256sum` format covering every regular
+    /// member, so that after extraction with any tar `sha256sum -c ckpt.sha256` checks the data
+    /// (and `ckpt verify` checks it in the archive). This reads all the data once: the export
+    /// is no longer metadata-only.
+    pub fn digest(mut self, digest: bool) -> Exporter {
+        self.digest = digest;
+        self
+    }
+
+    /// Reports progress in bytes of file data to `progress`.
+    pub fn progress(mut self, progress: std::sync::Arc<dyn Progress>) -> Exporter {
+        self.progress = Some(ProgressHandle(progress));
+        self
+    }
+
     /// Archives the contents of `src` into `out` (`-` for standard output): as `tar -C src -cf out .` would name them, or
     /// in the checkpoint layout when asked for.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
         let started = Instant::now();
         let mut skipped = Skipped::default();
-        let members = if self.bundle || self.rootfs.is_some() {
+        let bundle = self.bundle || self.rootfs.is_some();
+        let mut members = if bundle {
             podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, &mut skipped)?
         } else {
             walk::walk(src, Naming::DotSlash, &mut skipped)?
         };
-        let mut stats = self.write_members(members, out, started)?;
+        if self.digest {
+            members.push(digest::manifest_member(&members, if bundle { "" } else { "./" }));
+        }
+        let progress = self.progress_receiver();
+        if let Some(progress) = progress {
+            progress.start(total_bytes(&members));
+        }
+        let result = self.write_members(members, out, started);
+        if let Some(progress) = progress {
+            progress.finish();
+        }
+        let mut stats = result?;
         stats.skipped = skipped.paths;
         Ok(stats)
     }
@@ -157,11 +190,12 @@ impl Exporter {
         let plan = layout::plan(members, align);
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
-        let mut mover = Mover::new(self.share);
-        place(&plan, 0, &target, &mut mover)?;
+        let mut placer = Placer::new(target, Mover::new(self.share), self.progress_receiver(), self.digest);
+        placer.place(&plan, 0, true)?;
+        let MoveStats { bytes_cloned, bytes_copied } = placer.mover.stats;
+        drop(placer);
         file.set_len(plan.len).at("ftruncate", out)?;
         out_file.commit()?;
-        let MoveStats { bytes_cloned, bytes_copied } = mover.stats;
         let mut stats = ExportStats {
             bytes_cloned,
             bytes_copied,
@@ -181,19 +215,30 @@ impl Exporter {
         }
         match self.compression {
             None => {
-                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name);
-                stream.write_plan(plan, 0)?;
+                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver(), self.digest);
+                stream.write_plan(plan, 0, true)?;
                 Ok(stream.bytes_copied)
             }
             Some(compression) => {
                 let lock = stdout.lock();
                 let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, lock))
                     .at("start compressor for", name)?;
-                let copied = write_stream(plan, &mut encoder, name)?;
+                let copied = self.write_stream(plan, &mut encoder, name)?;
                 encoder.finish().and_then(|mut w| w.flush()).at("write", name)?;
                 Ok(copied)
             }
         }
+    }
+
+    fn progress_receiver(&self) -> Option<&dyn Progress> {
+        self.progress.as_ref().map(|p| p.0.as_ref())
+    }
+
+    fn write_stream(&self, plan: &Plan, writer: &mut dyn Write, name: &Path) -> Result<u64> {
+        let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver(), self.digest);
+        stream.write_plan(plan, 0, true)?;
+        stream.flush()?;
+        Ok(stream.bytes_copied)
     }
 
     fn write_compressed_file(&self, plan: &Plan, out: &Path) -> Result<u64> {
@@ -201,18 +246,22 @@ impl Exporter {
         let out_file = OutFile::create(out)?;
         let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out_file.file()))
             .at("start compressor for", out)?;
-        let copied = write_stream(plan, &mut encoder, out)?;
+        let copied = self.write_stream(plan, &mut encoder, out)?;
         encoder.finish().and_then(|mut w| w.flush()).at("write", out)?;
         out_file.commit()?;
         Ok(copied)
     }
 }
 
-fn write_stream(plan: &Plan, writer: &mut dyn Write, name: &Path) -> Result<u64> {
-    let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name);
-    stream.write_plan(plan, 0)?;
-    stream.flush()?;
-    Ok(stream.bytes_copied)
+fn total_bytes(members: &[Member]) -> u64 {
+    members
+        .iter()
+        .map(|m| match &m.body {
+            Body::File(f) => f.size,
+            Body::Members(inner) => total_bytes(inner),
+            _ => 0,
+        })
+        .sum()
 }
 
 pub(crate) fn check_align(align: u64) -> Result<()> {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod compress;
+mod digest;
 mod error;
 mod export;
 mod extract;
@@ -13,6 +14,7 @@ mod overlay;
 mod pax;
 mod place;
 mod podman;
+mod progress;
 mod reader;
 mod stream;
 mod sys;
@@ -25,3 +27,4 @@ pub use extract::ImportStats;
 pub use import::Importer;
 pub use overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use podman::Rootfs;
+pub use progress::Progress;

@@ -66,6 +66,8 @@ pub enum Body {
     Archive(Box<Plan>),
     /// Not yet laid out; the planner turns it into `Archive`.
     Members(Vec<Member>),
+    /// The digest manifest of this many bytes, written once the data before it is placed.
+    Manifest(u64),
 }
 
 #[derive(Debug)]
@@ -87,6 +89,7 @@ impl Member {
             Body::File(f) => f.size,
             Body::Bytes(b) => b.len() as u64,
             Body::Archive(plan) => plan.len,
+            Body::Manifest(len) => *len,
         }
     }
 }

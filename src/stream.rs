@@ -9,10 +9,14 @@ use std::path::Path;
 
 use rustix::io::Errno;
 
+use sha2::{Digest, Sha256};
+
+use crate::digest;
 use crate::error::{Context, Error, Result};
 use crate::layout::{Plan, encode_headers};
 use crate::member::{Body, SourceFile};
 use crate::place::{check_unchanged, open_source};
+use crate::progress::Progress;
 
 /// Where the archive's bytes go.
 pub enum Sink<'a> {
@@ -30,13 +34,32 @@ pub struct Stream<'a> {
     /// Bytes of file data written.
     pub bytes_copied: u64,
     buf: Vec<u8>,
+    progress: Option<&'a dyn Progress>,
+    /// The digest manifest being built, when one was asked for.
+    manifest: Option<Vec<u8>>,
+    /// Hashes everything written while a covered member's data goes out.
+    hasher: Option<Sha256>,
 }
 
 const ZEROS: [u8; 4096] = [0; 4096];
 
 impl<'a> Stream<'a> {
-    pub fn new(sink: Sink<'a>, name: &'a Path) -> Stream<'a> {
-        Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new() }
+    pub fn new(
+        sink: Sink<'a>,
+        name: &'a Path,
+        progress: Option<&'a dyn Progress>,
+        digest: bool,
+    ) -> Stream<'a> {
+        Stream {
+            sink,
+            name,
+            pos: 0,
+            bytes_copied: 0,
+            buf: Vec::new(),
+            progress,
+            manifest: digest.then(Vec::new),
+            hasher: None,
+        }
     }
 
     /// Flushes a writer sink (a compressor is finished by its owner).
@@ -49,6 +72,9 @@ impl<'a> Stream<'a> {
 
     fn write(&mut self, mut buf: &[u8]) -> Result<()> {
         self.pos += buf.len() as u64;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(buf);
+        }
         match &mut self.sink {
             Sink::Writer(writer) => writer.write_all(buf).at("write", self.name),
             Sink::Fd(fd) => {
@@ -72,16 +98,30 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    /// Writes a plan whose first byte belongs at `base`.
-    pub fn write_plan(&mut self, plan: &Plan, base: u64) -> Result<()> {
+    /// Writes a plan whose first byte belongs at `base`; `top` marks the outermost archive,
+    /// whose members the manifest covers.
+    pub fn write_plan(&mut self, plan: &Plan, base: u64, top: bool) -> Result<()> {
         for placed in &plan.entries {
             self.pad_to(base + placed.header_offset)?;
             self.write(&encode_headers(placed))?;
+            let hashed = top && self.manifest.is_some() && digest::covered(&placed.member);
+            if hashed {
+                self.hasher = Some(Sha256::new());
+            }
             match &placed.member.body {
                 Body::File(source) => self.file_data(source)?,
                 Body::Bytes(bytes) => self.write(bytes)?,
-                Body::Archive(inner) => self.write_plan(inner, base + placed.data_offset)?,
+                Body::Archive(inner) => self.write_plan(inner, base + placed.data_offset, false)?,
+                Body::Manifest(len) => {
+                    let manifest = self.manifest.take().unwrap_or_default();
+                    assert_eq!(manifest.len() as u64, *len, "manifest length was planned");
+                    self.write(&manifest)?;
+                }
                 Body::None | Body::Members(_) => {}
+            }
+            if let Some(hasher) = self.hasher.take().filter(|_| hashed) {
+                let line = digest::line(&placed.member.name, &hasher.finalize().into());
+                self.manifest.as_mut().expect("checked").extend(line);
             }
         }
         self.pad_to(base + plan.len)
@@ -91,14 +131,20 @@ impl<'a> Stream<'a> {
         let path = source.path.as_path();
         let file = open_source(path)?;
         check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        // Data that must be hashed goes through user space.
         let copied = match &self.sink {
-            Sink::Fd(fd) => send(*fd, &file, source.size).map_err(|e| self.copy_error(e, path))?,
-            Sink::Writer(_) => 0,
+            Sink::Fd(fd) if self.hasher.is_none() => {
+                send(*fd, &file, source.size).map_err(|e| self.copy_error(e, path))?
+            }
+            _ => 0,
         };
         self.pos += copied;
         self.copy_through_buffer(&file, copied, source.size).map_err(|e| self.copy_error(e, path))?;
         check_unchanged(source, &file.metadata().at("fstat", path)?)?;
         self.bytes_copied += source.size;
+        if let Some(progress) = self.progress {
+            progress.advance(source.size);
+        }
         Ok(())
     }
 

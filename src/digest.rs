@@ -1,0 +1,99 @@
+//! The digest manifest: a last member `ckpt.sha256` in `sha256sum` format, so that after any
+//! tar extracts the archive, `sha256sum -c ckpt.sha256` checks the data with standard tools.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use sha2::{Digest, Sha256};
+
+use crate::member::{Body, Kind, Member, Meta};
+
+pub const MANIFEST_NAME: &str = "ckpt.sha256";
+
+/// The members a manifest covers: the top-level members that carry data.
+pub fn covered(member: &Member) -> bool {
+    member.kind == Kind::Regular
+        && matches!(member.body, Body::File(_) | Body::Bytes(_) | Body::Members(_) | Body::Archive(_))
+}
+
+/// `sha256sum` escapes names holding a backslash or newline, and marks such lines with a
+/// leading backslash.
+fn escaped_name(name: &[u8]) -> (bool, Vec<u8>) {
+    let needs = name.iter().any(|&b| b == b'\\' || b == b'\n');
+    if !needs {
+        return (false, name.to_vec());
+    }
+    let mut out = Vec::with_capacity(name.len() + 4);
+    for &b in name {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b => out.push(b),
+        }
+    }
+    (true, out)
+}
+
+pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
+    let (escaped, name) = escaped_name(name);
+    let mut line = Vec::with_capacity(name.len() + 68);
+    if escaped {
+        line.push(b'\\');
+    }
+    for byte in hash {
+        line.extend_from_slice(format!("{byte:02x}").as_bytes());
+    }
+    line.extend_from_slice(b"  ");
+    line.extend_from_slice(&name);
+    line.push(b'\n');
+    line
+}
+
+/// The manifest member for `members`, whose length is known before any data is hashed.
+pub fn manifest_member(members: &[Member], name_prefix: &str) -> Member {
+    let len: usize = members.iter().filter(|m| covered(m)).map(|m| line(&m.name, &[0; 32]).len()).sum();
+    let mtime = members.iter().map(|m| m.meta.mtime).max().unwrap_or(0);
+    Member {
+        name: format!("{name_prefix}{MANIFEST_NAME}").into_bytes(),
+        meta: Meta { mode: 0o644, mtime, ..Meta::default() },
+        kind: Kind::Regular,
+        body: Body::Manifest(len as u64),
+        xattrs: Vec::new(),
+    }
+}
+
+/// Hashes `len` bytes of `fd` from `offset`.
+pub fn hash_range(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<[u8; 32]> {
+    if buf.is_empty() {
+        buf.resize(1 << 20, 0);
+    }
+    let mut hasher = Sha256::new();
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        match rustix::io::pread(fd, &mut buf[..want], offset + done) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                done += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256sum_format() {
+        let hash = [0xab; 32];
+        let plain = line(b"./a b", &hash);
+        assert_eq!(plain, format!("{}  ./a b\n", "ab".repeat(32)).into_bytes());
+        let odd = line(b"./x\\y\nz", &hash);
+        assert_eq!(odd, format!("\\{}  ./x\\\\y\\nz\n", "ab".repeat(32)).into_bytes());
+    }
+}
