@@ -8,16 +8,16 @@ use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 
 use crate::compress::{Compression, Encoder};
+use crate::digest;
 use crate::error::{Context, Error, Result};
 use crate::layout::{self, Plan};
 use crate::member::{Body, Member};
 use crate::mover::{MoveStats, Mover};
 use crate::outfile::OutFile;
 use crate::overlay::WhiteoutStyle;
-use crate::digest;
 use crate::place::{Placer, Target};
-use crate::progress::{Progress, ProgressHandle};
 use crate::podman::{self, Rootfs};
+use crate::progress::{Progress, ProgressHandle};
 use crate::stream::{Sink, Stream};
 use crate::walk::{self, Naming, Skipped};
 
@@ -191,7 +191,7 @@ impl Exporter {
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
         let mut placer = Placer::new(target, Mover::new(self.share), self.progress_receiver(), self.digest);
-        placer.place(&plan, 0, true)?;
+        placer.place(&plan)?;
         let MoveStats { bytes_cloned, bytes_copied } = placer.mover.stats;
         drop(placer);
         file.set_len(plan.len).at("ftruncate", out)?;
@@ -215,7 +215,8 @@ impl Exporter {
         }
         match self.compression {
             None => {
-                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver(), self.digest);
+                let mut stream =
+                    Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver(), self.digest);
                 stream.write_plan(plan, 0, true)?;
                 Ok(stream.bytes_copied)
             }
@@ -235,7 +236,8 @@ impl Exporter {
     }
 
     fn write_stream(&self, plan: &Plan, writer: &mut dyn Write, name: &Path) -> Result<u64> {
-        let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver(), self.digest);
+        let mut stream =
+            Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver(), self.digest);
         stream.write_plan(plan, 0, true)?;
         stream.flush()?;
         Ok(stream.bytes_copied)

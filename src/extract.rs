@@ -23,6 +23,7 @@ use crate::layout::round_up;
 use crate::member::{Kind, Meta};
 use crate::mover::{End, Mover, Tail, write_all_at};
 use crate::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::progress::Progress;
 use crate::reader::{Entry, Reader};
 
 /// What an import did.
@@ -94,6 +95,7 @@ pub struct Extractor {
     /// Length and device of the archive file, looked up once.
     archive_info: Option<(std::os::fd::RawFd, u64, u64)>,
     layer: Option<LayerMode>,
+    progress: Option<std::sync::Arc<dyn Progress>>,
     pub stats: ImportStats,
 }
 
@@ -113,7 +115,11 @@ impl RelPath<'_> {
 
 impl Extractor {
     /// Prepares to restore into `dest`, creating it if needed.
-    pub fn new(dest: &Path, options: ExtractOptions) -> Result<Extractor> {
+    pub fn new(
+        dest: &Path,
+        options: ExtractOptions,
+        progress: Option<std::sync::Arc<dyn Progress>>,
+    ) -> Result<Extractor> {
         match std::fs::create_dir_all(dest) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -139,6 +145,7 @@ impl Extractor {
             zero_buf: Vec::new(),
             archive_info: None,
             layer: None,
+            progress,
             stats: ImportStats::default(),
         })
     }
@@ -189,6 +196,8 @@ impl Extractor {
         let Some(name) = rel.name else {
             // The archive's top directory (`./`): the destination itself.
             if *kind == Kind::Directory {
+                let root = self.root.clone();
+                self.set_xattrs_fd(root.as_fd(), &entry.xattrs, b"");
                 self.dirs.push(DeferredDir { rel: Vec::new(), meta: entry.meta });
             }
             return Ok(());
@@ -202,6 +211,11 @@ impl Extractor {
                 return self.make_opaque(mode, &parent, &rel);
             }
             if let Some(deleted) = name.strip_prefix(WHITEOUT_PREFIX) {
+                // `.wh...` would delete the parent's parent (outside the destination at the
+                // top), `.wh..` the parent itself.
+                if matches!(deleted, b"" | b"." | b"..") {
+                    return self.refuse(entry, "whiteout of '.' or '..'".to_string());
+                }
                 let target = RelPath { parent: rel.parent.clone(), name: Some(deleted) };
                 return self.delete(mode, &parent, deleted, &target.joined());
             }
@@ -325,16 +339,32 @@ impl Extractor {
         self.fill(&tmp, entry, reader)?;
         self.set_meta_fd(tmp.as_fd(), &entry.meta, &entry.xattrs, rel, true)?;
         self.stats.files += 1;
-        self.stats.bytes += entry.size;
+        self.stats.bytes += entry.sparse.as_ref().map_or(entry.size, |map| map.real_size);
+        if let Some(progress) = &self.progress {
+            progress.advance(entry.size);
+        }
+        // Linking an unnamed file by descriptor needs CAP_DAC_READ_SEARCH; without it, go
+        // through its /proc magic link.
         let proc_path = format!("/proc/self/fd/{}", tmp.as_raw_fd());
+        let by_fd = self.privileged;
         self.place(parent, name, rel, |dir, n| {
-            rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, n, AtFlags::SYMLINK_FOLLOW)
+            if by_fd {
+                rustix::fs::linkat(&tmp, "", dir, n, AtFlags::EMPTY_PATH)
+            } else {
+                rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, n, AtFlags::SYMLINK_FOLLOW)
+            }
         })
     }
 
     /// Writes the member's data into the new file.
     fn fill(&mut self, tmp: &File, entry: &Entry, reader: &mut Reader<'_>) -> Result<()> {
         let path = reader.archive_path().to_path_buf();
+        // A sparse member's stored bytes are fragments of the file; a plain one is one piece.
+        let whole = [(0, entry.size)];
+        let (fragments, final_size) = match &entry.sparse {
+            Some(map) => (map.fragments.as_slice(), map.real_size),
+            None => (&whole[..], entry.size),
+        };
         if let Some(archive) = reader.file() {
             let (archive_len, archive_dev) = match self.archive_info {
                 Some((fd, len, dev)) if fd == archive.as_raw_fd() => (len, dev),
@@ -344,24 +374,30 @@ impl Extractor {
                     (meta.len(), meta.dev())
                 }
             };
-            // Cloning the whole last block (then truncating) shares the tail too; the bytes
-            // after the data in that block belong to the next header, never to the file.
-            let tail = if entry.data_offset + round_up(entry.size, self.block) <= archive_len {
-                Tail::Overshoot
-            } else {
-                Tail::Copy
-            };
-            let src = End { fd: archive.as_fd(), dev: archive_dev, offset: entry.data_offset };
-            let dst = End { fd: tmp.as_fd(), dev: self.dev, offset: 0 };
-            self.mover.transfer(src, dst, entry.size, self.block, tail).map_err(|e| Error::Copy {
-                from: path.clone(),
-                to: self.root_path.clone(),
-                source: e,
-            })?;
+            let mut stored = entry.data_offset;
+            for &(at, len) in fragments {
+                // Cloning the whole last block (then truncating) shares the tail too; the bytes
+                // after the data in that block belong to the next header, never to the file.
+                let tail = if entry.sparse.is_none() && stored + round_up(len, self.block) <= archive_len {
+                    Tail::Overshoot
+                } else {
+                    Tail::Copy
+                };
+                let src = End { fd: archive.as_fd(), dev: archive_dev, offset: stored };
+                let dst = End { fd: tmp.as_fd(), dev: self.dev, offset: at };
+                self.mover.transfer(src, dst, len, self.block, tail).map_err(|e| Error::Copy {
+                    from: path.clone(),
+                    to: self.root_path.clone(),
+                    source: e,
+                })?;
+                stored += len;
+            }
         } else {
-            self.copy_stream(tmp, entry.size, reader)?;
+            for &(at, len) in fragments {
+                self.copy_stream(tmp, at, len, reader)?;
+            }
         }
-        tmp.set_len(entry.size).at("ftruncate", &path)?;
+        tmp.set_len(final_size).at("ftruncate", &path)?;
         let stats = self.mover.stats;
         self.stats.bytes_cloned = stats.bytes_cloned;
         self.stats.bytes_copied = stats.bytes_copied;
@@ -369,7 +405,7 @@ impl Extractor {
     }
 
     /// Copies from a stream, leaving all-zero blocks unwritten so they become holes.
-    fn copy_stream(&mut self, tmp: &File, size: u64, reader: &mut Reader<'_>) -> Result<()> {
+    fn copy_stream(&mut self, tmp: &File, start: u64, size: u64, reader: &mut Reader<'_>) -> Result<()> {
         let path = reader.archive_path().to_path_buf();
         if self.zero_buf.is_empty() {
             self.zero_buf = vec![0; 1 << 20];
@@ -381,7 +417,7 @@ impl Extractor {
             reader.read_exact(buf).map_err(|e| Error::io("read", &path, e))?;
             for (i, chunk) in buf.chunks(4096).enumerate() {
                 if chunk.iter().any(|&b| b != 0) {
-                    write_all_at(tmp.as_fd(), chunk, offset + (i * 4096) as u64)
+                    write_all_at(tmp.as_fd(), chunk, start + offset + (i * 4096) as u64)
                         .at("write", &self.root_path)?;
                 }
             }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::compress::{self, Compression};
@@ -14,6 +15,7 @@ use crate::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
 use crate::member::Kind;
 use crate::overlay;
 use crate::podman::{self, Rootfs};
+use crate::progress::{Progress, ProgressHandle};
 use crate::reader::Reader;
 
 /// Restores archives into directories.
@@ -21,6 +23,7 @@ use crate::reader::Reader;
 pub struct Importer {
     options: ExtractOptions,
     rootfs: Option<Rootfs>,
+    progress: Option<ProgressHandle>,
 }
 
 impl Default for Importer {
@@ -37,7 +40,7 @@ struct LayerTarget {
 
 impl Importer {
     pub fn new() -> Importer {
-        Importer { options: ExtractOptions { share: true, overwrite: false }, rootfs: None }
+        Importer { options: ExtractOptions { share: true, overwrite: false }, rootfs: None, progress: None }
     }
 
     /// `false` copies every byte instead of sharing extents with the archive.
@@ -56,6 +59,13 @@ impl Importer {
     /// applies `deleted.files` there) instead of as a file in the bundle.
     pub fn rootfs(mut self, rootfs: Rootfs) -> Importer {
         self.rootfs = Some(rootfs);
+        self
+    }
+
+    /// Reports progress in bytes of file data restored to `progress`; the total given to
+    /// `start` is the archive's size (0 when reading a stream).
+    pub fn progress(mut self, progress: std::sync::Arc<dyn Progress>) -> Importer {
+        self.progress = Some(ProgressHandle(progress));
         self
     }
 
@@ -89,10 +99,31 @@ impl Importer {
             Some((file, len)) => Reader::from_file(file, 0, len, archive),
             None => Reader::from_stream(compress::decompress(input, archive)?, archive),
         };
-        let mut bundle = Extractor::new(dest, self.options)?;
+        let progress = self.progress.as_ref().map(|p| p.0.clone());
+        if let Some(progress) = &progress {
+            progress.start(seekable.map_or(0, |(_, len)| len));
+        }
+        let result = self.extract_all(&mut reader, archive, dest, layer, progress.clone());
+        if let Some(progress) = &progress {
+            progress.finish();
+        }
+        let mut stats = result?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    fn extract_all(
+        &self,
+        reader: &mut Reader<'_>,
+        archive: &Path,
+        dest: &Path,
+        layer: Option<LayerTarget>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<ImportStats> {
+        let mut bundle = Extractor::new(dest, self.options, progress.clone())?;
         let mut layer_extractor = match &layer {
             Some(target) => {
-                let mut extractor = Extractor::new(&target.dir, self.options)?;
+                let mut extractor = Extractor::new(&target.dir, self.options, progress.clone())?;
                 extractor.set_layer(target.mode);
                 Some(extractor)
             }
@@ -100,13 +131,14 @@ impl Importer {
         };
         let mut deleted = Vec::new();
         while let Some(entry) = reader.next_entry()? {
+            let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
             match layer_extractor.as_mut() {
                 Some(layer) if name == podman::ROOTFS_DIFF && entry.kind == Some(Kind::Regular) => {
                     let end = entry.data_offset + entry.size;
                     let mut inner = match reader.file() {
                         Some(file) => Reader::from_file(file, entry.data_offset, end, archive),
-                        None => Reader::from_stream(&mut reader, archive),
+                        None => Reader::from_stream(&mut *reader, archive),
                     };
                     while let Some(member) = inner.next_entry()? {
                         layer.extract(&member, &mut inner)?;
@@ -120,10 +152,10 @@ impl Importer {
                         ));
                     }
                     let mut data = Vec::new();
-                    (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
+                    reader.take(entry.size).read_to_end(&mut data).at("read", archive)?;
                     deleted.extend(podman::parse_deleted_files(&data, archive)?);
                 }
-                _ => bundle.extract(&entry, &mut reader)?,
+                _ => bundle.extract(&entry, reader)?,
             }
         }
         let mut stats = bundle.finish()?;
@@ -133,7 +165,6 @@ impl Importer {
             let layer_stats = layer.finish()?;
             stats.absorb(layer_stats);
         }
-        stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
 }

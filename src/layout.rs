@@ -157,7 +157,14 @@ fn pax_records(member: &Member) -> Vec<u8> {
     }
     for (name, value) in &member.xattrs {
         let mut key = b"SCHILY.xattr.".to_vec();
-        key.extend_from_slice(name);
+        // As GNU tar does: `=` would end the keyword, `%` starts an escape.
+        for &b in name {
+            match b {
+                b'=' => key.extend_from_slice(b"%3D"),
+                b'%' => key.extend_from_slice(b"%25"),
+                b => key.push(b),
+            }
+        }
         pax::push_record(&mut out, &key, value);
     }
     out
@@ -249,7 +256,7 @@ mod tests {
             name: name.to_vec(),
             meta: Meta { mode: 0o644, mtime: 1_700_000_000, mtime_nsec: 5, ..Meta::default() },
             kind: Kind::Regular,
-            body: Body::File(SourceFile { path: "x".into(), size, ino: 1, mtime: (0, 0) }),
+            body: Body::File(SourceFile { path: "x".into(), size, dev: 1, ino: 1, mtime: (0, 0) }),
             xattrs: if xattr_len > 0 { vec![(b"user.x".to_vec(), vec![b'\n'; xattr_len])] } else { vec![] },
         }
     }

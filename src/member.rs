@@ -51,6 +51,7 @@ impl Meta {
 pub struct SourceFile {
     pub path: PathBuf,
     pub size: u64,
+    pub dev: u64,
     pub ino: u64,
     pub mtime: (i64, i64),
 }

@@ -22,9 +22,6 @@ enum Rung {
 /// What may be done with the block that holds the end of the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tail {
-    /// The range ends at the source's end of file and at or beyond the destination's, so an
-    /// unaligned tail can be cloned as it is.
-    AtEof,
     /// Clone whole blocks only; copy the unaligned tail.
     Copy,
     /// The source has readable bytes up to the next block boundary and the caller truncates
@@ -54,6 +51,9 @@ pub struct Mover {
     pub stats: MoveStats,
 }
 
+/// Ranges shorter than this are copied without looking for holes.
+const HOLE_SEARCH_MIN: u64 = 128 << 10;
+
 /// Size of the bounce buffer for the last-resort copy.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -79,27 +79,12 @@ impl Mover {
         block: u64,
         tail: Tail,
     ) -> io::Result<()> {
-        let pair = (src.dev, dst.dev);
-        let mut done = 0;
-        if self.rung(pair) == Rung::Clone
-            && src.offset.is_multiple_of(block)
-            && dst.offset.is_multiple_of(block)
-        {
-            let (clone_len, covers) = match tail {
-                Tail::AtEof => (len, len),
-                Tail::Copy => (len - len % block, len - len % block),
-                Tail::Overshoot => (len.div_ceil(block) * block, len),
-            };
-            if clone_len > 0 {
-                match sys::clone_range(src.fd, src.offset, dst.fd, dst.offset, clone_len) {
-                    Ok(()) => {
-                        self.stats.bytes_cloned += covers;
-                        done = covers;
-                    }
-                    Err(e) => self.clone_failed(pair, e)?,
-                }
-            }
-        }
+        let (clone_len, covers) = match tail {
+            Tail::Copy => (len - len % block, len - len % block),
+            Tail::Overshoot => (len.div_ceil(block) * block, len),
+        };
+        let done = if self.try_clone(src, dst, clone_len, block)? { covers } else { 0 };
+        self.stats.bytes_cloned += done;
         if done < len {
             let src = End { offset: src.offset + done, ..src };
             let dst = End { offset: dst.offset + done, ..dst };
@@ -107,6 +92,35 @@ impl Mover {
             self.stats.bytes_copied += len - done;
         }
         Ok(())
+    }
+
+    /// Whether a clone between these devices may work (it has not failed for good).
+    pub fn may_clone(&self, src_dev: u64, dst_dev: u64) -> bool {
+        self.rung((src_dev, dst_dev)) == Rung::Clone
+    }
+
+    /// Clones the whole blocks of a `len`-byte range; returns the bytes cloned, 0 when the
+    /// filesystems (or this file) do not allow it. The rest is the caller's to copy.
+    pub fn clone_blocks(&mut self, src: End<'_>, dst: End<'_>, len: u64, block: u64) -> io::Result<u64> {
+        let clone_len = len - len % block;
+        let done = if self.try_clone(src, dst, clone_len, block)? { clone_len } else { 0 };
+        self.stats.bytes_cloned += done;
+        Ok(done)
+    }
+
+    fn try_clone(&mut self, src: End<'_>, dst: End<'_>, len: u64, block: u64) -> io::Result<bool> {
+        let pair = (src.dev, dst.dev);
+        if len == 0
+            || self.rung(pair) != Rung::Clone
+            || !src.offset.is_multiple_of(block)
+            || !dst.offset.is_multiple_of(block)
+        {
+            return Ok(false);
+        }
+        match sys::clone_range(src.fd, src.offset, dst.fd, dst.offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) => self.clone_failed(pair, e).map(|()| false),
+        }
     }
 
     fn rung(&self, pair: (u64, u64)) -> Rung {
@@ -141,6 +155,10 @@ impl Mover {
 
     /// Copies `len` bytes, skipping the source's holes (left unwritten in the destination).
     fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
+        // Looking for holes costs more than copying a short range (SEEK_DATA may flush).
+        if len <= HOLE_SEARCH_MIN {
+            return self.copy(src, dst, len);
+        }
         let end = src.offset + len;
         let mut pos = src.offset;
         while pos < end {

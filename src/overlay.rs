@@ -157,7 +157,8 @@ pub fn read_layer(
     style: WhiteoutStyle,
     skipped: &mut Skipped,
 ) -> Result<LayerDiff> {
-    let walked = walk::walk(upper, Naming::Bare, skipped)?;
+    // The root entry carries the container root's own metadata, which the layer changes too.
+    let walked = walk::walk(upper, Naming::BareWithRoot, skipped)?;
     let mut whiteouts: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut members = Vec::with_capacity(walked.len());

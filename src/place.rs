@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -11,7 +11,7 @@ use rustix::io::Errno;
 
 use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::{Plan, encode_headers};
+use crate::layout::{BLOCK, Plan, encode_headers};
 use crate::member::{Body, SourceFile};
 use crate::mover::{End, Mover, Tail, write_all_at};
 use crate::progress::Progress;
@@ -25,15 +25,28 @@ pub struct Target<'a> {
     pub block: u64,
 }
 
-/// Writes a plan into its target.
+/// Writes a plan into its target in two passes. First every aligned file's whole blocks are
+/// cloned; then headers, padding, small files, tails and whatever could not be cloned are
+/// written, adjacent pieces coalesced into one write. Cloning first matters: a clone into a
+/// file with dirty pages before the destination waits for their writeback, and an unaligned
+/// tail cloned at the end of file makes the next extension rewrite that block anyway (so the
+/// tail block of a member followed by another member is never shared in the archive).
 pub struct Placer<'a> {
     pub target: Target<'a>,
     pub mover: Mover,
     pub progress: Option<&'a dyn Progress>,
     /// The digest manifest being built, when one was asked for.
     pub manifest: Option<Vec<u8>>,
+    /// Pending bytes for the archive, starting at `pending_at`.
+    pending: Vec<u8>,
+    pending_at: u64,
     buf: Vec<u8>,
 }
+
+/// Remaining data up to this size is read into the pending write rather than moved on its own.
+const SMALL_REST: u64 = 64 << 10;
+/// Pending bytes are written out once they reach this size.
+const PENDING_LIMIT: usize = 1 << 20;
 
 impl<'a> Placer<'a> {
     pub fn new(
@@ -42,57 +55,175 @@ impl<'a> Placer<'a> {
         progress: Option<&'a dyn Progress>,
         digest: bool,
     ) -> Placer<'a> {
-        Placer { target, mover, progress, manifest: digest.then(Vec::new), buf: Vec::new() }
-    }
-
-    /// Writes `plan` with its start at `base` in the target. Writes go strictly forward, so
-    /// every file's data is appended at the target's end of file and can be cloned whole, tail
-    /// included. `top` marks the outermost archive, whose members the manifest covers.
-    pub fn place(&mut self, plan: &Plan, base: u64, top: bool) -> Result<()> {
-        let fd = self.target.file.as_fd();
-        let path = self.target.path;
-        for placed in &plan.entries {
-            let headers = encode_headers(placed);
-            write_all_at(fd, &headers, base + placed.header_offset).at("write", path)?;
-            let data_offset = base + placed.data_offset;
-            match &placed.member.body {
-                Body::File(source) => self.place_file(source, data_offset)?,
-                Body::Bytes(bytes) => write_all_at(fd, bytes, data_offset).at("write", path)?,
-                Body::Archive(inner) => self.place(inner, data_offset, false)?,
-                Body::Manifest(len) => {
-                    let manifest = self.manifest.take().unwrap_or_default();
-                    assert_eq!(manifest.len() as u64, *len, "manifest length was planned");
-                    write_all_at(fd, &manifest, data_offset).at("write", path)?;
-                }
-                Body::None | Body::Members(_) => {}
-            }
-            if top && self.manifest.is_some() && digest::covered(&placed.member) {
-                // Hash what the archive now holds, as a reader will see it.
-                let size = placed.member.data_size();
-                let hash = digest::hash_range(fd, data_offset, size, &mut self.buf).at("read back", path)?;
-                self.manifest.as_mut().expect("checked").extend(digest::line(&placed.member.name, &hash));
-            }
+        Placer {
+            target,
+            mover,
+            progress,
+            manifest: digest.then(Vec::new),
+            pending: Vec::new(),
+            pending_at: 0,
+            buf: Vec::new(),
         }
-        let end_blocks = [0u8; 1024];
-        write_all_at(fd, &end_blocks, base + plan.len - 1024).at("write", path)
     }
 
-    fn place_file(&mut self, source: &SourceFile, offset: u64) -> Result<()> {
-        let path = source.path.as_path();
-        let file = open_source(path)?;
-        let before = file.metadata().at("fstat", path)?;
-        check_unchanged(source, &before)?;
-        let src = End { fd: file.as_fd(), dev: before.dev(), offset: 0 };
-        let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset };
-        self.mover
-            .transfer(src, dst, source.size, self.target.block, Tail::AtEof)
-            .map_err(|e| transfer_error(e, path, self.target.path))?;
-        let after = file.metadata().at("fstat", path)?;
-        check_unchanged(source, &after)?;
-        if let Some(progress) = self.progress {
-            progress.advance(source.size);
+    /// Writes the whole archive.
+    pub fn place(&mut self, plan: &Plan) -> Result<()> {
+        let mut cloned = Vec::new();
+        self.clone_pass(plan, 0, &mut cloned)?;
+        self.fill_pass(plan, 0, &mut cloned.into_iter())?;
+        self.flush()?;
+        if self.manifest.is_some() {
+            self.write_manifest(plan)?;
         }
         Ok(())
+    }
+
+    /// Clones the whole blocks of every aligned file; records per file how much was cloned.
+    fn clone_pass(&mut self, plan: &Plan, base: u64, cloned: &mut Vec<u64>) -> Result<()> {
+        let block = self.target.block;
+        for placed in &plan.entries {
+            match &placed.member.body {
+                Body::File(source) => {
+                    let offset = base + placed.data_offset;
+                    let worth_it = offset.is_multiple_of(block)
+                        && source.size >= block
+                        && self.mover.may_clone(source.dev, self.target.dev);
+                    cloned.push(if worth_it { self.clone_file(source, offset)? } else { 0 });
+                }
+                Body::Archive(inner) => self.clone_pass(inner, base + placed.data_offset, cloned)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn clone_file(&mut self, source: &SourceFile, offset: u64) -> Result<u64> {
+        let path = source.path.as_path();
+        let file = open_source(path)?;
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        let src = End { fd: file.as_fd(), dev: source.dev, offset: 0 };
+        let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset };
+        let cloned = self
+            .mover
+            .clone_blocks(src, dst, source.size, self.target.block)
+            .map_err(|e| transfer_error(e, path, self.target.path))?;
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        if let Some(progress) = self.progress {
+            progress.advance(cloned);
+        }
+        Ok(cloned)
+    }
+
+    /// Writes everything the clone pass left.
+    fn fill_pass(&mut self, plan: &Plan, base: u64, cloned: &mut std::vec::IntoIter<u64>) -> Result<()> {
+        for placed in &plan.entries {
+            self.put(base + placed.header_offset, &encode_headers(placed))?;
+            let data_offset = base + placed.data_offset;
+            match &placed.member.body {
+                Body::File(source) => {
+                    let done = cloned.next().expect("one clone record per file");
+                    self.fill_file(source, data_offset, done)?;
+                }
+                Body::Bytes(bytes) => self.put(data_offset, bytes)?,
+                Body::Archive(inner) => self.fill_pass(inner, data_offset, cloned)?,
+                // Written once everything before it can be hashed.
+                Body::Manifest(_) => {}
+                Body::None | Body::Members(_) => {}
+            }
+        }
+        self.put(base + plan.len - 1024, &[0u8; 1024])
+    }
+
+    fn fill_file(&mut self, source: &SourceFile, offset: u64, cloned: u64) -> Result<()> {
+        let rest = source.size - cloned;
+        if rest == 0 {
+            return Ok(());
+        }
+        let path = source.path.as_path();
+        let file = open_source(path)?;
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        if rest <= SMALL_REST {
+            let mut data = std::mem::take(&mut self.buf);
+            data.resize(rest as usize, 0);
+            let read = file.read_exact_at(&mut data, cloned);
+            let result = read.map_err(|e| transfer_error(shrunk_if_eof(e), path, self.target.path));
+            let result = result.and_then(|()| self.put(offset + cloned, &data));
+            self.buf = data;
+            result?;
+            self.mover.stats.bytes_copied += rest;
+        } else {
+            let src = End { fd: file.as_fd(), dev: source.dev, offset: cloned };
+            let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset: offset + cloned };
+            self.mover
+                .transfer(src, dst, rest, self.target.block, Tail::Copy)
+                .map_err(|e| transfer_error(e, path, self.target.path))?;
+        }
+        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        if let Some(progress) = self.progress {
+            progress.advance(rest);
+        }
+        Ok(())
+    }
+
+    /// Queues `bytes` for `offset`. Offsets only grow; a gap shorter than a tar block is tar
+    /// padding and filled with zeros, a longer one holds data placed otherwise and is skipped.
+    fn put(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let end = self.pending_at + self.pending.len() as u64;
+        debug_assert!(offset >= end || self.pending.is_empty());
+        if self.pending.is_empty() || offset < end || offset - end >= BLOCK {
+            self.flush()?;
+            self.pending_at = offset;
+        } else {
+            self.pending.resize(self.pending.len() + (offset - end) as usize, 0);
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= PENDING_LIMIT {
+            let next = self.pending_at + self.pending.len() as u64;
+            self.flush()?;
+            self.pending_at = next;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            write_all_at(self.target.file.as_fd(), &self.pending, self.pending_at)
+                .at("write", self.target.path)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Hashes every covered top-level member as the archive now holds it (as a reader will see
+    /// it), then writes the manifest.
+    fn write_manifest(&mut self, plan: &Plan) -> Result<()> {
+        let fd = self.target.file.as_fd();
+        let path = self.target.path;
+        let mut manifest = self.manifest.take().unwrap_or_default();
+        for placed in &plan.entries {
+            match &placed.member.body {
+                Body::Manifest(len) => {
+                    assert_eq!(manifest.len() as u64, *len, "manifest length was planned");
+                    write_all_at(fd, &manifest, placed.data_offset).at("write", path)?;
+                }
+                _ if digest::covered(&placed.member) => {
+                    let size = placed.member.data_size();
+                    let hash = digest::hash_range(fd, placed.data_offset, size, &mut self.buf)
+                        .at("read back", path)?;
+                    manifest.extend(digest::line(&placed.member.name, &hash));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shrunk_if_eof(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
+    } else {
+        e
     }
 }
 

@@ -14,6 +14,8 @@ use crate::pax;
 
 /// Largest pax extended header accepted (xattr values are at most 64 KiB each on Linux).
 const MAX_PAX_LEN: u64 = 16 << 20;
+/// Most bytes of extended attribute names one file can have on Linux (names NUL-terminated).
+const XATTR_LIST_MAX: usize = 64 << 10;
 /// Largest GNU long name or long link target accepted.
 const MAX_LONG_NAME: u64 = 64 << 10;
 
@@ -31,7 +33,20 @@ pub struct Entry {
     pub header_offset: u64,
     pub data_offset: u64,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// For a sparse member (GNU or pax sparse formats): where its stored fragments go.
+    pub sparse: Option<SparseMap>,
 }
+
+/// The layout of a sparse member: its data in the archive is `fragments`' bytes, one after
+/// the other; each goes at its offset in a file of `real_size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseMap {
+    pub fragments: Vec<(u64, u64)>,
+    pub real_size: u64,
+}
+
+/// Most fragments a sparse map may list (memory stays bounded on hostile input).
+const MAX_FRAGMENTS: usize = 1 << 20;
 
 impl Entry {
     pub fn name_lossy(&self) -> String {
@@ -56,7 +71,18 @@ pub struct Reader<'a> {
     data_left: u64,
     globals: Vec<(Vec<u8>, Vec<u8>)>,
     done: bool,
+    /// Read-ahead for headers in a file: consecutive small members need one read, not three
+    /// per member.
+    ahead: Vec<u8>,
+    ahead_at: u64,
+    /// Name and header offset of the member whose data comes next, for error messages.
+    current: Option<(Vec<u8>, u64)>,
+    /// Bytes of keys and values in `globals`.
+    globals_len: u64,
 }
+
+/// How much a file reader reads ahead for headers.
+const READ_AHEAD: usize = 64 << 10;
 
 /// Fields a pax or GNU extension header sets for the next member.
 #[derive(Default)]
@@ -86,6 +112,10 @@ impl<'a> Reader<'a> {
             data_left: 0,
             globals: Vec::new(),
             done: false,
+            ahead: Vec::new(),
+            ahead_at: 0,
+            current: None,
+            globals_len: 0,
         }
     }
 
@@ -112,7 +142,12 @@ impl<'a> Reader<'a> {
 
     fn read_error(&self, e: io::Error) -> Error {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            self.malformed(b"", self.pos, "archive ends in the middle of a member")
+            match &self.current {
+                Some((name, offset)) => {
+                    self.malformed(name, *offset, "archive ends in the middle of the member's data")
+                }
+                None => self.malformed(b"", self.pos, "archive ends in the middle of a member"),
+            }
         } else {
             Error::io("read", &self.archive, e)
         }
@@ -122,10 +157,23 @@ impl<'a> Reader<'a> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         match &mut self.input {
             Input::File { file, end } => {
-                if self.pos + buf.len() as u64 > *end {
+                let (pos, want) = (self.pos, buf.len() as u64);
+                if pos + want > *end {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                std::os::unix::fs::FileExt::read_exact_at(*file, buf, self.pos)?;
+                let cached = |ahead: &Vec<u8>, at: u64| pos >= at && pos + want <= at + ahead.len() as u64;
+                if !cached(&self.ahead, self.ahead_at) && buf.len() <= READ_AHEAD {
+                    let len = (READ_AHEAD as u64).min(*end - pos) as usize;
+                    self.ahead.resize(len, 0);
+                    std::os::unix::fs::FileExt::read_exact_at(*file, &mut self.ahead, pos)?;
+                    self.ahead_at = pos;
+                }
+                if cached(&self.ahead, self.ahead_at) {
+                    let from = (pos - self.ahead_at) as usize;
+                    buf.copy_from_slice(&self.ahead[from..from + buf.len()]);
+                } else {
+                    std::os::unix::fs::FileExt::read_exact_at(*file, buf, pos)?;
+                }
             }
             Input::Stream(stream) => stream.read_exact(buf)?,
         }
@@ -133,22 +181,45 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Reads a block, or None at the physical end of the input.
-    fn read_block(&mut self) -> io::Result<Option<[u8; 512]>> {
+    /// Reads a header block, or None at the physical end of the input. A partial block is
+    /// malformed: the error names what the partial header holds.
+    fn read_block(&mut self) -> Result<Option<[u8; 512]>> {
         let mut block = [0u8; 512];
-        match self.read_exact(&mut block) {
-            Ok(()) => Ok(Some(block)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.at_physical_end()? => Ok(None),
-            Err(e) => Err(e),
+        let offset = self.pos;
+        let got = match &mut self.input {
+            Input::Stream(stream) => {
+                let mut got = 0;
+                while got < block.len() {
+                    match stream.read(&mut block[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io("read", &self.archive, e)),
+                    }
+                }
+                self.pos += got as u64;
+                got
+            }
+            Input::File { file, end } => {
+                let (file, got) = (*file, end.saturating_sub(offset).min(BLOCK) as usize);
+                if got == block.len() {
+                    self.read_exact(&mut block).map_err(|e| self.read_error(e))?;
+                } else {
+                    std::os::unix::fs::FileExt::read_exact_at(file, &mut block[..got], offset)
+                        .map_err(|e| self.read_error(e))?;
+                }
+                got
+            }
+        };
+        match got {
+            512 => Ok(Some(block)),
+            0 => Ok(None),
+            _ => Err(self.malformed(
+                &raw_name(&block),
+                offset,
+                format!("archive ends {got} bytes into a header"),
+            )),
         }
-    }
-
-    fn at_physical_end(&mut self) -> io::Result<bool> {
-        Ok(match &self.input {
-            Input::File { end, .. } => self.pos >= *end,
-            // read_exact on a stream gives no count; a partial final block is malformed anyway.
-            Input::Stream(_) => true,
-        })
     }
 
     fn skip_to(&mut self, target: u64) -> io::Result<()> {
@@ -179,10 +250,12 @@ impl<'a> Reader<'a> {
         let next = self.next_header;
         self.skip_to(next).map_err(|e| self.read_error(e))?;
         self.data_left = 0;
+        self.current = None;
         let mut pending = Pending::default();
+        let mut pending_len = 0u64;
         loop {
             let offset = self.pos;
-            let Some(block) = self.read_block().map_err(|e| self.read_error(e))? else {
+            let Some(block) = self.read_block()? else {
                 if pending.start.is_some() {
                     return Err(self.malformed(b"", offset, "archive ends after an extended header"));
                 }
@@ -192,6 +265,7 @@ impl<'a> Reader<'a> {
             if block.iter().all(|&b| b == 0) {
                 // The end: two zero blocks (one is tolerated, as GNU tar does).
                 self.done = true;
+                self.warn_lone_zero_block(offset);
                 return Ok(None);
             }
             pending.start.get_or_insert(offset);
@@ -213,12 +287,22 @@ impl<'a> Reader<'a> {
                     for record in pax::records(&data) {
                         let (key, value) =
                             record.map_err(|e| self.malformed(&raw_name(&block), offset, e.0))?;
-                        records.push((key.to_vec(), value.to_vec()));
+                        if used_key(key) {
+                            records.push((key.to_vec(), value.to_vec()));
+                        }
                     }
-                    if typeflag == b'g' {
-                        merge_records(&mut self.globals, records);
+                    // Many extended headers in a row must not add up to more than one may hold.
+                    let total = if typeflag == b'g' {
+                        merge_records(&mut self.globals, records, &mut self.globals_len)
                     } else {
-                        merge_records(&mut pending.records, records);
+                        merge_records(&mut pending.records, records, &mut pending_len)
+                    };
+                    if total > MAX_PAX_LEN {
+                        return Err(self.malformed(
+                            &raw_name(&block),
+                            offset,
+                            format!("extended headers of more than {MAX_PAX_LEN} bytes"),
+                        ));
                     }
                 }
                 b'L' | b'K' => {
@@ -242,10 +326,15 @@ impl<'a> Reader<'a> {
                 _ => {
                     let entry = self.finish_entry(header, &block, offset, pending, size)?;
                     self.data_left = entry.size;
+                    self.current = Some((entry.name.clone(), entry.header_offset));
                     self.next_header = entry
-                        .data_offset
-                        .checked_add(crate::layout::round_up(entry.size, BLOCK))
-                        .ok_or_else(|| self.malformed(&entry.name, offset, "size overflows"))?;
+                        .size
+                        .checked_next_multiple_of(BLOCK)
+                        .and_then(|len| entry.data_offset.checked_add(len))
+                        .filter(|&next| i64::try_from(next).is_ok())
+                        .ok_or_else(|| {
+                            self.malformed(&entry.name, offset, format!("impossible size {}", entry.size))
+                        })?;
                     if let Input::File { end, .. } = self.input
                         && self.next_header > end
                     {
@@ -258,6 +347,23 @@ impl<'a> Reader<'a> {
                     return Ok(Some(entry));
                 }
             }
+        }
+    }
+
+    /// Warns, as GNU tar does, when the zero block at `offset` is not followed by another: what
+    /// comes after it is not read. Files only (peeking into a stream would consume it).
+    fn warn_lone_zero_block(&self, offset: u64) {
+        let Input::File { file, end } = self.input else { return };
+        let mut next = [0u8; 512];
+        let len = end.saturating_sub(offset + BLOCK).min(BLOCK) as usize;
+        if std::os::unix::fs::FileExt::read_exact_at(file, &mut next[..len], offset + BLOCK).is_ok()
+            && (len < next.len() || next.iter().any(|&b| b != 0))
+        {
+            log::warn!(
+                "{}: a lone zero block at offset {offset}; the {} bytes after it are ignored",
+                self.archive.display(),
+                end - offset - BLOCK
+            );
         }
     }
 
@@ -332,6 +438,9 @@ impl<'a> Reader<'a> {
                 u32::try_from(minor).map_err(|_| self.malformed(&name, offset, "device minor too large"))?;
         }
         let mut xattrs = Vec::new();
+        let mut libarchive_xattrs = Vec::new();
+        let (mut xattr_names, mut libarchive_names) = (0usize, 0usize);
+        let mut sparse = SparseRecords::default();
         let records = self.globals.iter().chain(pending.records.iter());
         for (key, value) in records {
             let bad = |what: &str| self.malformed(&name, offset, format!("bad pax {what} record"));
@@ -344,20 +453,57 @@ impl<'a> Reader<'a> {
                 b"mtime" => {
                     (meta.mtime, meta.mtime_nsec) = parse_pax_time(value).ok_or_else(|| bad("mtime"))?
                 }
-                b"GNU.sparse.major" | b"GNU.sparse.map" | b"GNU.sparse.size" => {
-                    return Err(self.malformed(
-                        &name,
-                        offset,
-                        "sparse members (tar --sparse) are not supported",
-                    ));
+                b"GNU.sparse.major" => {
+                    sparse.major = Some(parse_decimal(value).ok_or_else(|| bad("sparse"))?)
+                }
+                b"GNU.sparse.name" => sparse.name = Some(value.clone()),
+                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                    sparse.real_size = Some(parse_decimal(value).ok_or_else(|| bad("sparse size"))?)
+                }
+                b"GNU.sparse.map" => {
+                    sparse.map = Some(parse_map_list(value).ok_or_else(|| bad("sparse map"))?)
+                }
+                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
+                    return Err(self.malformed(&name, offset, "pax sparse format 0.0 is not supported"));
                 }
                 _ => {
                     if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
-                        xattrs.retain(|(n, _): &(Vec<u8>, Vec<u8>)| n != xattr);
-                        xattrs.push((xattr.to_vec(), value.clone()));
+                        let xattr = unescape_xattr_name(xattr);
+                        // Also keeps the retain below from going quadratic.
+                        xattr_names += xattr.len() + 1;
+                        if xattr_names > XATTR_LIST_MAX {
+                            return Err(self.malformed(
+                                &name,
+                                offset,
+                                "more extended attributes than Linux can hold",
+                            ));
+                        }
+                        xattrs.retain(|(n, _): &(Vec<u8>, Vec<u8>)| *n != xattr);
+                        xattrs.push((xattr, value.clone()));
+                    } else if let Some(xattr) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+                        let decoded = percent_decode(xattr).zip(decode_base64(value));
+                        let (xattr, value) = decoded.ok_or_else(|| bad("LIBARCHIVE.xattr"))?;
+                        libarchive_names += xattr.len() + 1;
+                        if libarchive_names > XATTR_LIST_MAX {
+                            return Err(self.malformed(
+                                &name,
+                                offset,
+                                "more extended attributes than Linux can hold",
+                            ));
+                        }
+                        libarchive_xattrs.retain(|(n, _): &(Vec<u8>, Vec<u8>)| *n != xattr);
+                        libarchive_xattrs.push((xattr, value));
                     }
                 }
             }
+        }
+        // bsdtar writes every xattr twice: URL-encoded names in SCHILY records, exact names and
+        // base64 values in its own, which are the ones to trust.
+        if !libarchive_xattrs.is_empty() {
+            xattrs = libarchive_xattrs;
+        }
+        if let Some(real) = sparse.name.take() {
+            name = real;
         }
         if name.contains(&0) || link.contains(&0) {
             return Err(self.malformed(&name, offset, "name contains a NUL byte"));
@@ -376,19 +522,40 @@ impl<'a> Reader<'a> {
             b'4' => Some(Kind::BlockDevice),
             b'5' | b'D' => Some(Kind::Directory),
             b'6' => Some(Kind::Fifo),
-            b'S' => {
-                return Err(self.malformed(
-                    &name,
-                    offset,
-                    "GNU sparse members (tar --sparse) are not supported",
-                ));
-            }
+            b'S' => Some(Kind::Regular),
             b'M' | b'N' => {
                 return Err(self.malformed(&name, offset, "multi-volume archives are not supported"));
             }
             _ => None,
         };
         xattrs.sort();
+        let mut sparse_map = None;
+        if typeflag == b'S' {
+            sparse_map = Some(self.old_gnu_sparse_map(block, &name, offset)?);
+        } else if let Some(map) = sparse.map {
+            let real_size =
+                sparse.real_size.ok_or_else(|| self.malformed(&name, offset, "sparse map without size"))?;
+            sparse_map = Some(SparseMap { fragments: map, real_size });
+        } else if sparse.major == Some(1) {
+            let real_size = sparse
+                .real_size
+                .ok_or_else(|| self.malformed(&name, offset, "sparse member without size"))?;
+            let (fragments, map_len) = self.pax1_sparse_map(&name, offset, size)?;
+            size -= map_len;
+            sparse_map = Some(SparseMap { fragments, real_size });
+        } else if sparse.major.is_some() {
+            return Err(self.malformed(&name, offset, "unknown pax sparse format version"));
+        }
+        if let Some(map) = &sparse_map {
+            let stored: u64 = map.fragments.iter().map(|f| f.1).sum();
+            let fits = map
+                .fragments
+                .iter()
+                .all(|&(at, len)| at.checked_add(len).is_some_and(|end| end <= map.real_size));
+            if stored != size || !fits {
+                return Err(self.malformed(&name, offset, "sparse map does not match the member's data"));
+            }
+        }
         Ok(Entry {
             name,
             kind,
@@ -398,7 +565,76 @@ impl<'a> Reader<'a> {
             header_offset: pending.start.unwrap_or(offset),
             data_offset: self.pos,
             xattrs,
+            sparse: sparse_map,
         })
+    }
+
+    /// Old GNU sparse ('S'): four map entries in the header, more in extension blocks.
+    fn old_gnu_sparse_map(&mut self, block: &[u8; 512], name: &[u8], offset: u64) -> Result<SparseMap> {
+        let bad = |this: &Self| this.malformed(name, offset, "bad GNU sparse header");
+        let real_size = parse_number(&block[483..495]).ok_or_else(|| bad(self))?;
+        let mut fragments = Vec::new();
+        let mut entries: Vec<u8> = block[386..482].to_vec();
+        let mut extended = block[482] != 0;
+        loop {
+            for entry in entries.chunks(24) {
+                if entry[0] == 0 {
+                    continue;
+                }
+                let at = parse_number(&entry[..12]).ok_or_else(|| bad(self))?;
+                let len = parse_number(&entry[12..]).ok_or_else(|| bad(self))?;
+                fragments.push((at, len));
+            }
+            if !extended {
+                break;
+            }
+            if fragments.len() > MAX_FRAGMENTS {
+                return Err(self.malformed(name, offset, "sparse map too long"));
+            }
+            let mut ext = [0u8; 512];
+            self.read_exact(&mut ext).map_err(|e| self.read_error(e))?;
+            entries = ext[..504].to_vec();
+            extended = ext[504] != 0;
+        }
+        Ok(SparseMap { fragments, real_size })
+    }
+
+    /// Pax sparse 1.0: the map is decimal text at the start of the data, padded to a block.
+    /// Returns the fragments and the map's length in the archive.
+    fn pax1_sparse_map(&mut self, name: &[u8], offset: u64, size: u64) -> Result<(Vec<(u64, u64)>, u64)> {
+        let bad = |this: &Self| this.malformed(name, offset, "bad pax sparse map");
+        let mut text = Vec::new();
+        let mut numbers = Vec::new();
+        let mut wanted = None;
+        while wanted.is_none_or(|n| numbers.len() < n) {
+            if text.len() as u64 + BLOCK > size {
+                return Err(bad(self));
+            }
+            let mut block = [0u8; 512];
+            self.read_exact(&mut block).map_err(|e| self.read_error(e))?;
+            let start = text.len();
+            text.extend_from_slice(&block);
+            // Parse the complete lines that this block finished.
+            let mut line_start = text[..start].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            for i in start..text.len() {
+                if text[i] != b'\n' {
+                    continue;
+                }
+                let n = parse_decimal(&text[line_start..i]).ok_or_else(|| bad(self))?;
+                line_start = i + 1;
+                if wanted.is_none() {
+                    let count =
+                        usize::try_from(n).ok().filter(|&c| c <= MAX_FRAGMENTS).ok_or_else(|| bad(self))?;
+                    wanted = Some(1 + 2 * count);
+                }
+                numbers.push(n);
+                if wanted.is_some_and(|w| numbers.len() >= w) {
+                    break;
+                }
+            }
+        }
+        let fragments = numbers[1..].chunks(2).map(|pair| (pair[0], pair[1])).collect();
+        Ok((fragments, text.len() as u64))
     }
 }
 
@@ -416,7 +652,14 @@ impl Read for Reader<'_> {
             Input::Stream(stream) => stream.read(&mut buf[..want])?,
         };
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            let (name, offset) = self.current.clone().unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "archive ends in the middle of the data of member {:?} (header at offset {offset})",
+                    String::from_utf8_lossy(&name)
+                ),
+            ));
         }
         self.pos += n as u64;
         self.data_left -= n as u64;
@@ -424,12 +667,100 @@ impl Read for Reader<'_> {
     }
 }
 
-/// Later records for the same key replace earlier ones.
-fn merge_records(into: &mut Vec<(Vec<u8>, Vec<u8>)>, records: Vec<(Vec<u8>, Vec<u8>)>) {
-    for (key, value) in records {
-        into.retain(|(k, _)| *k != key);
-        into.push((key, value));
+/// The pax records that describe a sparse member.
+#[derive(Default)]
+struct SparseRecords {
+    major: Option<u64>,
+    name: Option<Vec<u8>>,
+    real_size: Option<u64>,
+    map: Option<Vec<(u64, u64)>>,
+}
+
+/// `GNU.sparse.map`: `offset,size,offset,size,...`.
+fn parse_map_list(value: &[u8]) -> Option<Vec<(u64, u64)>> {
+    if value.is_empty() {
+        return Some(Vec::new());
     }
+    let numbers: Vec<u64> = value.split(|&b| b == b',').map(parse_decimal).collect::<Option<_>>()?;
+    if !numbers.len().is_multiple_of(2) || numbers.len() / 2 > MAX_FRAGMENTS {
+        return None;
+    }
+    Some(numbers.chunks(2).map(|p| (p[0], p[1])).collect())
+}
+
+/// GNU tar escapes `=` and `%` in xattr names inside pax keywords.
+fn unescape_xattr_name(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        let rest = &name[i..];
+        if rest.len() >= 3 && rest[0] == b'%' && rest[1..3].eq_ignore_ascii_case(b"3D") {
+            out.push(b'=');
+            i += 3;
+        } else if rest.len() >= 3 && rest[0] == b'%' && &rest[1..3] == b"25" {
+            out.push(b'%');
+            i += 3;
+        } else {
+            out.push(name[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes (libarchive URL-encodes xattr names).
+fn percent_decode(name: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        if name[i] == b'%' {
+            let hex = std::str::from_utf8(name.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(name[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn decode_base64(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    // Padding is optional: libarchive leaves it out.
+    let unpadded = value.trim_ascii_end();
+    let unpadded = &unpadded[..unpadded.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1)];
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded).ok()
+}
+
+/// Later records for the same key replace earlier ones. Linear: a pax header may hold a
+/// million records. Keeps `len` (bytes of keys and values in `into`) up to date; returns it.
+fn merge_records(into: &mut Vec<(Vec<u8>, Vec<u8>)>, records: Vec<(Vec<u8>, Vec<u8>)>, len: &mut u64) -> u64 {
+    let mut index: std::collections::HashMap<Vec<u8>, usize> =
+        into.iter().enumerate().map(|(i, (key, _))| (key.clone(), i)).collect();
+    for (key, value) in records {
+        *len += (key.len() + value.len()) as u64;
+        match index.get(&key) {
+            Some(&i) => {
+                *len -= (key.len() + into[i].1.len()) as u64;
+                into[i].1 = value;
+            }
+            None => {
+                index.insert(key.clone(), into.len());
+                into.push((key, value));
+            }
+        }
+    }
+    *len
+}
+
+/// Whether `finish_entry` looks at a pax keyword; the others (`comment`, `atime`, `uname`,
+/// ...) are dropped as they are read.
+fn used_key(key: &[u8]) -> bool {
+    matches!(key, b"path" | b"linkpath" | b"size" | b"uid" | b"gid" | b"mtime")
+        || key.starts_with(b"GNU.sparse.")
+        || key.starts_with(b"SCHILY.xattr.")
+        || key.starts_with(b"LIBARCHIVE.xattr.")
 }
 
 fn cstr(field: &[u8]) -> &[u8] {

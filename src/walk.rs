@@ -22,6 +22,8 @@ pub enum Naming {
     DotSlash,
     /// `a`, `dir/`, without an entry for the root: the layout of podman's checkpoint archives.
     Bare,
+    /// `./` for the root (so its owner, mode, times and xattrs travel), then `a`, `dir/`.
+    BareWithRoot,
 }
 
 /// Lists `root` and everything below it in depth-first order, sorted byte-wise within each
@@ -47,7 +49,8 @@ pub fn walk(root: &Path, naming: Naming, skipped: &mut Skipped) -> Result<Vec<Me
             Naming::DotSlash if rel.as_os_str().is_empty() => b".".to_vec(),
             Naming::DotSlash => [b"./", rel.as_os_str().as_bytes()].concat(),
             Naming::Bare if rel.as_os_str().is_empty() => continue,
-            Naming::Bare => rel.as_os_str().as_bytes().to_vec(),
+            Naming::BareWithRoot if rel.as_os_str().is_empty() => b".".to_vec(),
+            Naming::Bare | Naming::BareWithRoot => rel.as_os_str().as_bytes().to_vec(),
         };
         if file_type.is_dir() && !name.ends_with(b"/") {
             name.push(b'/');
@@ -79,6 +82,7 @@ pub fn walk(root: &Path, naming: Naming, skipped: &mut Skipped) -> Result<Vec<Me
             member.body = Body::File(SourceFile {
                 path: path.to_path_buf(),
                 size: meta.len(),
+                dev: meta.dev(),
                 ino: meta.ino(),
                 mtime: (meta.mtime(), meta.mtime_nsec()),
             });
