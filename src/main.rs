@@ -1,7 +1,10 @@
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Exit status: the run completed, but some entries could not be archived or restored.
 const EXIT_SKIPPED: u8 = 3;
@@ -29,6 +32,33 @@ enum Command {
     Export(ExportArgs),
     /// Restore an archive (ckpt's or any tar, optionally gzip or zstd compressed).
     Import(ImportArgs),
+    /// List an archive's members with their data offsets and alignment (reads headers only).
+    List(ListArgs),
+    /// Check an archive: headers, end-of-archive blocks, alignment, and its ckpt.sha256 digests.
+    ///
+    /// Exit status 0 when every header is sound, the archive is complete, and (when it carries
+    /// a ckpt.sha256 manifest) every regular member's data matches its digest; 1 otherwise,
+    /// naming each bad member.
+    Verify(VerifyArgs),
+    /// OCI runtime hook: read the container state JSON on stdin and export or import its
+    /// checkpoint as its io.ckpt.* annotations say.
+    ///
+    /// io.ckpt.export=ARCHIVE (acts at poststop), io.ckpt.import=ARCHIVE (acts at
+    /// prestart/createRuntime), io.ckpt.bundle=DIR, io.ckpt.rootfs=PATH,
+    /// io.ckpt.rootfs-diff=DIR, io.ckpt.lower=DIR:DIR, io.ckpt.compress=gzip|zstd,
+    /// io.ckpt.digest=sha256, io.ckpt.overwrite=true. Without an io.ckpt.export or
+    /// io.ckpt.import annotation it does nothing and exits 0.
+    Hook,
+    /// Print a shell completion script (e.g. `ckpt completions bash > /etc/bash_completion.d/ckpt`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), of ckpt or of one command (`ckpt man export | man -l -`).
+    Man {
+        /// The command whose page to print (ckpt-COMMAND(1)).
+        command: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -57,6 +87,10 @@ struct ExportArgs {
     /// is written as a stream and its alignment no longer matters.
     #[arg(long, value_enum, value_name = "FORMAT")]
     compress: Option<CompressArg>,
+    /// Add a last member ckpt.sha256 with the digest of every regular member, in sha256sum
+    /// format (`ckpt verify` checks it; so does `sha256sum -c` after extraction). Reads all data.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    digest: Option<DigestArg>,
     /// Print a JSON summary on stdout (on stderr when the archive goes to stdout).
     #[arg(long)]
     json: bool,
@@ -86,6 +120,11 @@ enum Whiteouts {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DigestArg {
+    Sha256,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompressArg {
     Gzip,
     Zstd,
@@ -108,6 +147,37 @@ struct ImportArgs {
     archive: PathBuf,
     /// The directory to restore into (created if missing).
     dest: PathBuf,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// One JSON object per member and line: name, type, typeflag, mode (octal string), uid,
+    /// gid, size, mtime, mtime_nsec, header_offset, data_offset, aligned, xattrs (names),
+    /// link, dev_major/dev_minor, nested_in.
+    #[arg(long)]
+    json: bool,
+    /// Also list the members of a nested rootfs-diff.tar, named `rootfs-diff.tar/NAME`, with
+    /// offsets in the outer archive.
+    #[arg(long)]
+    nested: bool,
+    /// The boundary alignment is reported against.
+    #[arg(long, value_name = "N", value_parser = parse_align, default_value_t = ckpt::DEFAULT_ALIGN)]
+    align: u64,
+    /// The archive (gzip and zstd are detected; offsets are in the uncompressed stream); `-`
+    /// for standard input.
+    archive: PathBuf,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The boundary alignment is reported against.
+    #[arg(long, value_name = "N", value_parser = parse_align, default_value_t = ckpt::DEFAULT_ALIGN)]
+    align: u64,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The archive (gzip and zstd are detected); `-` for standard input.
+    archive: PathBuf,
 }
 
 fn parse_align(value: &str) -> Result<u64, String> {
@@ -140,7 +210,8 @@ fn main() -> ExitCode {
             writeln!(out, "ckpt: {level}: {}", record.args())
         })
         .init();
-    match run(cli.command) {
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
+    match run(cli.command, progress) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ckpt: {e}");
@@ -149,14 +220,76 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> ckpt::Result<ExitCode> {
+fn run(command: Command, progress: bool) -> ckpt::Result<ExitCode> {
     match command {
-        Command::Export(args) => export(args),
-        Command::Import(args) => import(args),
+        Command::Export(args) => export(args, progress),
+        Command::Import(args) => import(args, progress),
+        Command::List(args) => list(args),
+        Command::Verify(args) => verify(args, progress),
+        Command::Hook => hook(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ckpt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command } => man(command.as_deref()),
     }
 }
 
-fn export(args: ExportArgs) -> ckpt::Result<ExitCode> {
+/// A progress bar on stderr, in bytes.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(message: &'static str) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(spinner_style());
+        bar.set_message(message);
+        Bar(bar)
+    }
+
+    fn set_total(&self, total: Option<u64>) {
+        match total {
+            Some(total) if self.0.length() != Some(total) => {
+                self.0.set_length(total);
+                self.0.set_style(bar_style());
+            }
+            Some(_) => {}
+            None if self.0.length().is_some() => {
+                self.0.unset_length();
+                self.0.set_style(spinner_style());
+            }
+            None => {}
+        }
+    }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:7} [{wide_bar}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta:3}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ")
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg:7} {bytes:>10} {binary_bytes_per_sec:>12} {elapsed}")
+        .expect("a valid template")
+}
+
+impl ckpt::Progress for Bar {
+    fn start(&self, total: u64) {
+        self.set_total(Some(total));
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode> {
     let mut exporter = ckpt::Exporter::new().share(!args.no_clone).bundle_layout(args.bundle).whiteouts(
         match args.whiteouts {
             Whiteouts::Podman => ckpt::WhiteoutStyle::Podman,
@@ -173,6 +306,12 @@ fn export(args: ExportArgs) -> ckpt::Result<ExitCode> {
         CompressArg::Gzip => ckpt::Compression::Gzip,
         CompressArg::Zstd => ckpt::Compression::Zstd,
     }));
+    if args.digest.is_some() {
+        exporter = exporter.digest(true);
+    }
+    if progress {
+        exporter = exporter.progress(Arc::new(Bar::new("export")));
+    }
     let stats = exporter.export(&args.src, &args.out)?;
     if args.json {
         let summary = serde_json::json!({
@@ -195,10 +334,13 @@ fn export(args: ExportArgs) -> ckpt::Result<ExitCode> {
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
 }
 
-fn import(args: ImportArgs) -> ckpt::Result<ExitCode> {
+fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode> {
     let mut importer = ckpt::Importer::new().share(!args.no_clone).overwrite(args.overwrite);
     if let Some(rootfs) = args.rootfs.rootfs(&[]) {
         importer = importer.rootfs(rootfs);
+    }
+    if progress {
+        importer = importer.progress(Arc::new(Bar::new("import")));
     }
     let stats = importer.import(&args.archive, &args.dest)?;
     if args.json {
@@ -226,4 +368,171 @@ fn import(args: ImportArgs) -> ckpt::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+}
+
+fn list(args: ListArgs) -> ckpt::Result<ExitCode> {
+    let options = ckpt::ListOptions { nested: args.nested, align: args.align };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = ckpt::list(&args.archive, &options, &mut |entry| {
+        let line = if args.json { entry.json().to_string() } else { entry.text_line() };
+        writeln!(out, "{line}").map_err(|e| ckpt::Error::io("write", "standard output", e))
+    });
+    let result =
+        result.and_then(|()| out.flush().map_err(|e| ckpt::Error::io("write", "standard output", e)));
+    match result {
+        // `ckpt list x.tar | head` is not an error.
+        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn verify(args: VerifyArgs, progress: bool) -> ckpt::Result<ExitCode> {
+    let bar = progress.then(|| Bar::new("verify"));
+    let mut phase = "";
+    let report = ckpt::verify(&args.archive, args.align, &mut |p: ckpt::VerifyProgress| {
+        if let Some(bar) = &bar {
+            if p.phase != phase {
+                // A new pass: its own length, rate and estimate.
+                phase = p.phase;
+                bar.0.reset();
+                bar.0.set_message(if phase == "headers" { "headers" } else { "verify" });
+            }
+            bar.set_total(p.total);
+            bar.0.set_position(p.done);
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.0.finish_and_clear();
+    }
+    let report = report?;
+    let archive = args.archive.display();
+    for problem in &report.problems {
+        eprintln!("ckpt: verify: {archive}: {problem}");
+    }
+    if args.json {
+        let problems: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({"member": p.member, "offset": p.offset, "reason": p.reason}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.ok(),
+                "complete": report.complete,
+                "members": report.members,
+                "nested_members": report.nested_members,
+                "files": report.files,
+                "large_files": report.large_files,
+                "aligned_files": report.aligned_files,
+                "unaligned": report.unaligned,
+                "align": report.align,
+                "manifest": report.manifest,
+                "digests_checked": report.digests_checked,
+                "bytes_hashed": report.bytes_hashed,
+                "archive_bytes": report.archive_bytes,
+                "seconds": report.seconds,
+                "problems": problems,
+            })
+        );
+    } else if !log::log_enabled!(log::Level::Warn) {
+        // -q: the problems only.
+    } else {
+        let nested = if report.nested_members > 0 {
+            format!(" (and {} in rootfs-diff.tar)", report.nested_members)
+        } else {
+            String::new()
+        };
+        println!("{archive}: {} members{nested}, {} regular files with data", report.members, report.files);
+        println!(
+            "{archive}: {} of {} files of {} bytes or more start on a {}-byte boundary",
+            report.aligned_files, report.large_files, report.align, report.align
+        );
+        for name in report.unaligned.iter().take(10) {
+            println!("{archive}:   unaligned: {name}");
+        }
+        if report.unaligned.len() > 10 {
+            println!("{archive}:   ... and {} more unaligned", report.unaligned.len() - 10);
+        }
+        match &report.manifest {
+            Some(manifest) => match report.digests_checked {
+                1 => println!("{archive}: {manifest}: 1 digest matches"),
+                n => println!("{archive}: {manifest}: {n} digests match"),
+            },
+            None if !report.complete => println!("{archive}: data not checked: the archive is damaged"),
+            None => println!("{archive}: no ckpt.sha256 manifest: data not checked"),
+        }
+        match report.problems.len() {
+            0 => println!("{archive}: OK"),
+            1 => println!("{archive}: FAILED: 1 problem"),
+            n => println!("{archive}: FAILED: {n} problems"),
+        }
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn hook() -> ckpt::Result<ExitCode> {
+    let state = ckpt::HookState::read(std::io::stdin().lock())?;
+    match ckpt::run_hook(&state, None)? {
+        ckpt::HookOutcome::Nothing(why) => log::info!("hook: container {}: {why}", state.id),
+        ckpt::HookOutcome::Exported { archive, stats } => {
+            log::info!(
+                "hook: container {}: exported {} to {} ({} of {} bytes shared)",
+                state.id,
+                state.bundle.display(),
+                archive.display(),
+                stats.bytes_cloned,
+                stats.bytes
+            );
+            if !stats.skipped.is_empty() {
+                log::warn!(
+                    "hook: container {}: {} entries could not be archived",
+                    state.id,
+                    stats.skipped.len()
+                );
+            }
+        }
+        ckpt::HookOutcome::Imported { archive, dest, stats } => {
+            log::info!(
+                "hook: container {}: imported {} into {} ({} of {} bytes shared)",
+                state.id,
+                archive.display(),
+                dest.display(),
+                stats.bytes_cloned,
+                stats.bytes
+            );
+            if !stats.skipped.is_empty() {
+                log::warn!(
+                    "hook: container {}: {} members could not be restored",
+                    state.id,
+                    stats.skipped.len()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn man(command: Option<&str>) -> ckpt::Result<ExitCode> {
+    let mut cli = Cli::command();
+    cli.build();
+    let page = match command {
+        None => cli,
+        Some(name) => match cli.find_subcommand(name) {
+            Some(sub) => {
+                let title = format!("ckpt-{}", sub.get_name());
+                sub.clone().name(&*Box::leak(title.into_boxed_str()))
+            }
+            None => {
+                eprintln!("ckpt: man: no command {name:?}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out).map_err(|e| ckpt::Error::io("render", "man page", e))?;
+    std::io::stdout().write_all(&out).map_err(|e| ckpt::Error::io("write", "standard output", e))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,289 @@
+//! `ckpt hook`: an OCI runtime hook. The runtime passes the container's state JSON on
+//! standard input; annotations on the container say what to do:
+//!
+//! | annotation | meaning |
+//! | --- | --- |
+//! | `io.ckpt.export=ARCHIVE` | when the container has stopped (`poststop`), archive its checkpoint bundle |
+//! | `io.ckpt.import=ARCHIVE` | while the container is being created (`prestart`, `createRuntime`), restore the archive into its bundle and rootfs |
+//! | `io.ckpt.bundle=DIR` | the checkpoint bundle (default: the state's `bundle`) |
+//! | `io.ckpt.rootfs=PATH` | the container's overlay mount (default: `root.path` of the bundle's `config.json`, when it is an overlay mount) |
+//! | `io.ckpt.rootfs-diff=DIR` | the layer's diff (upper) dir; wins over `io.ckpt.rootfs` |
+//! | `io.ckpt.lower=DIR:DIR` | the lower dirs of `io.ckpt.rootfs-diff`, topmost first (export) |
+//! | `io.ckpt.compress=gzip\|zstd` | compress the archive (export) |
+//! | `io.ckpt.digest=sha256` | add the `ckpt.sha256` digest manifest (export) |
+//! | `io.ckpt.overwrite=true` | replace existing entries (import) |
+//!
+//! `{id}` in a path is replaced by the container's id.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::export::{ExportStats, Exporter};
+use crate::extract::ImportStats;
+use crate::import::Importer;
+use crate::overlay;
+use crate::podman::Rootfs;
+use crate::progress::Progress;
+
+pub const EXPORT: &str = "io.ckpt.export";
+pub const IMPORT: &str = "io.ckpt.import";
+pub const BUNDLE: &str = "io.ckpt.bundle";
+pub const ROOTFS: &str = "io.ckpt.rootfs";
+pub const ROOTFS_DIFF: &str = "io.ckpt.rootfs-diff";
+pub const LOWER: &str = "io.ckpt.lower";
+pub const COMPRESS: &str = "io.ckpt.compress";
+pub const DIGEST: &str = "io.ckpt.digest";
+pub const OVERWRITE: &str = "io.ckpt.overwrite";
+
+/// The largest state document read from standard input.
+pub const MAX_STATE: u64 = 16 << 20;
+
+/// The OCI runtime state a hook receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookState {
+    pub id: String,
+    pub status: String,
+    pub bundle: PathBuf,
+    pub annotations: Vec<(String, String)>,
+}
+
+impl HookState {
+    /// Parses the state JSON (`{"ociVersion", "id", "status", "pid", "bundle",
+    /// "annotations"}`).
+    pub fn parse(json: &[u8]) -> Result<HookState> {
+        let bad = |why: String| Error::invalid("<hook state on stdin>", why);
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let text = |key: &str| -> Result<String> {
+            match value.get(key) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(bad(format!("\"{key}\" is not a string"))),
+                None => Err(bad(format!("no \"{key}\""))),
+            }
+        };
+        let mut annotations = Vec::new();
+        match value.get("annotations") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(map)) => {
+                for (key, v) in map {
+                    let v = v.as_str().ok_or_else(|| bad(format!("annotation {key:?} is not a string")))?;
+                    annotations.push((key.clone(), v.to_string()));
+                }
+            }
+            Some(_) => return Err(bad("\"annotations\" is not an object".into())),
+        }
+        Ok(HookState {
+            id: text("id")?,
+            status: text("status")?,
+            bundle: PathBuf::from(text("bundle")?),
+            annotations,
+        })
+    }
+
+    /// Reads and parses the state from `input` (the runtime's pipe to the hook's stdin).
+    pub fn read(input: impl Read) -> Result<HookState> {
+        let mut json = Vec::new();
+        input
+            .take(MAX_STATE + 1)
+            .read_to_end(&mut json)
+            .map_err(|e| Error::io("read", "<hook state on stdin>", e))?;
+        if json.len() as u64 > MAX_STATE {
+            return Err(Error::invalid("<hook state on stdin>", format!("more than {MAX_STATE} bytes")));
+        }
+        HookState::parse(&json)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// An annotation naming a path: absolute, with `{id}` replaced.
+    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
+        let Some(value) = self.annotation(key) else { return Ok(None) };
+        let path = PathBuf::from(value.replace("{id}", &self.id));
+        if !path.is_absolute() {
+            return Err(Error::invalid(&path, format!("annotation {key} must be an absolute path")));
+        }
+        Ok(Some(path))
+    }
+}
+
+/// What the hook did.
+#[derive(Debug, Clone)]
+pub enum HookOutcome {
+    /// Nothing was asked of this stage (the reason says why).
+    Nothing(String),
+    Exported {
+        archive: PathBuf,
+        stats: ExportStats,
+    },
+    Imported {
+        archive: PathBuf,
+        dest: PathBuf,
+        stats: ImportStats,
+    },
+}
+
+/// Runs the hook for `state`. Progress receivers are optional.
+pub fn run_hook(state: &HookState, progress: Option<std::sync::Arc<dyn Progress>>) -> Result<HookOutcome> {
+    let export = state.path(EXPORT)?;
+    let import = state.path(IMPORT)?;
+    if export.is_none() && import.is_none() {
+        return Ok(HookOutcome::Nothing(format!("no {EXPORT} or {IMPORT} annotation")));
+    }
+    let bundle = state.path(BUNDLE)?.unwrap_or_else(|| state.bundle.clone());
+    match state.status.as_str() {
+        "stopped" => match export {
+            Some(archive) => export_checkpoint(state, &bundle, &archive, progress),
+            None => Ok(HookOutcome::Nothing(format!("{IMPORT} acts while the container is created"))),
+        },
+        "creating" | "created" => match import {
+            Some(archive) => import_checkpoint(state, &bundle, &archive),
+            None => Ok(HookOutcome::Nothing(format!("{EXPORT} acts once the container has stopped"))),
+        },
+        other => Ok(HookOutcome::Nothing(format!("nothing to do while the container is {other:?}"))),
+    }
+}
+
+/// The container's rootfs changes: the annotations, else the bundle's `config.json` root
+/// when it is an overlay mount.
+fn rootfs(state: &HookState, export: bool) -> Result<Option<Rootfs>> {
+    if let Some(upper) = state.path(ROOTFS_DIFF)? {
+        let lowers = match (export, state.annotation(LOWER)) {
+            (true, Some(list)) => list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+            _ => Vec::new(),
+        };
+        return Ok(Some(Rootfs::Diff { upper, lowers }));
+    }
+    if let Some(mount) = state.path(ROOTFS)? {
+        return Ok(Some(Rootfs::Mount(mount)));
+    }
+    let Some(root) = config_root(&state.bundle)? else { return Ok(None) };
+    // Not mounted (podman unmounts the storage before poststop): no rootfs changes.
+    Ok(match overlay::find_overlay(&root) {
+        Ok(Some(_)) => Some(Rootfs::Mount(root)),
+        Ok(None) | Err(_) => {
+            log::info!("{}: not an overlay mount: the rootfs changes are left out", root.display());
+            None
+        }
+    })
+}
+
+/// `root.path` of `<bundle>/config.json`, relative to the bundle, if the file exists.
+fn config_root(bundle: &Path) -> Result<Option<PathBuf>> {
+    let config = bundle.join("config.json");
+    let data = match std::fs::read(&config) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &config, e)),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&data)
+        .map_err(|e| Error::invalid(&config, format!("not an OCI runtime spec: {e}")))?;
+    let root = value.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs");
+    Ok(Some(bundle.join(root)))
+}
+
+fn export_checkpoint(
+    state: &HookState,
+    bundle: &Path,
+    archive: &Path,
+    progress: Option<std::sync::Arc<dyn Progress>>,
+) -> Result<HookOutcome> {
+    if !bundle.join("checkpoint/inventory.img").is_file() {
+        return Ok(HookOutcome::Nothing(format!(
+            "{}: no checkpoint (checkpoint/inventory.img): the container stopped without one",
+            bundle.display()
+        )));
+    }
+    let mut exporter = Exporter::new().bundle_layout(true);
+    if let Some(rootfs) = rootfs(state, true)? {
+        exporter = exporter.rootfs(rootfs);
+    }
+    exporter = exporter.compress(match state.annotation(COMPRESS) {
+        None | Some("" | "none") => None,
+        Some("gzip") => Some(Compression::Gzip),
+        Some("zstd") => Some(Compression::Zstd),
+        Some(other) => {
+            return Err(Error::invalid(archive, format!("{COMPRESS}={other}: expected gzip, zstd or none")));
+        }
+    });
+    match state.annotation(DIGEST) {
+        None | Some("" | "none") => {}
+        Some("sha256") => exporter = exporter.digest(true),
+        Some(other) => return Err(Error::invalid(archive, format!("{DIGEST}={other}: expected sha256"))),
+    }
+    if let Some(progress) = progress {
+        exporter = exporter.progress(progress);
+    }
+    if let Some(parent) = archive.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("mkdir", parent, e))?;
+    }
+    let stats = exporter.export(bundle, archive)?;
+    Ok(HookOutcome::Exported { archive: archive.to_path_buf(), stats })
+}
+
+fn import_checkpoint(state: &HookState, bundle: &Path, archive: &Path) -> Result<HookOutcome> {
+    let overwrite = match state.annotation(OVERWRITE) {
+        None | Some("" | "false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::invalid(archive, format!("{OVERWRITE}={other}: expected true or false")));
+        }
+    };
+    let mut importer = Importer::new().overwrite(overwrite);
+    if let Some(rootfs) = rootfs(state, false)? {
+        importer = importer.rootfs(rootfs);
+    }
+    let stats = importer.import(archive, bundle)?;
+    if !stats.conflicts.is_empty() || !stats.refused.is_empty() {
+        let first = stats
+            .conflicts
+            .first()
+            .map(|p| format!("{} exists", p.display()))
+            .or_else(|| stats.refused.first().cloned())
+            .unwrap_or_default();
+        return Err(Error::refused(
+            bundle,
+            format!(
+                "import incomplete: {} existing entries left untouched, {} members refused (first: {first}); \
+                 set {OVERWRITE}=true to replace existing entries",
+                stats.conflicts.len(),
+                stats.refused.len()
+            ),
+        ));
+    }
+    Ok(HookOutcome::Imported { archive: archive.to_path_buf(), dest: bundle.to_path_buf(), stats })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_state() {
+        let state = HookState::parse(
+            br#"{"ociVersion":"1.0.2","id":"abc","status":"stopped","pid":0,"bundle":"/b",
+                 "annotations":{"io.ckpt.export":"/out/{id}.tar","x":"y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(state.id, "abc");
+        assert_eq!(state.bundle, Path::new("/b"));
+        assert_eq!(state.path(EXPORT).unwrap(), Some(PathBuf::from("/out/abc.tar")));
+        assert_eq!(state.annotation("x"), Some("y"));
+        assert!(HookState::parse(br#"{"id":"a","status":"stopped"}"#).is_err());
+        assert!(HookState::parse(b"nope").is_err());
+        let none = HookState::parse(br#"{"id":"a","status":"stopped","bundle":"/b"}"#).unwrap();
+        assert!(matches!(run_hook(&none, None).unwrap(), HookOutcome::Nothing(_)));
+    }
+
+    #[test]
+    fn relative_paths_refused() {
+        let state = HookState::parse(
+            br#"{"id":"a","status":"stopped","bundle":"/b","annotations":{"io.ckpt.export":"out.tar"}}"#,
+        )
+        .unwrap();
+        assert!(run_hook(&state, None).is_err());
+    }
+}
