@@ -123,7 +123,9 @@ impl Importer {
         let mut bundle = Extractor::new(dest, self.options, progress.clone())?;
         let mut layer_extractor = match &layer {
             Some(target) => {
-                let mut extractor = Extractor::new(&target.dir, self.options, progress.clone())?;
+                // Applying a layer means replacing what it changed, as podman's restore does.
+                let options = ExtractOptions { overwrite: true, ..self.options };
+                let mut extractor = Extractor::new(&target.dir, options, progress.clone())?;
                 extractor.set_layer(target.mode);
                 Some(extractor)
             }
