@@ -116,11 +116,23 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------
 # 3. Checks.
 # ---------------------------------------------------------------------------
-log "cargo fmt --check"
-cargo fmt --check
+# Every check runs even if an earlier one failed, so one run reports everything; the
+# script fails if any of them failed.
+failed=()
+check() {
+  log "$*"
+  if ! "$@"; then
+    failed+=("$*")
+    log "FAILED: $*"
+  fi
+}
+check cargo fmt --check
+check cargo clippy --all-targets -- -D warnings
+# Unit, integration and doc tests; --no-fail-fast runs every test binary.
+check cargo test --release --no-fail-fast
 
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
-
-log "cargo test --release (unit, integration and doc tests)"
-cargo test --release
+if ((${#failed[@]})); then
+  log "failed checks:"
+  printf '    %s\n' "${failed[@]}" >&2
+  exit 1
+fi
