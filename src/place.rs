@@ -11,7 +11,7 @@ use rustix::io::Errno;
 
 use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::{BLOCK, Plan, encode_headers};
+use crate::layout::{BLOCK, Placed, Plan, encode_headers};
 use crate::member::{Body, SourceFile};
 use crate::mover::{End, Mover, Tail, write_all_at};
 use crate::progress::Progress;
@@ -25,12 +25,13 @@ pub struct Target<'a> {
     pub block: u64,
 }
 
-/// Writes a plan into its target in two passes. First every aligned file's whole blocks are
-/// cloned; then headers, padding, small files, tails and whatever could not be cloned are
-/// written, adjacent pieces coalesced into one write. Cloning first matters: a clone into a
-/// file with dirty pages before the destination waits for their writeback, and an unaligned
-/// tail cloned at the end of file makes the next extension rewrite that block anyway (so the
-/// tail block of a member followed by another member is never shared in the archive).
+/// Writes a plan into its target. Within each window of files, every aligned file's whole
+/// blocks are cloned first; then headers, padding, small files, tails and whatever could not
+/// be cloned are written, adjacent pieces coalesced into one write. Cloning first matters: a
+/// clone into a file with dirty pages before the destination waits for their writeback, and
+/// an unaligned tail cloned at the end of file makes the next extension rewrite that block
+/// anyway (so the tail block of a member followed by another member is never shared in the
+/// archive).
 pub struct Placer<'a> {
     pub target: Target<'a>,
     pub mover: Mover,
@@ -45,6 +46,8 @@ pub struct Placer<'a> {
 
 /// Remaining data up to this size is read into the pending write rather than moved on its own.
 const SMALL_REST: u64 = 64 << 10;
+/// Files opened and cloned together before their tails and headers are written.
+const WINDOW_FILES: usize = 256;
 /// Pending bytes are written out once they reach this size.
 const PENDING_LIMIT: usize = 1 << 20;
 
@@ -66,11 +69,43 @@ impl<'a> Placer<'a> {
         }
     }
 
-    /// Writes the whole archive.
+    /// Writes the whole archive, a window of files at a time: each file is opened once, its
+    /// whole blocks cloned with the rest of the window's, then its tail (or all of it, if
+    /// it could not be cloned) written with the headers around it. Windows bound the open
+    /// files, and make a clone wait behind dirty pages at most once per window.
     pub fn place(&mut self, plan: &Plan) -> Result<()> {
-        let mut cloned = Vec::new();
-        self.clone_pass(plan, 0, &mut cloned)?;
-        self.fill_pass(plan, 0, &mut cloned.into_iter())?;
+        let mut pieces = Pieces::new(plan);
+        let mut window = Vec::new();
+        loop {
+            window.clear();
+            let mut files = 0;
+            while files < WINDOW_FILES {
+                let Some(piece) = pieces.next() else { break };
+                files += usize::from(matches!(piece, Piece::File(..)));
+                window.push(piece);
+            }
+            if window.is_empty() {
+                break;
+            }
+            let mut opened = Vec::with_capacity(files);
+            for piece in &window {
+                if let Piece::File(source, offset) = piece {
+                    opened.push(self.clone_file(source, *offset)?);
+                }
+            }
+            let mut opened = opened.into_iter();
+            for piece in &window {
+                match *piece {
+                    Piece::Header(placed, offset) => self.put(offset, &encode_headers(placed))?,
+                    Piece::Bytes(bytes, offset) => self.put(offset, bytes)?,
+                    Piece::File(source, offset) => {
+                        let (file, cloned) = opened.next().expect("one opened file per file piece");
+                        self.fill_file(source, &file, offset, cloned)?;
+                    }
+                    Piece::End(offset) => self.put(offset, &[0u8; 1024])?,
+                }
+            }
+        }
         self.flush()?;
         if self.manifest.is_some() {
             self.write_manifest(plan)?;
@@ -78,71 +113,32 @@ impl<'a> Placer<'a> {
         Ok(())
     }
 
-    /// Clones the whole blocks of every aligned file; records per file how much was cloned.
-    fn clone_pass(&mut self, plan: &Plan, base: u64, cloned: &mut Vec<u64>) -> Result<()> {
-        let block = self.target.block;
-        for placed in &plan.entries {
-            match &placed.member.body {
-                Body::File(source) => {
-                    let offset = base + placed.data_offset;
-                    let worth_it = offset.is_multiple_of(block)
-                        && source.size >= block
-                        && self.mover.may_clone(source.dev, self.target.dev);
-                    cloned.push(if worth_it { self.clone_file(source, offset)? } else { 0 });
-                }
-                Body::Archive(inner) => self.clone_pass(inner, base + placed.data_offset, cloned)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn clone_file(&mut self, source: &SourceFile, offset: u64) -> Result<u64> {
+    /// Opens a source file and clones its whole blocks if its data is aligned.
+    fn clone_file(&mut self, source: &SourceFile, offset: u64) -> Result<(File, u64)> {
         let path = source.path.as_path();
         let file = open_source(path)?;
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        let block = self.target.block;
+        let worth_it = offset.is_multiple_of(block)
+            && source.size >= block
+            && self.mover.may_clone(source.dev, self.target.dev);
+        if !worth_it {
+            return Ok((file, 0));
+        }
         let src = End { fd: file.as_fd(), dev: source.dev, offset: 0 };
         let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset };
         let cloned = self
             .mover
-            .clone_blocks(src, dst, source.size, self.target.block)
+            .clone_blocks(src, dst, source.size, block)
             .map_err(|e| transfer_error(e, path, self.target.path))?;
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
-        if let Some(progress) = self.progress {
-            progress.advance(cloned);
-        }
-        Ok(cloned)
+        Ok((file, cloned))
     }
 
-    /// Writes everything the clone pass left.
-    fn fill_pass(&mut self, plan: &Plan, base: u64, cloned: &mut std::vec::IntoIter<u64>) -> Result<()> {
-        for placed in &plan.entries {
-            self.put(base + placed.header_offset, &encode_headers(placed))?;
-            let data_offset = base + placed.data_offset;
-            match &placed.member.body {
-                Body::File(source) => {
-                    let done = cloned.next().expect("one clone record per file");
-                    self.fill_file(source, data_offset, done)?;
-                }
-                Body::Bytes(bytes) => self.put(data_offset, bytes)?,
-                Body::Archive(inner) => self.fill_pass(inner, data_offset, cloned)?,
-                // Written once everything before it can be hashed.
-                Body::Manifest(_) => {}
-                Body::None | Body::Members(_) => {}
-            }
-        }
-        self.put(base + plan.len - 1024, &[0u8; 1024])
-    }
-
-    fn fill_file(&mut self, source: &SourceFile, offset: u64, cloned: u64) -> Result<()> {
-        let rest = source.size - cloned;
-        if rest == 0 {
-            return Ok(());
-        }
+    /// Writes what the clone left of a file, then checks the file did not change since the
+    /// walk (one fstat after all reads catches a change before or during them).
+    fn fill_file(&mut self, source: &SourceFile, file: &File, offset: u64, cloned: u64) -> Result<()> {
         let path = source.path.as_path();
-        let file = open_source(path)?;
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
-        if rest <= SMALL_REST {
+        let rest = source.size - cloned;
+        if rest > 0 && rest <= SMALL_REST {
             let mut data = std::mem::take(&mut self.buf);
             data.resize(rest as usize, 0);
             let read = file.read_exact_at(&mut data, cloned);
@@ -151,7 +147,7 @@ impl<'a> Placer<'a> {
             self.buf = data;
             result?;
             self.mover.stats.bytes_copied += rest;
-        } else {
+        } else if rest > 0 {
             let src = End { fd: file.as_fd(), dev: source.dev, offset: cloned };
             let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset: offset + cloned };
             self.mover
@@ -160,7 +156,7 @@ impl<'a> Placer<'a> {
         }
         check_unchanged(source, &file.metadata().at("fstat", path)?)?;
         if let Some(progress) = self.progress {
-            progress.advance(rest);
+            progress.advance(source.size);
         }
         Ok(())
     }
@@ -216,6 +212,54 @@ impl<'a> Placer<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The archive's contents in offset order: a walk over the plan and its nested plans.
+enum Piece<'p> {
+    Header(&'p Placed, u64),
+    File(&'p SourceFile, u64),
+    Bytes(&'p [u8], u64),
+    /// The two zero blocks that end an archive.
+    End(u64),
+}
+
+struct Pieces<'p> {
+    /// Plans being walked: the plan, the next entry's index, and where the plan starts.
+    stack: Vec<(&'p Plan, usize, u64)>,
+    /// The body of the member whose header was just returned.
+    body: Option<Piece<'p>>,
+}
+
+impl<'p> Pieces<'p> {
+    fn new(plan: &'p Plan) -> Pieces<'p> {
+        Pieces { stack: vec![(plan, 0, 0)], body: None }
+    }
+}
+
+impl<'p> Iterator for Pieces<'p> {
+    type Item = Piece<'p>;
+
+    fn next(&mut self) -> Option<Piece<'p>> {
+        if let Some(body) = self.body.take() {
+            return Some(body);
+        }
+        let (plan, index, base) = self.stack.last_mut()?;
+        let (plan, base) = (*plan, *base);
+        let Some(placed) = plan.entries.get(*index) else {
+            self.stack.pop();
+            return Some(Piece::End(base + plan.len - 1024));
+        };
+        *index += 1;
+        let data_offset = base + placed.data_offset;
+        match &placed.member.body {
+            Body::File(source) => self.body = Some(Piece::File(source, data_offset)),
+            Body::Bytes(bytes) => self.body = Some(Piece::Bytes(bytes, data_offset)),
+            Body::Archive(inner) => self.stack.push((inner, 0, data_offset)),
+            // The manifest is written once everything before it can be hashed.
+            Body::Manifest(_) | Body::None | Body::Members(_) => {}
+        }
+        Some(Piece::Header(placed, base + placed.header_offset))
     }
 }
 
