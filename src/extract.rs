@@ -513,7 +513,8 @@ impl Extractor {
     ) -> Result<()> {
         match link(parent.as_fd(), OsStr::from_bytes(name)) {
             Ok(()) => Ok(()),
-            Err(Errno::EXIST) if self.options.overwrite => {
+            // rename(2) of a symlink, device or fifo onto a directory fails with EISDIR.
+            Err(Errno::EXIST | Errno::ISDIR) if self.options.overwrite => {
                 let stat = rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
                     .at("lstat", &self.display(rel))?;
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {

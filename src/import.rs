@@ -163,6 +163,8 @@ impl Importer {
         let mut stats = bundle.finish()?;
         if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
             // Podman applies the deletions after the changes, as here.
+            deleted.sort_unstable();
+            deleted.dedup();
             layer.apply_deletions(target.mode, &deleted)?;
             let layer_stats = layer.finish()?;
             stats.absorb(layer_stats);

@@ -15,8 +15,9 @@ pub const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub const DELETED_FILES: &[u8] = b"deleted.files";
 /// Written first so readers (podman's import, checkpointctl) can stop early.
 const LEADING: [&[u8]; 2] = [b"config.dump", b"spec.dump"];
-/// deleted.files is a list of paths; anything larger than this is not one.
-pub const MAX_DELETED_FILES: u64 = 64 << 20;
+/// deleted.files is a list of paths; anything larger than this is not one (memory stays
+/// bounded on hostile input).
+pub const MAX_DELETED_FILES: u64 = 8 << 20;
 
 /// Where a container's rootfs changes are.
 #[derive(Debug, Clone, PartialEq, Eq)]

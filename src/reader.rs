@@ -194,6 +194,10 @@ impl<'a> Reader<'a> {
                         Ok(0) => break,
                         Ok(n) => got += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // A decompressor's complaint is about the archive; EIO and the like are not.
+                        Err(e) if e.raw_os_error().is_none() => {
+                            return Err(self.malformed(b"", offset, format!("cannot read a header: {e}")));
+                        }
                         Err(e) => return Err(Error::io("read", &self.archive, e)),
                     }
                 }
@@ -359,11 +363,13 @@ impl<'a> Reader<'a> {
         if std::os::unix::fs::FileExt::read_exact_at(file, &mut next[..len], offset + BLOCK).is_ok()
             && (len < next.len() || next.iter().any(|&b| b != 0))
         {
-            log::warn!(
-                "{}: a lone zero block at offset {offset}; the {} bytes after it are ignored",
-                self.archive.display(),
-                end - offset - BLOCK
-            );
+            let after = end - offset - BLOCK;
+            let what = if after == 0 {
+                "the second end-of-archive block is missing".to_string()
+            } else {
+                format!("the {after} bytes after it are ignored")
+            };
+            log::warn!("{}: a lone zero block at offset {offset}; {what}", self.archive.display());
         }
     }
 
@@ -547,12 +553,14 @@ impl<'a> Reader<'a> {
             return Err(self.malformed(&name, offset, "unknown pax sparse format version"));
         }
         if let Some(map) = &sparse_map {
-            let stored: u64 = map.fragments.iter().map(|f| f.1).sum();
-            let fits = map
-                .fragments
-                .iter()
-                .all(|&(at, len)| at.checked_add(len).is_some_and(|end| end <= map.real_size));
-            if stored != size || !fits {
+            // Checked: a wrapped sum could match the member's size.
+            let stored = map.fragments.iter().try_fold(0u64, |sum, f| sum.checked_add(f.1));
+            let fits = i64::try_from(map.real_size).is_ok()
+                && map
+                    .fragments
+                    .iter()
+                    .all(|&(at, len)| at.checked_add(len).is_some_and(|end| end <= map.real_size));
+            if stored != Some(size) || !fits {
                 return Err(self.malformed(&name, offset, "sparse map does not match the member's data"));
             }
         }
@@ -603,25 +611,29 @@ impl<'a> Reader<'a> {
     /// Returns the fragments and the map's length in the archive.
     fn pax1_sparse_map(&mut self, name: &[u8], offset: u64, size: u64) -> Result<(Vec<(u64, u64)>, u64)> {
         let bad = |this: &Self| this.malformed(name, offset, "bad pax sparse map");
-        let mut text = Vec::new();
+        // Only the current line is kept: the map's text may be as long as the member.
+        let mut map_len = 0u64;
+        let mut line = Vec::new();
         let mut numbers = Vec::new();
         let mut wanted = None;
         while wanted.is_none_or(|n| numbers.len() < n) {
-            if text.len() as u64 + BLOCK > size {
+            if map_len + BLOCK > size {
                 return Err(bad(self));
             }
             let mut block = [0u8; 512];
             self.read_exact(&mut block).map_err(|e| self.read_error(e))?;
-            let start = text.len();
-            text.extend_from_slice(&block);
-            // Parse the complete lines that this block finished.
-            let mut line_start = text[..start].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            for i in start..text.len() {
-                if text[i] != b'\n' {
+            map_len += BLOCK;
+            for &byte in &block {
+                if byte != b'\n' {
+                    // A decimal u64 has at most 20 digits.
+                    if line.len() == 20 {
+                        return Err(bad(self));
+                    }
+                    line.push(byte);
                     continue;
                 }
-                let n = parse_decimal(&text[line_start..i]).ok_or_else(|| bad(self))?;
-                line_start = i + 1;
+                let n = parse_decimal(&line).ok_or_else(|| bad(self))?;
+                line.clear();
                 if wanted.is_none() {
                     let count =
                         usize::try_from(n).ok().filter(|&c| c <= MAX_FRAGMENTS).ok_or_else(|| bad(self))?;
@@ -634,7 +646,7 @@ impl<'a> Reader<'a> {
             }
         }
         let fragments = numbers[1..].chunks(2).map(|pair| (pair[0], pair[1])).collect();
-        Ok((fragments, text.len() as u64))
+        Ok((fragments, map_len))
     }
 }
 
@@ -645,22 +657,37 @@ impl Read for Reader<'_> {
         if want == 0 {
             return Ok(0);
         }
-        let n = match &mut self.input {
+        let read = match &mut self.input {
             Input::File { file, .. } => {
-                std::os::unix::fs::FileExt::read_at(*file, &mut buf[..want], self.pos)?
+                std::os::unix::fs::FileExt::read_at(*file, &mut buf[..want], self.pos)
             }
-            Input::Stream(stream) => stream.read(&mut buf[..want])?,
+            Input::Stream(stream) => stream.read(&mut buf[..want]),
         };
-        if n == 0 {
+        // Errors name the member (a decompressor's "incomplete frame" would not).
+        let member = || {
             let (name, offset) = self.current.clone().unwrap_or_default();
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "archive ends in the middle of the data of member {:?} (header at offset {offset})",
-                    String::from_utf8_lossy(&name)
-                ),
-            ));
-        }
+            (String::from_utf8_lossy(&name).into_owned(), offset)
+        };
+        let n = match read {
+            Ok(0) => {
+                let (name, offset) = member();
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "archive ends in the middle of the data of member {name:?} (header at offset {offset})"
+                    ),
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() => return Err(e),
+            Err(e) => {
+                let (name, offset) = member();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}, in the data of member {name:?} (header at offset {offset})"),
+                ));
+            }
+        };
         self.pos += n as u64;
         self.data_left -= n as u64;
         Ok(n)
@@ -848,6 +875,22 @@ fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_records_keep_the_last_value_and_count_bytes() {
+        let rec = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let (mut into, mut len) = (Vec::new(), 0);
+        merge_records(&mut into, vec![rec("path", "a"), rec("size", "10")], &mut len);
+        assert_eq!(len, 4 + 1 + 4 + 2);
+        merge_records(&mut into, vec![rec("path", "long-name"), rec("mtime", "1.5")], &mut len);
+        assert_eq!(into, vec![rec("path", "long-name"), rec("size", "10"), rec("mtime", "1.5")]);
+        assert_eq!(len, 4 + 9 + 4 + 2 + 5 + 3);
+        // Many distinct keys merge in linear time (quadratic took minutes).
+        let many: Vec<_> = (0..200_000).map(|i| rec(&format!("SCHILY.xattr.user.{i}"), "")).collect();
+        merge_records(&mut into, many, &mut len);
+        assert_eq!(into.len(), 200_003);
+        assert!(used_key(b"SCHILY.xattr.user.x") && used_key(b"path") && !used_key(b"comment"));
+    }
 
     #[test]
     fn numbers() {
