@@ -25,6 +25,21 @@ use crate::walk::{self, Naming, Skipped};
 pub const DEFAULT_ALIGN: u64 = 4096;
 
 /// Writes aligned tar archives of directory trees.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let src = dir.path().join("src");
+/// std::fs::create_dir(&src)?;
+/// std::fs::write(src.join("pages-1.img"), vec![7u8; 10_000])?;
+///
+/// let archive = dir.path().join("out.tar");
+/// let stats = ckpt::Exporter::new().align(4096).digest(true).export(&src, &archive)?;
+/// assert_eq!((stats.files, stats.bytes, stats.align), (1, 10_000, 4096));
+/// assert_eq!(stats.bytes_cloned + stats.bytes_copied, 10_000);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Exporter {
     align: Option<u64>,

@@ -19,6 +19,27 @@ use crate::progress::{Progress, ProgressHandle};
 use crate::reader::Reader;
 
 /// Restores archives into directories.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let src = dir.path().join("src");
+/// std::fs::create_dir(&src)?;
+/// std::fs::write(src.join("config.dump"), b"{}")?;
+/// let archive = dir.path().join("out.tar");
+/// ckpt::Exporter::new().export(&src, &archive)?;
+///
+/// let dest = dir.path().join("restored");
+/// let stats = ckpt::Importer::new().import(&archive, &dest)?;
+/// assert_eq!(std::fs::read(dest.join("config.dump"))?, b"{}");
+/// assert!(stats.conflicts.is_empty() && stats.refused.is_empty());
+///
+/// // Nothing existing is replaced unless asked: a second import reports a conflict.
+/// let again = ckpt::Importer::new().import(&archive, &dest)?;
+/// assert_eq!(again.conflicts.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Importer {
     options: ExtractOptions,
