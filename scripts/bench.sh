@@ -1,0 +1,584 @@
+#!/usr/bin/env bash
+# Benchmark ckpt against GNU tar, bsdtar and cp on Btrfs, XFS and ext4 (issue P4).
+#
+# What it does (as root, unattended):
+#   * builds target/release/ckpt (cargo build --release) unless --ckpt BIN is given, and
+#     installs missing tools (time btrfs-progs xfsprogs e2fsprogs libarchive-tools zstd
+#     openssl python3);
+#   * for each filesystem, a loop image under --work (default /var/tmp/ckpt-bench), mkfs'd and
+#     mounted on a loop device with direct I/O (so the host page cache does not cache the image
+#     twice and dropping caches really sends reads to the disk): "btrfs", "xfs", and "ext4"
+#     (an ext4 image rather than a host directory, so the free-space measure is exact);
+#   * generates a deterministic checkpoint-shaped tree of --size apparent bytes on it
+#     (scripts/bench/gendata.py: eight large files, ~2000 small files of 1-20 KB, a sparse
+#     pages image of size/4 that is half holes, a few hundred small *.img files, symlinks,
+#     hardlinks; contents ~50% incompressible, the rest low-entropy or mostly-zero pages);
+#     an image kept by --keep is reused by the next run when its tree is the same;
+#   * times, --runs times each, interleaved (run 1 of every tool, then run 2, ...):
+#       export: ckpt export | GNU tar -cf | bsdtar -cf | cp -a --reflink=always (ext4: cp -a)
+#       import: ckpt import | GNU tar -xf (of GNU tar's archive) | cp (the export's cp runs)
+#       pipe:   ckpt export DIR - | cat >/dev/null  vs  tar -cf - DIR | cat >/dev/null
+#       zstd:   ckpt export --compress zstd  vs  tar -I 'zstd -T0' -cf
+#     and on a separate Btrfs image 100,000 files of 0-8 KB (--files): ckpt export/import vs
+#     GNU tar -cf/-xf; with --rss-scale also ckpt on a 4x larger tree (4x size, 4x file
+#     counts) for its peak RSS;
+#   * prints one markdown table (medians, min-max, peak RSS, extra disk, ratio ckpt/peer, a
+#     PASS/FAIL column per target) and saves it with the raw runs under --work/results/.
+#
+# Method:
+#   * Caches: before every timed run the filesystem is synced and the page, dentry and inode
+#     caches are dropped (sync; echo 3 > /proc/sys/vm/drop_caches), so every run starts cold
+#     and runs are comparable. --warm skips the drop (the checkpoint was just written, so a
+#     warm cache is the other realistic case).
+#   * A run's time is wall clock from just before the command to just after `sync -f MNT`
+#     (syncfs of the benchmark filesystem; on a loop device that flush reaches the backing
+#     disk) returns: the time includes writing the data back.
+#   * Peak RSS is /usr/bin/time's maximum resident set size of the command (for a pipeline,
+#     the largest process in it); the table shows the maximum over runs.
+#   * Extra disk is the filesystem's used space after the run minus before it, both measured
+#     after a sync (Btrfs: `btrfs filesystem sync` + "Used:" of `btrfs filesystem usage -b`,
+#     which counts metadata's DUP copies; XFS/ext4: statfs blocks - free blocks; on XFS after
+#     `xfs_spaceman -c 'prealloc -s'`, which frees the speculative preallocations XFS would
+#     otherwise keep until the inode is evicted: without it a fresh archive looks ~20 MB larger).
+#     The disk target compares ckpt export's median with the tree's physical size (du).
+#   * Every output is deleted (outside the timed section) before the next run.
+#   * Targets: Btrfs/XFS export and import <= 1.5x cp -a --reflink=always; archive's extra disk
+#     on Btrfs/XFS <= 1% of the data; ext4 export/import <= GNU tar; ckpt peak RSS <= 32 MiB
+#     on every row (and on the 4x tree with --rss-scale); 100,000 small files export/import
+#     <= GNU tar; pipe and zstd <= the GNU tar pipelines. A missed target is reported in the
+#     table, it does not make the script fail; a failing command does (exit 1).
+#   * Run 1 of ckpt import (or an untimed import) is compared with the source tree (types,
+#     modes, sizes, mtimes, link targets and counts; contents of files <= 1 MiB and of the two
+#     largest): the verdict is printed under the table.
+#   * Mounts, loop devices and (unless --keep) images are removed on exit, Ctrl-C or failure.
+#
+# Duration: see --help. Disk: images are sparse; the largest is ~5x --size (ext4), the
+# --rss-scale one ~6x --size + 2 GiB; without --keep only one image exists at a time.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+GEN=$SCRIPT_DIR/bench/gendata.py
+REPORT=$SCRIPT_DIR/bench/report.py
+
+SIZE=4G
+RUNS=3
+WORK=/var/tmp/ckpt-bench
+FSES="btrfs xfs ext4"
+FILES=100000
+RSS_SCALE=0
+KEEP=0
+CKPT=
+WARM=0
+SEED=1
+DIO=on
+CASES="export,import,pipe,zstd"
+
+usage() {
+  cat <<EOF
+Usage: scripts/bench.sh [OPTIONS]
+
+Benchmarks ckpt export/import against GNU tar, bsdtar and cp on loop-mounted Btrfs, XFS
+and ext4 images and prints one markdown table (medians of --runs, ratios ckpt/peer, a
+PASS/FAIL column per target). Needs root (loop devices, mkfs, drop_caches).
+
+Options:
+  --size SIZE      apparent size of the checkpoint-shaped tree (K/M/G suffix) [$SIZE]
+  --runs N         timed runs per tool and case; medians are reported [$RUNS]
+  --fs LIST        filesystems, comma or space separated, of btrfs,xfs,ext4 [btrfs,xfs,ext4]
+  --cases LIST     cases on each filesystem, of export,import,pipe,zstd [$CASES]
+  --files N        files in the small-files case on Btrfs (0 skips it) [$FILES]
+  --rss-scale      also run ckpt export/import once on a 4x larger tree (4x size and file
+                   counts) on Btrfs, for its peak RSS
+  --work DIR       where images, mount points and results go [$WORK]
+  --keep           keep the images (and the generated trees) for the next run, which reuses
+                   them when size and generator match; default: delete them at exit
+  --ckpt BIN       use this ckpt binary instead of building target/release/ckpt
+  --warm           do not drop caches before each timed run (default: drop them)
+  --no-dio         loop devices without direct I/O (the host page cache caches the images)
+  --seed N         seed of the generated trees [$SEED]
+  -h, --help       this help
+
+Time (2 cores, virtio disk, ckpt at df31681): the three filesystems take ~7 min at
+--size 512M and ~19 min at the default 4G (3 runs; mostly tar, bsdtar and zstd writing
+full copies). The 100,000-file case takes ~3 min plus 3 ckpt imports, which took ~7 min
+each at that time (--files 0 skips it, --files 20000 shrinks it). --rss-scale adds ~5 min.
+Output: the table on stdout; progress on stderr; the table and raw runs (runs.tsv) in
+WORK/results/DATE/.
+EOF
+}
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+while (($#)); do
+  case $1 in
+    --size) SIZE=${2:?--size needs a value}; shift 2 ;;
+    --size=*) SIZE=${1#*=}; shift ;;
+    --runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
+    --runs=*) RUNS=${1#*=}; shift ;;
+    --fs) FSES=${2:?--fs needs a value}; shift 2 ;;
+    --fs=*) FSES=${1#*=}; shift ;;
+    --cases) CASES=${2:?--cases needs a value}; shift 2 ;;
+    --cases=*) CASES=${1#*=}; shift ;;
+    --files) FILES=${2:?--files needs a value}; shift 2 ;;
+    --files=*) FILES=${1#*=}; shift ;;
+    --rss-scale) RSS_SCALE=1; shift ;;
+    --work) WORK=${2:?--work needs a value}; shift 2 ;;
+    --work=*) WORK=${1#*=}; shift ;;
+    --keep) KEEP=1; shift ;;
+    --ckpt) CKPT=${2:?--ckpt needs a value}; shift 2 ;;
+    --ckpt=*) CKPT=${1#*=}; shift ;;
+    --warm) WARM=1; shift ;;
+    --no-dio) DIO=off; shift ;;
+    --seed) SEED=${2:?--seed needs a value}; shift 2 ;;
+    --seed=*) SEED=${1#*=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+to_bytes() {
+  local s=$1 n u
+  [[ $s =~ ^([0-9]+)([KkMmGgTt]?)(i?[Bb])?$ ]] || die "bad size: $s"
+  n=${BASH_REMATCH[1]} u=${BASH_REMATCH[2]^^}
+  case $u in
+    K) echo $((n << 10)) ;; M) echo $((n << 20)) ;; G) echo $((n << 30)) ;; T) echo $((n << 40)) ;;
+    *) echo "$n" ;;
+  esac
+}
+SIZE_BYTES=$(to_bytes "$SIZE")
+((SIZE_BYTES >= 64 << 20)) || die "--size must be at least 64M"
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+[[ $FILES =~ ^[0-9]+$ ]] || die "--files must be a number"
+[[ $SEED =~ ^[0-9]+$ ]] || die "--seed must be a number"
+FSES=${FSES//,/ }
+CASES=" ${CASES//,/ } "
+for c in $CASES; do
+  case $c in export | import | pipe | zstd) ;; *) die "unknown case in --cases: $c" ;; esac
+done
+has_case() { [[ $CASES == *" $1 "* ]]; }
+for fs in $FSES; do
+  case $fs in btrfs | xfs | ext4) ;; *) die "unknown filesystem in --fs: $fs" ;; esac
+done
+[[ $WORK != *[[:space:]]* ]] || die "--work must not contain whitespace"
+((EUID == 0)) || die "must run as root (loop devices, mkfs, mount, drop_caches)"
+
+# ---------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------
+declare -A pkg_of=(
+  [/usr/bin/time]=time [mkfs.btrfs]=btrfs-progs [btrfs]=btrfs-progs [mkfs.xfs]=xfsprogs
+  [mkfs.ext4]=e2fsprogs [bsdtar]=libarchive-tools [zstd]=zstd [tar]=tar [openssl]=openssl
+  [python3]=python3 [losetup]=mount [fstrim]=util-linux [flock]=util-linux [cmp]=diffutils
+)
+missing=()
+for cmd in "${!pkg_of[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${missing[@]}" >&2
+fi
+PY=python3
+[[ -x /usr/bin/python3 ]] && PY=/usr/bin/python3
+
+CKPT_FROM="built from $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')"
+if [[ -n $CKPT ]]; then
+  CKPT_FROM="given with --ckpt"
+else
+  if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
+    PATH=$HOME/.cargo/bin:$PATH
+  fi
+  log "building ckpt (cargo build --release)"
+  (cd "$REPO" && cargo build --release --quiet) >&2
+  CKPT=$REPO/target/release/ckpt
+fi
+[[ -x $CKPT ]] || die "no ckpt binary at $CKPT"
+CKPT=$(realpath "$CKPT")
+
+# ---------------------------------------------------------------------------
+# State, cleanup
+# ---------------------------------------------------------------------------
+mkdir -p "$WORK" "$WORK/mnt"
+exec 9>"$WORK/.lock"
+flock -n 9 || die "another bench.sh holds $WORK/.lock"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RES=$WORK/results/$STAMP
+mkdir -p "$RES"
+TMPD=$(mktemp -d "$WORK/tmp.XXXXXX")
+: >"$RES/runs.tsv"
+: >"$RES/meta.tsv"
+: >"$RES/ckpt.tsv"
+declare -A LOOP_OF=() # mount point -> loop device
+declare -A IMG_OF=()  # mount point -> image
+CLEANING=0
+
+teardown() { # mount point
+  local mnt=$1 dev=${LOOP_OF[$1]:-} img=${IMG_OF[$1]:-}
+  if mountpoint -q "$mnt"; then
+    if ((KEEP)); then fstrim "$mnt" >/dev/null 2>&1 || true; fi
+    umount "$mnt" 2>/dev/null || { sleep 1; umount "$mnt" 2>/dev/null; } || umount -l "$mnt" || true
+  fi
+  if [[ -n $dev ]]; then
+    losetup -d "$dev" 2>/dev/null || true
+  fi
+  if [[ -n $img && $KEEP == 0 ]]; then rm -f "$img"; fi
+  unset "LOOP_OF[$mnt]" "IMG_OF[$mnt]"
+}
+
+cleanup() {
+  local rc=$?
+  ((CLEANING)) && return
+  CLEANING=1
+  set +e
+  cd /
+  for mnt in "${!LOOP_OF[@]}"; do
+    log "cleanup: unmounting $mnt"
+    teardown "$mnt"
+  done
+  rm -rf "$TMPD"
+  if ((rc)); then log "exit status $rc; partial results in $RES"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+cd "$WORK"
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$RES/meta.tsv"; }
+
+used_bytes() { # mount point, fstype -> used bytes after a sync
+  if [[ $2 == btrfs ]]; then
+    btrfs filesystem sync "$1" >/dev/null
+    btrfs filesystem usage -b "$1" 2>/dev/null | awk '$1 == "Used:" { print $2; exit }'
+  else
+    # XFS keeps speculative post-EOF (and CoW) preallocations until the inode is evicted:
+    # free them first so that the figure is the steady state, not a transient.
+    if [[ $2 == xfs ]]; then xfs_spaceman -c 'prealloc -s' "$1" >/dev/null; fi
+    sync -f "$1"
+    local bsize blocks free
+    read -r bsize blocks free < <(stat -f -c '%S %b %f' "$1")
+    echo $((bsize * (blocks - free))) # not awk: mawk's %d stops at 2^31 - 1
+  fi
+}
+
+drop_caches() {
+  sync
+  ((WARM)) || echo 3 >/proc/sys/vm/drop_caches
+}
+
+attach() { # image -> loop device (retries: losetup -f races with other users of loop devices)
+  local img=$1 dev try
+  for try in 1 2 3 4 5; do
+    if dev=$(losetup -f --show --direct-io="$DIO" "$img" 2>"$TMPD/losetup.err"); then
+      echo "$dev"
+      return 0
+    fi
+    # A failed setup can leave the image attached: detach before trying again.
+    losetup -j "$img" -n -O NAME 2>/dev/null | while read -r d; do losetup -d "$d" 2>/dev/null || true; done
+    sleep "$try"
+  done
+  cat "$TMPD/losetup.err" >&2
+  die "could not attach $img to a loop device"
+}
+
+mkfs_img() { # fstype image
+  case $1 in
+    btrfs) mkfs.btrfs -q -f "$2" >/dev/null 2>&1 || mkfs.btrfs -f "$2" >&2 ;;
+    xfs) mkfs.xfs -q -f "$2" >&2 ;;
+    ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$2" >&2 ;;
+  esac
+}
+
+mount_img() { # fstype image mount point -> 0 if mounted
+  local dev
+  dev=$(attach "$2")
+  if mount -t "$1" "$dev" "$3"; then
+    LOOP_OF[$3]=$dev
+    IMG_OF[$3]=$2
+    return 0
+  fi
+  losetup -d "$dev" || true
+  return 1
+}
+
+# setup_fs NAME FSTYPE IMAGE_BYTES STAMP GEN_ARGS... : a mounted fs at WORK/mnt/NAME whose
+# data/ holds the tree made by gendata.py GEN_ARGS; reused from a kept image when STAMP matches.
+setup_fs() {
+  local name=$1 fstype=$2 bytes=$3 stamp=$4
+  shift 4
+  local img=$WORK/$name.img mnt=$WORK/mnt/$name t0
+  mkdir -p "$mnt"
+  ! mountpoint -q "$mnt" || die "$mnt is already mounted"
+  if [[ -f $img ]] && (($(stat -c %s "$img") >= bytes)) && mount_img "$fstype" "$img" "$mnt" 2>/dev/null; then
+    if [[ -d $mnt/data && -f $mnt/.bench-stamp && $(<"$mnt/.bench-stamp") == "$stamp" ]]; then
+      log "$name: reusing the tree in $img"
+    else
+      teardown "$mnt"
+      rm -f "$img"
+    fi
+  fi
+  if ! mountpoint -q "$mnt"; then
+    rm -f "$img"
+    truncate -s "$bytes" "$img"
+    log "$name: mkfs.$fstype on $img ($((bytes >> 20)) MiB, sparse)"
+    mkfs_img "$fstype" "$img"
+    mount_img "$fstype" "$img" "$mnt" || die "cannot mount $img"
+    log "$name: generating the tree ($*)"
+    t0=$SECONDS
+    "$PY" "$GEN" "$mnt/data" --seed "$SEED" "$@"
+    echo "$stamp" >"$mnt/.bench-stamp"
+    sync -f "$mnt"
+    log "$name: generated in $((SECONDS - t0)) s"
+  fi
+  rm -rf "$mnt/out" "$mnt/arch"
+  mkdir -p "$mnt/out" "$mnt/arch"
+  meta "data_bytes.$name" "$(du -sB1 "$mnt/data" | cut -f1)"
+  meta "apparent_bytes.$name" "$(du -sb "$mnt/data" | cut -f1)"
+  MNT=$mnt
+}
+
+# measure FS OP TOOL RUN MNT FSTYPE OUTPUTS CMD: one timed run of CMD (bash -c), recorded in
+# runs.tsv; OUTPUTS (space-separated paths, may be empty) are deleted afterwards.
+measure() {
+  local fs=$1 op=$2 tool=$3 run=$4 mnt=$5 fstype=$6 outs=$7 cmd=$8
+  local before after t0 t1 rc=0 rss secs
+  before=$(used_bytes "$mnt" "$fstype")
+  drop_caches
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o "$TMPD/rss" bash -c "$cmd" >"$TMPD/stdout" 2>"$TMPD/stderr" || rc=$?
+  sync -f "$mnt"
+  t1=$(date +%s.%N)
+  if ((rc)); then
+    log "$fs $op $tool run $run FAILED (exit $rc): $cmd"
+    cat "$TMPD/stderr" >&2
+    exit 1
+  fi
+  after=$(used_bytes "$mnt" "$fstype")
+  rss=$(tail -n 1 "$TMPD/rss")
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$fs" "$op" "$tool" "$run" "$secs" "$rss" "$((after - before))" \
+    >>"$RES/runs.tsv"
+  log "$fs $op $tool run $run: ${secs}s, RSS $((rss / 1024)) MiB, extra disk $(((after - before) >> 20)) MiB"
+  if [[ $tool == ckpt && -s $TMPD/stdout ]] && head -c 1 "$TMPD/stdout" | grep -q '{'; then
+    printf '%s\t%s\t%s\t%s\n' "$fs" "$op" "$run" "$(head -n 1 "$TMPD/stdout")" >>"$RES/ckpt.tsv"
+  fi
+  if [[ $op == zstd && $run == 1 ]]; then
+    meta "zsize.$fs.$tool" "$(stat -c %s "$outs")"
+  fi
+  if [[ -s $TMPD/stderr ]]; then
+    log "  stderr: $(head -c 300 "$TMPD/stderr" | tr '\n' ' ')"
+  fi
+  if [[ -n $outs ]]; then
+    # shellcheck disable=SC2086
+    rm -rf $outs
+  fi
+}
+
+# verify NAME SRC DST: compare two trees (types, modes, sizes, mtimes, link targets, link
+# counts; contents of every file up to 1 MiB and of the two largest); records the verdict.
+verify() {
+  local name=$1 src=$2 dst=$3 bad=0
+  listing() { (cd "$1" && find . -printf '%y %m %s %T@ %n %p -> %l\n' | LC_ALL=C sort); }
+  sums() {
+    (cd "$1" && { find . -type f -size -1025k -print0
+      find . -type f -size +1M -printf '%s %p\0' | sort -z -n -r | head -z -n 2 | sed -z 's/^[0-9]* //'
+    } | LC_ALL=C sort -z | xargs -0 -r md5sum) || true
+  }
+  if ! diff <(listing "$src") <(listing "$dst") >"$TMPD/verify.diff"; then
+    bad=1
+    log "$name: tree listings differ (first lines):"
+    head -n 20 "$TMPD/verify.diff" >&2
+  fi
+  if ! diff <(sums "$src") <(sums "$dst") >"$TMPD/verify.diff"; then
+    bad=1
+    log "$name: contents differ (first lines):"
+    head -n 20 "$TMPD/verify.diff" >&2
+  fi
+  if ((bad)); then meta "verify.$name" "MISMATCH (see the log)"; else meta "verify.$name" "identical"; fi
+}
+
+ckpt_json() { # op: the --json flag if this ckpt has it
+  if "$CKPT" "$1" --help 2>/dev/null | grep -q -- '--json'; then echo --json; fi
+}
+
+# ---------------------------------------------------------------------------
+# Feature detection (streaming and compression are recent)
+# ---------------------------------------------------------------------------
+HAVE_ZSTD=0
+if "$CKPT" export --help 2>/dev/null | grep -q -- --compress; then HAVE_ZSTD=1; fi
+HAVE_PIPE=0
+mkdir -p "$TMPD/probe/src"
+echo probe >"$TMPD/probe/src/file"
+if (cd "$TMPD/probe" && "$CKPT" export src - 2>/dev/null | cat >out.tar) &&
+  [[ ! -e $TMPD/probe/- ]] && tar -tf "$TMPD/probe/out.tar" 2>/dev/null | grep -q 'file$'; then
+  HAVE_PIPE=1
+fi
+((HAVE_PIPE)) || meta na.pipe "this ckpt cannot export to standard output"
+((HAVE_ZSTD)) || meta na.zstd "this ckpt has no --compress"
+EJSON=$(ckpt_json export)
+IJSON=$(ckpt_json import)
+
+# ---------------------------------------------------------------------------
+# Header
+# ---------------------------------------------------------------------------
+{
+  echo "# ckpt benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
+  echo "- ckpt: $("$CKPT" --version 2>/dev/null) ($CKPT_FROM), $CKPT"
+  echo "- peers: $(tar --version | head -n 1), $(bsdtar --version), $(cp --version | head -n 1), $(zstd --version | sed 's/^\*\*\* //; s/, by.*//')"
+  echo "- tree: --size $SIZE ($SIZE_BYTES bytes apparent), seed $SEED; small-files case: $( ((FILES)) && echo "$FILES files of 0-8 KB on Btrfs" || echo skipped)$( ((RSS_SCALE)) && echo "; --rss-scale: 4x tree")"
+  echo "- method: runs per tool: $RUNS, medians; loop images (direct I/O $DIO); $( ((WARM)) && echo "warm caches" || echo "caches dropped before each run"); times include sync -f of the filesystem; peak RSS = max over runs (/usr/bin/time)"
+  echo
+} >"$RES/report.md"
+cat "$RES/report.md" >&2
+
+# ---------------------------------------------------------------------------
+# Checkpoint-shaped tree on each filesystem
+# ---------------------------------------------------------------------------
+GEN_SUM=$(md5sum "$GEN" | cut -c1-12)
+T_START=$SECONDS
+
+bench_fs() {
+  local fs=$1 bytes cpcmd r M
+  case $fs in
+    ext4) bytes=$((SIZE_BYTES * 5 + (2 << 30))); cpcmd="cp -a" ;;
+    *) bytes=$((SIZE_BYTES * 4 + (2 << 30))); cpcmd="cp -a --reflink=always" ;;
+  esac
+  local avail
+  avail=$(df -B1 --output=avail "$WORK" | tail -n 1)
+  ((avail > bytes)) || log "warning: $WORK has $((avail >> 30)) GiB free, the $fs image may need $((bytes >> 30)) GiB"
+  setup_fs "$fs" "$fs" "$bytes" "gen=$GEN_SUM shape=checkpoint size=$SIZE_BYTES seed=$SEED" --size "$SIZE_BYTES"
+  M=$MNT
+  cd "$M"
+
+  if has_case export || has_case import; then
+    log "$fs: export (cp runs serve the import comparison too)"
+    for ((r = 1; r <= RUNS; r++)); do
+      if has_case export; then
+        measure "$fs" export ckpt "$r" "$M" "$fs" "$M/out/a.ckpt.tar" "$CKPT export $EJSON $M/data $M/out/a.ckpt.tar"
+        measure "$fs" export gnutar "$r" "$M" "$fs" "$M/out/a.tar" "tar -C $M -cf $M/out/a.tar data"
+        measure "$fs" export bsdtar "$r" "$M" "$fs" "$M/out/a.bsd.tar" "bsdtar -C $M -cf $M/out/a.bsd.tar data"
+      fi
+      measure "$fs" export cp "$r" "$M" "$fs" "$M/out/cp" "$cpcmd $M/data $M/out/cp"
+    done
+  fi
+
+  if has_case pipe; then
+    log "$fs: export to a pipe"
+    for ((r = 1; r <= RUNS; r++)); do
+      if ((HAVE_PIPE)); then
+        measure "$fs" pipe ckpt "$r" "$M" "$fs" "" "set -o pipefail; $CKPT export $M/data - | cat >/dev/null"
+      fi
+      measure "$fs" pipe gnutar "$r" "$M" "$fs" "" "set -o pipefail; tar -C $M -cf - data | cat >/dev/null"
+    done
+  fi
+
+  if has_case zstd; then
+    log "$fs: export with zstd"
+    for ((r = 1; r <= RUNS; r++)); do
+      if ((HAVE_ZSTD)); then
+        measure "$fs" zstd ckpt "$r" "$M" "$fs" "$M/out/a.tar.zst" \
+          "$CKPT export --compress zstd $M/data $M/out/a.tar.zst"
+      fi
+      measure "$fs" zstd gnutar "$r" "$M" "$fs" "$M/out/a.tar.zst" \
+        "tar -C $M -I 'zstd -T0' -cf $M/out/a.tar.zst data"
+    done
+  fi
+
+  if has_case import; then
+    import_case "$fs" "$fs" "$M"
+  else
+    log "$fs: checking ckpt's round trip (untimed)"
+    "$CKPT" export "$M/data" "$M/arch/a.ckpt.tar" >/dev/null
+    "$CKPT" import "$M/arch/a.ckpt.tar" "$M/out/verify" >/dev/null
+    verify_any "$fs" "$M/data" "$M/out/verify"
+  fi
+  rm -rf "$M/out" "$M/arch"
+  cd "$WORK"
+  teardown "$M"
+}
+
+# import_case NAME FSTYPE MNT: ckpt import of ckpt's archive vs GNU tar -xf of GNU tar's archive
+# (both archives made once, untimed); run 1's ckpt import is checked against the source.
+import_case() {
+  local name=$1 fstype=$2 M=$3 r
+  log "$name: making the archives to import (untimed)"
+  "$CKPT" export "$M/data" "$M/arch/a.ckpt.tar" >/dev/null
+  tar -C "$M" -cf "$M/arch/a.tar" data
+  sync -f "$M"
+  log "$name: import"
+  for ((r = 1; r <= RUNS; r++)); do
+    if ((r == 1)); then
+      measure "$name" import ckpt "$r" "$M" "$fstype" "" "$CKPT import $IJSON $M/arch/a.ckpt.tar $M/out/ck"
+      log "$name: checking ckpt's round trip (untimed)"
+      verify_any "$name" "$M/data" "$M/out/ck"
+      rm -rf "$M/out/ck"
+    else
+      measure "$name" import ckpt "$r" "$M" "$fstype" "$M/out/ck" "$CKPT import $IJSON $M/arch/a.ckpt.tar $M/out/ck"
+    fi
+    measure "$name" import gnutar "$r" "$M" "$fstype" "$M/out/gt" \
+      "mkdir $M/out/gt && tar -C $M/out/gt -xf $M/arch/a.tar"
+  done
+}
+
+# The archive may hold "data/..." (directory name kept) or the directory's contents: verify
+# picks whichever exists.
+verify_any() { # name src importdir
+  if [[ -d $3/data && ! -e $2/data ]]; then verify "$1" "$2" "$3/data"; else verify "$1" "$2" "$3"; fi
+}
+
+for fs in $FSES; do
+  bench_fs "$fs"
+done
+
+# ---------------------------------------------------------------------------
+# 100,000 small files on Btrfs
+# ---------------------------------------------------------------------------
+if ((FILES > 0)); then
+  bytes=$((FILES * 8192 * 4 + (2 << 30)))
+  setup_fs many btrfs "$bytes" "gen=$GEN_SUM shape=many count=$FILES seed=$SEED" --shape many --count "$FILES"
+  M=$MNT
+  cd "$M"
+  log "many: export"
+  for ((r = 1; r <= RUNS; r++)); do
+    measure many export ckpt "$r" "$M" btrfs "$M/out/a.ckpt.tar" "$CKPT export $EJSON $M/data $M/out/a.ckpt.tar"
+    measure many export gnutar "$r" "$M" btrfs "$M/out/a.tar" "tar -C $M -cf $M/out/a.tar data"
+  done
+  import_case many btrfs "$M"
+  rm -rf "$M/out" "$M/arch"
+  cd "$WORK"
+  teardown "$M"
+fi
+
+# ---------------------------------------------------------------------------
+# Peak RSS on a 4x larger tree
+# ---------------------------------------------------------------------------
+if ((RSS_SCALE)); then
+  big=$((SIZE_BYTES * 4))
+  bytes=$((big * 3 / 2 + (2 << 30)))
+  setup_fs rss4 btrfs "$bytes" "gen=$GEN_SUM shape=checkpoint size=$big scale=4 seed=$SEED" --size "$big" --scale 4
+  M=$MNT
+  cd "$M"
+  measure rss4 export ckpt 1 "$M" btrfs "" "$CKPT export $EJSON $M/data $M/arch/a.ckpt.tar"
+  measure rss4 import ckpt 1 "$M" btrfs "$M/out/ck $M/arch/a.ckpt.tar" "$CKPT import $IJSON $M/arch/a.ckpt.tar $M/out/ck"
+  rm -rf "$M/out" "$M/arch"
+  cd "$WORK"
+  teardown "$M"
+fi
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+"$PY" "$REPORT" "$RES" >>"$RES/report.md"
+echo "- total time: $(((SECONDS - T_START) / 60)) min $(((SECONDS - T_START) % 60)) s; raw runs: $RES/runs.tsv" >>"$RES/report.md"
+cat "$RES/report.md"
+log "report: $RES/report.md"
