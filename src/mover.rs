@@ -235,7 +235,8 @@ impl Mover {
     }
 }
 
-fn shrunk() -> io::Error {
+/// The error for a source that ended before the size it had when it was walked.
+pub(crate) fn shrunk() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
 }
 

@@ -13,7 +13,7 @@ use crate::digest;
 use crate::error::{Context, Error, Result};
 use crate::layout::{BLOCK, Placed, Plan, encode_headers};
 use crate::member::{Body, SourceFile};
-use crate::mover::{End, Mover, Tail, write_all_at};
+use crate::mover::{End, Mover, Tail, shrunk, write_all_at};
 use crate::progress::Progress;
 
 /// The archive being written.
@@ -142,7 +142,13 @@ impl<'a> Placer<'a> {
             let mut data = std::mem::take(&mut self.buf);
             data.resize(rest as usize, 0);
             let read = file.read_exact_at(&mut data, cloned);
-            let result = read.map_err(|e| transfer_error(shrunk_if_eof(e), path, self.target.path));
+            let result = read.map_err(|e| {
+                transfer_error(
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof { shrunk() } else { e },
+                    path,
+                    self.target.path,
+                )
+            });
             let result = result.and_then(|()| self.put(offset + cloned, &data));
             self.buf = data;
             result?;
@@ -260,14 +266,6 @@ impl<'p> Iterator for Pieces<'p> {
             Body::Manifest(_) | Body::None | Body::Members(_) => {}
         }
         Some(Piece::Header(placed, base + placed.header_offset))
-    }
-}
-
-fn shrunk_if_eof(e: std::io::Error) -> std::io::Error {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
-    } else {
-        e
     }
 }
 

@@ -15,6 +15,7 @@ use crate::digest;
 use crate::error::{Context, Error, Result};
 use crate::layout::{Plan, encode_headers};
 use crate::member::{Body, SourceFile};
+use crate::mover::shrunk;
 use crate::place::{check_unchanged, open_source};
 use crate::progress::Progress;
 
@@ -195,8 +196,4 @@ fn send(out: BorrowedFd<'_>, file: &File, len: u64) -> io::Result<u64> {
         }
     }
     Ok(offset)
-}
-
-fn shrunk() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early: it shrank while being read")
 }
