@@ -6,14 +6,13 @@ use std::os::fd::BorrowedFd;
 
 use sha2::{Digest, Sha256};
 
-use crate::member::{Body, Kind, Member, Meta};
+use crate::member::{Body, Kind, Member};
 
 pub const MANIFEST_NAME: &str = "ckpt.sha256";
 
 /// The members a manifest covers: the top-level members that carry data.
 pub fn covered(member: &Member) -> bool {
-    member.kind == Kind::Regular
-        && matches!(member.body, Body::File(_) | Body::Bytes(_) | Body::Members(_) | Body::Archive(_))
+    member.kind == Kind::Regular && matches!(member.body, Body::File(_) | Body::Bytes(_) | Body::Archive(_))
 }
 
 /// `sha256sum` escapes names holding a backslash or newline, and marks such lines with a
@@ -47,19 +46,6 @@ pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
     line.extend_from_slice(&name);
     line.push(b'\n');
     line
-}
-
-/// The manifest member for `members`, whose length is known before any data is hashed.
-pub fn manifest_member(members: &[Member], name_prefix: &str) -> Member {
-    let len: usize = members.iter().filter(|m| covered(m)).map(|m| line(&m.name, &[0; 32]).len()).sum();
-    let mtime = members.iter().map(|m| m.meta.mtime).max().unwrap_or(0);
-    Member {
-        name: format!("{name_prefix}{MANIFEST_NAME}").into_bytes(),
-        meta: Meta { mode: 0o644, mtime, ..Meta::default() },
-        kind: Kind::Regular,
-        body: Body::Manifest(len as u64),
-        xattrs: Vec::new(),
-    }
 }
 
 /// Hashes `len` bytes of `fd` from `offset`.

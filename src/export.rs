@@ -10,16 +10,15 @@ use std::os::fd::AsFd;
 use crate::compress::{Compression, Encoder};
 use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::{self, Plan};
-use crate::member::{Body, Member};
 use crate::mover::{MoveStats, Mover};
 use crate::outfile::OutFile;
 use crate::overlay::WhiteoutStyle;
+use crate::pieces::{Counts, Pieces};
 use crate::place::{Placer, Target};
 use crate::podman::{self, Rootfs};
 use crate::progress::{Progress, ProgressHandle};
 use crate::stream::{Sink, Stream};
-use crate::walk::{self, Naming, Skipped};
+use crate::walk::{self, Members, Naming, Skipped, Walk};
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;
@@ -151,78 +150,73 @@ impl Exporter {
     /// in the checkpoint layout when asked for.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
         let started = Instant::now();
-        let mut skipped = Skipped::default();
-        let bundle = self.bundle || self.rootfs.is_some();
-        let mut members = if bundle {
-            podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, &mut skipped)?
-        } else {
-            walk::walk(src, Naming::DotSlash, &mut skipped)?
-        };
-        if self.digest {
-            members.push(digest::manifest_member(&members, if bundle { "" } else { "./" }));
-        }
-        let progress = self.progress_receiver();
-        if let Some(progress) = progress {
-            progress.start(total_bytes(&members));
-        }
-        let result = self.write_members(members, out, started);
-        if let Some(progress) = progress {
-            progress.finish();
-        }
-        let mut stats = result?;
-        stats.skipped = skipped.paths;
-        Ok(stats)
-    }
-
-    /// Lays out `members` in the given order and writes them to `out`.
-    fn write_members(&self, members: Vec<Member>, out: &Path, started: Instant) -> Result<ExportStats> {
         if let Some(align) = self.align {
             check_align(align)?;
         }
-        let to_stdout = out == Path::new("-");
-        let mut stats = if !to_stdout && self.compression.is_none() {
-            self.write_file(members, out)?
-        } else {
+        let skipped = Skipped::default();
+        let result = if out == Path::new("-") {
             let align = self.align.unwrap_or(DEFAULT_ALIGN);
-            let plan = layout::plan(members, align);
-            let bytes_copied =
-                if to_stdout { self.write_stdout(&plan)? } else { self.write_compressed_file(&plan, out)? };
-            let mut stats =
-                ExportStats { bytes_copied, archive_bytes: plan.len, align, ..ExportStats::default() };
-            count(&plan, &mut stats);
-            stats
+            let mut pieces = self.pieces(src, align, &skipped)?;
+            self.write_stdout(&mut pieces).map(|copied| stats(&pieces, align, 0, copied))
+        } else if self.compression.is_some() {
+            let align = self.align.unwrap_or(DEFAULT_ALIGN);
+            let mut pieces = self.pieces(src, align, &skipped)?;
+            self.write_compressed_file(&mut pieces, out).map(|copied| stats(&pieces, align, 0, copied))
+        } else {
+            self.write_file(src, out, &skipped)
         };
+        if let Some(progress) = self.progress_receiver() {
+            progress.finish();
+        }
+        let mut stats = result?;
+        stats.skipped = skipped.take();
+        stats.skipped.sort();
+        stats.skipped.dedup();
+        for path in &stats.skipped {
+            log::warn!("{}: socket skipped (tar cannot hold sockets)", path.display());
+        }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
 
+    /// The archive for `src`, planned member by member as it is written.
+    fn pieces(&self, src: &Path, align: u64, skipped: &Skipped) -> Result<Pieces<'static>> {
+        let bundle = self.bundle || self.rootfs.is_some();
+        let (members, rootfs_bytes) = if bundle {
+            podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, align, skipped)?
+        } else {
+            (Box::new(Walk::new(src, Naming::DotSlash, skipped.clone())?) as Members, 0)
+        };
+        if let Some(progress) = self.progress_receiver() {
+            // A bar needs its total before the walk that archives the data.
+            progress.start(walk::data_bytes(src) + rootfs_bytes);
+        }
+        let manifest_name = self.digest.then(|| {
+            let prefix = if bundle { "" } else { "./" };
+            format!("{prefix}{}", digest::MANIFEST_NAME).into_bytes()
+        });
+        Ok(Pieces::new(members, align, manifest_name))
+    }
+
     /// Places the archive by offset, sharing data with the sources where possible.
-    fn write_file(&self, members: Vec<Member>, out: &Path) -> Result<ExportStats> {
+    fn write_file(&self, src: &Path, out: &Path, skipped: &Skipped) -> Result<ExportStats> {
         let out_file = OutFile::create(out)?;
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
         let align = self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block));
-        let plan = layout::plan(members, align);
+        let mut pieces = self.pieces(src, align, skipped)?;
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
-        let mut placer = Placer::new(target, Mover::new(self.share), self.progress_receiver(), self.digest);
-        placer.place(&plan)?;
+        let mut placer = Placer::new(target, Mover::new(self.share), self.progress_receiver());
+        placer.place(&mut pieces)?;
         let MoveStats { bytes_cloned, bytes_copied } = placer.mover.stats;
-        drop(placer);
-        file.set_len(plan.len).at("ftruncate", out)?;
+        let len = pieces.len().expect("every piece was placed");
+        file.set_len(len).at("ftruncate", out)?;
         out_file.commit()?;
-        let mut stats = ExportStats {
-            bytes_cloned,
-            bytes_copied,
-            archive_bytes: plan.len,
-            align,
-            ..ExportStats::default()
-        };
-        count(&plan, &mut stats);
-        Ok(stats)
+        Ok(stats(&pieces, align, bytes_cloned, bytes_copied))
     }
 
-    fn write_stdout(&self, plan: &Plan) -> Result<u64> {
+    fn write_stdout(&self, pieces: &mut Pieces<'_>) -> Result<u64> {
         let stdout = std::io::stdout();
         let name = Path::new("<stdout>");
         if std::io::IsTerminal::is_terminal(&stdout) {
@@ -230,16 +224,15 @@ impl Exporter {
         }
         match self.compression {
             None => {
-                let mut stream =
-                    Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver(), self.digest);
-                stream.write_plan(plan, 0, true)?;
+                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver());
+                stream.write_pieces(pieces)?;
                 Ok(stream.bytes_copied)
             }
             Some(compression) => {
                 let lock = stdout.lock();
                 let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, lock))
                     .at("start compressor for", name)?;
-                let copied = self.write_stream(plan, &mut encoder, name)?;
+                let copied = self.write_stream(pieces, &mut encoder, name)?;
                 encoder.finish().and_then(|mut w| w.flush()).at("write", name)?;
                 Ok(copied)
             }
@@ -250,35 +243,37 @@ impl Exporter {
         self.progress.as_ref().map(|p| p.0.as_ref())
     }
 
-    fn write_stream(&self, plan: &Plan, writer: &mut dyn Write, name: &Path) -> Result<u64> {
-        let mut stream =
-            Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver(), self.digest);
-        stream.write_plan(plan, 0, true)?;
+    fn write_stream(&self, pieces: &mut Pieces<'_>, writer: &mut dyn Write, name: &Path) -> Result<u64> {
+        let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver());
+        stream.write_pieces(pieces)?;
         stream.flush()?;
         Ok(stream.bytes_copied)
     }
 
-    fn write_compressed_file(&self, plan: &Plan, out: &Path) -> Result<u64> {
+    fn write_compressed_file(&self, pieces: &mut Pieces<'_>, out: &Path) -> Result<u64> {
         let compression = self.compression.expect("compressed output");
         let out_file = OutFile::create(out)?;
         let mut encoder = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out_file.file()))
             .at("start compressor for", out)?;
-        let copied = self.write_stream(plan, &mut encoder, out)?;
+        let copied = self.write_stream(pieces, &mut encoder, out)?;
         encoder.finish().and_then(|mut w| w.flush()).at("write", out)?;
         out_file.commit()?;
         Ok(copied)
     }
 }
 
-fn total_bytes(members: &[Member]) -> u64 {
-    members
-        .iter()
-        .map(|m| match &m.body {
-            Body::File(f) => f.size,
-            Body::Members(inner) => total_bytes(inner),
-            _ => 0,
-        })
-        .sum()
+fn stats(pieces: &Pieces<'_>, align: u64, bytes_cloned: u64, bytes_copied: u64) -> ExportStats {
+    let Counts { entries, files, bytes } = pieces.counts();
+    ExportStats {
+        entries,
+        files,
+        bytes,
+        bytes_cloned,
+        bytes_copied,
+        archive_bytes: pieces.len().unwrap_or(0),
+        align,
+        ..ExportStats::default()
+    }
 }
 
 pub(crate) fn check_align(align: u64) -> Result<()> {
@@ -289,18 +284,4 @@ pub(crate) fn check_align(align: u64) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn count(plan: &Plan, stats: &mut ExportStats) {
-    for placed in &plan.entries {
-        stats.entries += 1;
-        match &placed.member.body {
-            Body::File(f) => {
-                stats.files += 1;
-                stats.bytes += f.size;
-            }
-            Body::Archive(inner) => count(inner, stats),
-            _ => {}
-        }
-    }
 }

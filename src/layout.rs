@@ -19,15 +19,9 @@ const MAX_OCTAL_8: u64 = 0o7777777;
 /// Largest value that fits a 12-byte octal header field (size, mtime).
 const MAX_OCTAL_12: u64 = 0o77777777777;
 
-/// A laid-out archive. Offsets are relative to the archive's start, which must itself sit on
-/// an aligned offset (true for a file, and for a nested archive, whose data is aligned).
-#[derive(Debug)]
-pub struct Plan {
-    pub entries: Vec<Placed>,
-    /// Total length including the two zero blocks that end a tar archive.
-    pub len: u64,
-}
-
+/// A member with its place in the archive. Offsets are relative to the archive's start, which
+/// must itself sit on an aligned offset (true for a file, and for a nested archive, whose data
+/// is aligned).
 #[derive(Debug)]
 pub struct Placed {
     pub member: Member,
@@ -46,25 +40,41 @@ impl Placed {
     }
 }
 
-/// Lays out `members` in the given order with data aligned to `align` (a power of two >= 512).
-pub fn plan(members: Vec<Member>, align: u64) -> Plan {
-    assert!(align.is_power_of_two() && align >= BLOCK);
-    let mut entries = Vec::with_capacity(members.len());
-    let mut offset = 0u64;
-    for mut member in members {
-        if let Body::Members(inner) = &mut member.body {
-            let inner = plan(std::mem::take(inner), align);
-            member.body = Body::Archive(Box::new(inner));
-        }
-        let records = pax_records(&member).len();
-        let aligned = needs_alignment(&member, align);
-        let (pax_len, padding) = pax_layout(offset, records, aligned, align);
-        let data_offset = offset + BLOCK + if pax_len > 0 { BLOCK + round_up(pax_len, BLOCK) } else { 0 };
-        let placed = Placed { member, header_offset: offset, pax_len, padding, data_offset };
-        offset = round_up(placed.data_end(), BLOCK);
-        entries.push(placed);
+/// Lays out members one after another, in the order given, with data aligned to `align`.
+#[derive(Debug)]
+pub struct Planner {
+    align: u64,
+    /// Where the next member's headers go.
+    offset: u64,
+}
+
+impl Planner {
+    /// `align` is a power of two of at least 512.
+    pub fn new(align: u64) -> Planner {
+        assert!(align.is_power_of_two() && align >= BLOCK);
+        Planner { align, offset: 0 }
     }
-    Plan { entries, len: offset + 2 * BLOCK }
+
+    pub fn place(&mut self, member: Member) -> Placed {
+        let records = pax_records(&member).len();
+        let aligned = needs_alignment(&member, self.align);
+        let (pax_len, padding) = pax_layout(self.offset, records, aligned, self.align);
+        let data_offset =
+            self.offset + BLOCK + if pax_len > 0 { BLOCK + round_up(pax_len, BLOCK) } else { 0 };
+        let placed = Placed { member, header_offset: self.offset, pax_len, padding, data_offset };
+        self.offset = round_up(placed.data_end(), BLOCK);
+        placed
+    }
+
+    /// Where the two zero blocks that end the archive go.
+    pub fn end(&self) -> u64 {
+        self.offset
+    }
+
+    /// The archive's length so far, end blocks included.
+    pub fn len(&self) -> u64 {
+        self.offset + 2 * BLOCK
+    }
 }
 
 fn needs_alignment(member: &Member, align: u64) -> bool {
@@ -270,11 +280,12 @@ mod tests {
                 members.push(file(name.as_bytes(), align + i as u64 * 37, (i * 13) % 1500));
                 members.push(file(format!("./s{i}").as_bytes(), (i as u64 * 97) % 3000, 0));
             }
-            let plan = plan(members, align);
+            let mut planner = Planner::new(align);
             let mut expected_offset = 0;
-            for placed in &plan.entries {
+            for member in members {
+                let placed = planner.place(member);
                 assert_eq!(placed.header_offset, expected_offset);
-                let headers = encode_headers(placed);
+                let headers = encode_headers(&placed);
                 assert_eq!(headers.len() as u64, placed.data_offset - placed.header_offset);
                 if placed.member.data_size() >= align {
                     assert_eq!(placed.data_offset % align, 0);

@@ -14,6 +14,7 @@ mod mover;
 mod outfile;
 mod overlay;
 mod pax;
+mod pieces;
 mod place;
 mod podman;
 mod progress;

@@ -3,7 +3,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::layout::Plan;
+use crate::error::Result;
+use crate::walk::Members;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -56,17 +57,30 @@ pub struct SourceFile {
     pub mtime: (i64, i64),
 }
 
+/// A tar archive nested inside this one, laid out so that its members' data is aligned in the
+/// outer file too. Its length was found by a first pass over its members, because the outer
+/// header that announces it comes first; the second pass that writes it must agree.
+pub struct Nested {
+    pub len: u64,
+    /// Where the members come from, for errors (the layer's upper dir).
+    pub path: PathBuf,
+    /// Starts the second pass over the members.
+    pub members: Box<dyn FnOnce() -> Result<Members<'static>>>,
+}
+
+impl std::fmt::Debug for Nested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nested").field("len", &self.len).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub enum Body {
     None,
     File(SourceFile),
     /// Small generated content (a JSON list, a manifest).
     Bytes(Vec<u8>),
-    /// A tar archive nested inside this one, laid out so that its members' data is aligned
-    /// in the outer file too.
-    Archive(Box<Plan>),
-    /// Not yet laid out; the planner turns it into `Archive`.
-    Members(Vec<Member>),
+    Archive(Nested),
     /// The digest manifest of this many bytes, written once the data before it is placed.
     Manifest(u64),
 }
@@ -86,10 +100,10 @@ impl Member {
     /// The size the tar header announces.
     pub fn data_size(&self) -> u64 {
         match &self.body {
-            Body::None | Body::Members(_) => 0,
+            Body::None => 0,
             Body::File(f) => f.size,
             Body::Bytes(b) => b.len() as u64,
-            Body::Archive(plan) => plan.len,
+            Body::Archive(nested) => nested.len,
             Body::Manifest(len) => *len,
         }
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 use crate::member::{Body, Kind, Member};
-use crate::walk::{self, Naming, Skipped};
+use crate::walk::{Naming, Skipped, Walk};
 
 /// OCI layer names for deletions.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -125,13 +125,6 @@ fn split_unescaped(s: &[u8], sep: u8) -> impl Iterator<Item = Vec<u8>> + '_ {
     parts.into_iter().filter(|p| !p.is_empty())
 }
 
-/// A layer's changes, ready for archiving.
-pub struct LayerDiff {
-    pub members: Vec<Member>,
-    /// Deleted paths (`/etc/old.conf`), for podman's `deleted.files`.
-    pub deleted: Vec<String>,
-}
-
 fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
@@ -148,22 +141,46 @@ fn overlay_xattr<'m>(member: &'m Member, key: &[u8]) -> Option<&'m [u8]> {
         .map(|(_, value)| value.as_slice())
 }
 
-/// Reads an upper dir. Whiteouts (char 0:0, or a zero-size file marked
-/// `overlay.whiteout`) and opaque directories become deletions in `style`; overlay's own
-/// xattrs, which describe this host's lower inodes, are dropped.
-pub fn read_layer(
-    upper: &Path,
-    lowers: &[PathBuf],
+/// An upper dir's changes, ready for archiving, one member at a time. Whiteouts (char 0:0, or
+/// a zero-size file marked `overlay.whiteout`) and opaque directories become deletions in the
+/// chosen style; overlay's own xattrs, which describe this host's lower inodes, are dropped.
+pub struct Layer {
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
     style: WhiteoutStyle,
-    skipped: &mut Skipped,
-) -> Result<LayerDiff> {
-    // The root entry carries the container root's own metadata, which the layer changes too.
-    let walked = walk::walk(upper, Naming::BareWithRoot, skipped)?;
-    let mut whiteouts: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut deleted: BTreeSet<String> = BTreeSet::new();
-    let mut members = Vec::with_capacity(walked.len());
-    for mut member in walked {
-        let path = || upper.join(OsStr::from_bytes(member.name.strip_suffix(b"/").unwrap_or(&member.name)));
+    walk: Walk,
+    /// Names of the whiteouts seen: kernel whiteouts share one inode, so a hard link to a
+    /// whiteout is a whiteout.
+    whiteouts: BTreeSet<Vec<u8>>,
+    /// Deleted paths (`/etc/old.conf`), for podman's `deleted.files`.
+    deleted: BTreeSet<String>,
+    /// An OCI opaque marker, returned right after its directory.
+    queued: Option<Member>,
+}
+
+impl Layer {
+    pub fn new(upper: &Path, lowers: &[PathBuf], style: WhiteoutStyle, skipped: Skipped) -> Result<Layer> {
+        Ok(Layer {
+            upper: upper.to_path_buf(),
+            lowers: lowers.to_vec(),
+            style,
+            // The root entry carries the container root's own metadata, which the layer changes too.
+            walk: Walk::new(upper, Naming::BareWithRoot, skipped)?,
+            whiteouts: BTreeSet::new(),
+            deleted: BTreeSet::new(),
+            queued: None,
+        })
+    }
+
+    /// The deleted paths, sorted; complete once the layer has been read to its end.
+    pub fn deleted(self) -> Vec<String> {
+        self.deleted.into_iter().collect()
+    }
+
+    /// What `member` of the upper dir becomes in the archive (None: only a deletion).
+    fn change(&mut self, mut member: Member) -> Result<Option<Member>> {
+        let path =
+            || self.upper.join(OsStr::from_bytes(member.name.strip_suffix(b"/").unwrap_or(&member.name)));
         for key in [&b"metacopy"[..], b"redirect"] {
             if overlay_xattr(&member, key).is_some() {
                 return Err(Error::invalid(
@@ -179,42 +196,62 @@ pub fn read_layer(
         let is_whiteout = match &member.kind {
             Kind::CharDevice => member.meta.dev_major == 0 && member.meta.dev_minor == 0,
             Kind::Regular => member.data_size() == 0 && overlay_xattr(&member, b"whiteout").is_some(),
-            // Kernel whiteouts share one inode: a hard link to a whiteout is a whiteout.
-            Kind::HardLink(target) => whiteouts.contains(target),
+            Kind::HardLink(target) => self.whiteouts.contains(target),
             _ => false,
         };
         let is_opaque = member.kind == Kind::Directory && overlay_xattr(&member, b"opaque") == Some(b"y");
         member.xattrs.retain(|(name, _)| !is_overlay_xattr(name));
         if is_whiteout {
-            whiteouts.insert(member.name.clone());
-            match style {
+            self.whiteouts.insert(member.name.clone());
+            return Ok(match self.style {
                 WhiteoutStyle::Podman => {
-                    deleted.insert(absolute(&member.name));
+                    self.deleted.insert(absolute(&member.name));
+                    None
                 }
-                WhiteoutStyle::Oci => members.push(oci_marker(&member, &whiteout_name(&member.name))),
-            }
-            continue;
+                WhiteoutStyle::Oci => Some(oci_marker(&member, &whiteout_name(&member.name))),
+            });
         }
-        let opaque_marker = is_opaque.then(|| [member.name.as_slice(), OPAQUE_MARKER].concat());
-        if is_opaque && style == WhiteoutStyle::Podman {
-            let dir = member.name.strip_suffix(b"/").unwrap_or(&member.name).to_vec();
-            if lowers.is_empty() {
-                return Err(Error::invalid(
-                    path(),
-                    "opaque directory: listing what it hides needs the lower dirs (--lower), \
-                     or use --whiteouts oci",
-                ));
-            }
-            for hidden in hidden_by_opaque(upper, lowers, &dir)? {
-                deleted.insert(hidden);
+        if is_opaque {
+            match self.style {
+                WhiteoutStyle::Oci => {
+                    let marker = [member.name.as_slice(), OPAQUE_MARKER].concat();
+                    self.queued = Some(oci_marker(&member, &marker));
+                }
+                WhiteoutStyle::Podman => {
+                    let dir = member.name.strip_suffix(b"/").unwrap_or(&member.name);
+                    if self.lowers.is_empty() {
+                        return Err(Error::invalid(
+                            path(),
+                            "opaque directory: listing what it hides needs the lower dirs (--lower), \
+                             or use --whiteouts oci",
+                        ));
+                    }
+                    self.deleted.extend(hidden_by_opaque(&self.upper, &self.lowers, dir)?);
+                }
             }
         }
-        let marker =
-            opaque_marker.filter(|_| style == WhiteoutStyle::Oci).map(|name| oci_marker(&member, &name));
-        members.push(member);
-        members.extend(marker);
+        Ok(Some(member))
     }
-    Ok(LayerDiff { members, deleted: deleted.into_iter().collect() })
+}
+
+impl Iterator for Layer {
+    type Item = Result<Member>;
+
+    fn next(&mut self) -> Option<Result<Member>> {
+        if let Some(marker) = self.queued.take() {
+            return Some(Ok(marker));
+        }
+        loop {
+            let member = match self.walk.next()? {
+                Ok(member) => member,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.change(member) {
+                Ok(None) => continue,
+                other => return other.transpose(),
+            }
+        }
+    }
 }
 
 fn absolute(name: &[u8]) -> String {

@@ -11,9 +11,10 @@ use rustix::io::Errno;
 
 use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::{BLOCK, Placed, Plan, encode_headers};
-use crate::member::{Body, SourceFile};
+use crate::layout::BLOCK;
+use crate::member::SourceFile;
 use crate::mover::{End, Mover, Tail, shrunk, write_all_at};
+use crate::pieces::{Covered, Piece, Pieces};
 use crate::progress::Progress;
 
 /// The archive being written.
@@ -36,8 +37,8 @@ pub struct Placer<'a> {
     pub target: Target<'a>,
     pub mover: Mover,
     pub progress: Option<&'a dyn Progress>,
-    /// The digest manifest being built, when one was asked for.
-    pub manifest: Option<Vec<u8>>,
+    /// The members the digest manifest lists, hashed once everything is placed.
+    covered: Vec<Covered>,
     /// Pending bytes for the archive, starting at `pending_at`.
     pending: Vec<u8>,
     pending_at: u64,
@@ -52,17 +53,12 @@ const WINDOW_FILES: usize = 256;
 const PENDING_LIMIT: usize = 1 << 20;
 
 impl<'a> Placer<'a> {
-    pub fn new(
-        target: Target<'a>,
-        mover: Mover,
-        progress: Option<&'a dyn Progress>,
-        digest: bool,
-    ) -> Placer<'a> {
+    pub fn new(target: Target<'a>, mover: Mover, progress: Option<&'a dyn Progress>) -> Placer<'a> {
         Placer {
             target,
             mover,
             progress,
-            manifest: digest.then(Vec::new),
+            covered: Vec::new(),
             pending: Vec::new(),
             pending_at: 0,
             buf: Vec::new(),
@@ -72,16 +68,18 @@ impl<'a> Placer<'a> {
     /// Writes the whole archive, a window of files at a time: each file is opened once, its
     /// whole blocks cloned with the rest of the window's, then its tail (or all of it, if
     /// it could not be cloned) written with the headers around it. Windows bound the open
-    /// files, and make a clone wait behind dirty pages at most once per window.
-    pub fn place(&mut self, plan: &Plan) -> Result<()> {
-        let mut pieces = Pieces::new(plan);
+    /// files and the memory held, and make a clone wait behind dirty pages at most once per
+    /// window.
+    pub fn place(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
         let mut window = Vec::new();
+        let mut manifest_at = None;
         loop {
             window.clear();
             let mut files = 0;
             while files < WINDOW_FILES {
                 let Some(piece) = pieces.next() else { break };
-                files += usize::from(matches!(piece, Piece::File(..)));
+                let piece = piece?;
+                files += usize::from(matches!(piece, Piece::File { .. }));
                 window.push(piece);
             }
             if window.is_empty() {
@@ -89,26 +87,30 @@ impl<'a> Placer<'a> {
             }
             let mut opened = Vec::with_capacity(files);
             for piece in &window {
-                if let Piece::File(source, offset) = piece {
+                if let Piece::File { offset, source } = piece {
                     opened.push(self.clone_file(source, *offset)?);
                 }
             }
             let mut opened = opened.into_iter();
-            for piece in &window {
-                match *piece {
-                    Piece::Header(placed, offset) => self.put(offset, &encode_headers(placed))?,
-                    Piece::Bytes(bytes, offset) => self.put(offset, bytes)?,
-                    Piece::File(source, offset) => {
-                        let (file, cloned) = opened.next().expect("one opened file per file piece");
-                        self.fill_file(source, &file, offset, cloned)?;
+            for piece in window.drain(..) {
+                match piece {
+                    Piece::Header { offset, bytes, digest } => {
+                        self.put(offset, &bytes)?;
+                        self.covered.extend(digest);
                     }
-                    Piece::End(offset) => self.put(offset, &[0u8; 1024])?,
+                    Piece::Bytes { offset, bytes } => self.put(offset, &bytes)?,
+                    Piece::File { offset, source } => {
+                        let (file, cloned) = opened.next().expect("one opened file per file piece");
+                        self.fill_file(&source, &file, offset, cloned)?;
+                    }
+                    Piece::Manifest { offset, len } => manifest_at = Some((offset, len)),
+                    Piece::End { offset } => self.put(offset, &[0u8; 1024])?,
                 }
             }
         }
         self.flush()?;
-        if self.manifest.is_some() {
-            self.write_manifest(plan)?;
+        if let Some((offset, len)) = manifest_at {
+            self.write_manifest(offset, len)?;
         }
         Ok(())
     }
@@ -196,76 +198,20 @@ impl<'a> Placer<'a> {
         Ok(())
     }
 
-    /// Hashes every covered top-level member as the archive now holds it (as a reader will see
-    /// it), then writes the manifest.
-    fn write_manifest(&mut self, plan: &Plan) -> Result<()> {
+    /// Hashes every member the manifest lists as the archive now holds it (as a reader will
+    /// see it), then writes the manifest.
+    fn write_manifest(&mut self, offset: u64, len: u64) -> Result<()> {
         let fd = self.target.file.as_fd();
         let path = self.target.path;
-        let mut manifest = self.manifest.take().unwrap_or_default();
-        for placed in &plan.entries {
-            match &placed.member.body {
-                Body::Manifest(len) => {
-                    assert_eq!(manifest.len() as u64, *len, "manifest length was planned");
-                    write_all_at(fd, &manifest, placed.data_offset).at("write", path)?;
-                }
-                _ if digest::covered(&placed.member) => {
-                    let size = placed.member.data_size();
-                    let hash = digest::hash_range(fd, placed.data_offset, size, &mut self.buf)
-                        .at("read back", path)?;
-                    manifest.extend(digest::line(&placed.member.name, &hash));
-                }
-                _ => {}
-            }
+        let mut manifest = Vec::with_capacity(len as usize);
+        for covered in std::mem::take(&mut self.covered) {
+            let hash = digest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf)
+                .at("read back", path)?;
+            manifest.extend(digest::line(&covered.name, &hash));
         }
+        assert_eq!(manifest.len() as u64, len, "manifest length was planned");
+        write_all_at(fd, &manifest, offset).at("write", path)?;
         Ok(())
-    }
-}
-
-/// The archive's contents in offset order: a walk over the plan and its nested plans.
-enum Piece<'p> {
-    Header(&'p Placed, u64),
-    File(&'p SourceFile, u64),
-    Bytes(&'p [u8], u64),
-    /// The two zero blocks that end an archive.
-    End(u64),
-}
-
-struct Pieces<'p> {
-    /// Plans being walked: the plan, the next entry's index, and where the plan starts.
-    stack: Vec<(&'p Plan, usize, u64)>,
-    /// The body of the member whose header was just returned.
-    body: Option<Piece<'p>>,
-}
-
-impl<'p> Pieces<'p> {
-    fn new(plan: &'p Plan) -> Pieces<'p> {
-        Pieces { stack: vec![(plan, 0, 0)], body: None }
-    }
-}
-
-impl<'p> Iterator for Pieces<'p> {
-    type Item = Piece<'p>;
-
-    fn next(&mut self) -> Option<Piece<'p>> {
-        if let Some(body) = self.body.take() {
-            return Some(body);
-        }
-        let (plan, index, base) = self.stack.last_mut()?;
-        let (plan, base) = (*plan, *base);
-        let Some(placed) = plan.entries.get(*index) else {
-            self.stack.pop();
-            return Some(Piece::End(base + plan.len - 1024));
-        };
-        *index += 1;
-        let data_offset = base + placed.data_offset;
-        match &placed.member.body {
-            Body::File(source) => self.body = Some(Piece::File(source, data_offset)),
-            Body::Bytes(bytes) => self.body = Some(Piece::Bytes(bytes, data_offset)),
-            Body::Archive(inner) => self.stack.push((inner, 0, data_offset)),
-            // The manifest is written once everything before it can be hashed.
-            Body::Manifest(_) | Body::None | Body::Members(_) => {}
-        }
-        Some(Piece::Header(placed, base + placed.header_offset))
     }
 }
 

@@ -3,13 +3,16 @@
 //! `checkpoint/` images, and the container's rootfs changes as a nested `rootfs-diff.tar` with
 //! the deleted paths in `deleted.files`.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
-use crate::member::{Body, Kind, Member, Meta};
-use crate::overlay::{self, WhiteoutStyle};
-use crate::walk::{self, Naming, Skipped};
+use crate::member::{Body, Kind, Member, Meta, Nested};
+use crate::overlay::{self, Layer, WhiteoutStyle};
+use crate::pieces;
+use crate::walk::{self, Members, Naming, Skipped, Walk};
 
 pub const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub const DELETED_FILES: &[u8] = b"deleted.files";
@@ -28,13 +31,15 @@ pub enum Rootfs {
     Diff { upper: PathBuf, lowers: Vec<PathBuf> },
 }
 
-/// The members of a checkpoint archive for `bundle`, in podman's layout.
+/// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
+/// `align`, and the bytes of file data in the rootfs changes.
 pub(crate) fn bundle_members(
     bundle: &Path,
     rootfs: Option<&Rootfs>,
     style: WhiteoutStyle,
-    skipped: &mut Skipped,
-) -> Result<Vec<Member>> {
+    align: u64,
+    skipped: &Skipped,
+) -> Result<(Members<'static>, u64)> {
     let inventory = bundle.join("checkpoint/inventory.img");
     if !std::fs::symlink_metadata(&inventory).is_ok_and(|m| m.is_file()) {
         return Err(Error::invalid(
@@ -42,33 +47,42 @@ pub(crate) fn bundle_members(
             "missing: not a checkpoint bundle (CRIU writes inventory.img)",
         ));
     }
-    let mut rest = walk::walk(bundle, Naming::Bare, skipped)?;
-    let mut members = Vec::with_capacity(rest.len() + 2);
+    let mut leading = Vec::with_capacity(LEADING.len());
     for name in LEADING {
-        let index = rest.iter().position(|m| m.name == name && m.kind == Kind::Regular).ok_or_else(|| {
-            Error::invalid(
-                bundle.join(String::from_utf8_lossy(name).as_ref()),
-                "missing from the checkpoint bundle",
-            )
-        })?;
-        members.push(rest.remove(index));
-    }
-    if let Some(rootfs) = rootfs {
-        if let Some(clash) = rest.iter().find(|m| m.name == ROOTFS_DIFF || m.name == DELETED_FILES) {
-            return Err(Error::invalid(
-                bundle.join(String::from_utf8_lossy(&clash.name).as_ref()),
-                "the bundle already holds the rootfs changes; remove it or leave out the rootfs option",
-            ));
+        let path = bundle.join(OsStr::from_bytes(name));
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => leading.push(Ok(walk::describe(&path, name.to_vec(), &meta)?)),
+            _ => return Err(Error::invalid(path, "missing from the checkpoint bundle")),
         }
-        members.extend(rest);
-        members.extend(rootfs_members(rootfs, style, skipped)?);
-    } else {
-        members.extend(rest);
     }
-    Ok(members)
+    let (trailing, rootfs_bytes) = match rootfs {
+        Some(rootfs) => {
+            for name in [ROOTFS_DIFF, DELETED_FILES] {
+                let path = bundle.join(OsStr::from_bytes(name));
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    return Err(Error::invalid(
+                        path,
+                        "the bundle already holds the rootfs changes; remove it or leave out the rootfs option",
+                    ));
+                }
+            }
+            rootfs_members(rootfs, style, align, skipped)?
+        }
+        None => (Vec::new(), 0),
+    };
+    let rest = Walk::new(bundle, Naming::Bare, skipped.clone())?.omit(&LEADING);
+    let members = leading.into_iter().chain(rest).chain(trailing.into_iter().map(Ok));
+    Ok((Box::new(members), rootfs_bytes))
 }
 
-fn rootfs_members(rootfs: &Rootfs, style: WhiteoutStyle, skipped: &mut Skipped) -> Result<Vec<Member>> {
+/// `rootfs-diff.tar` and, with podman's whiteouts, `deleted.files`; and the bytes of file data
+/// in the layer.
+fn rootfs_members(
+    rootfs: &Rootfs,
+    style: WhiteoutStyle,
+    align: u64,
+    skipped: &Skipped,
+) -> Result<(Vec<Member>, u64)> {
     let (upper, lowers) = match rootfs {
         Rootfs::Diff { upper, lowers } => (upper.clone(), lowers.clone()),
         Rootfs::Mount(path) => {
@@ -81,20 +95,30 @@ fn rootfs_members(rootfs: &Rootfs, style: WhiteoutStyle, skipped: &mut Skipped) 
             (mount.upper, mount.lowers)
         }
     };
-    let diff = overlay::read_layer(&upper, &lowers, style, skipped)?;
+    // The nested archive's header, which announces its length, comes before its members, and
+    // deleted.files after them lists what the whole layer deletes: a first pass over the layer
+    // finds both without holding its members.
+    let mut layer = Layer::new(&upper, &lowers, style, skipped.clone())?;
+    let (len, bytes) = pieces::archive_len(&mut layer, align)?;
+    let deleted = layer.deleted();
     // The nested archive's header takes its owner and time from the upper dir.
     let meta = std::fs::metadata(&upper).at("stat", &upper)?;
     let header_meta =
         Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 };
+    let path = upper.clone();
+    let second_pass = move || -> Result<Members<'static>> {
+        // What the first pass skipped has been reported.
+        Ok(Box::new(Layer::new(&upper, &lowers, style, Skipped::default())?))
+    };
     let mut members = vec![Member {
         name: ROOTFS_DIFF.to_vec(),
         meta: header_meta,
         kind: Kind::Regular,
-        body: Body::Members(diff.members),
+        body: Body::Archive(Nested { len, path, members: Box::new(second_pass) }),
         xattrs: Vec::new(),
     }];
-    if !diff.deleted.is_empty() {
-        let json = serde_json::to_vec(&diff.deleted).expect("a list of strings serializes");
+    if !deleted.is_empty() {
+        let json = serde_json::to_vec(&deleted).expect("a list of strings serializes");
         members.push(Member {
             name: DELETED_FILES.to_vec(),
             meta: header_meta,
@@ -103,7 +127,7 @@ fn rootfs_members(rootfs: &Rootfs, style: WhiteoutStyle, skipped: &mut Skipped) 
             xattrs: Vec::new(),
         });
     }
-    Ok(members)
+    Ok((members, bytes))
 }
 
 /// The bundle-relative name of a member (`./config.dump` and `config.dump` alike).

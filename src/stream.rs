@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::{Plan, encode_headers};
-use crate::member::{Body, SourceFile};
+use crate::member::SourceFile;
 use crate::mover::shrunk;
+use crate::pieces::{Piece, Pieces};
 use crate::place::{check_unchanged, open_source};
 use crate::progress::Progress;
 
@@ -36,31 +36,15 @@ pub struct Stream<'a> {
     pub bytes_copied: u64,
     buf: Vec<u8>,
     progress: Option<&'a dyn Progress>,
-    /// The digest manifest being built, when one was asked for.
-    manifest: Option<Vec<u8>>,
-    /// Hashes everything written while a covered member's data goes out.
+    /// Hashes everything written while a listed member's data goes out.
     hasher: Option<Sha256>,
 }
 
 const ZEROS: [u8; 4096] = [0; 4096];
 
 impl<'a> Stream<'a> {
-    pub fn new(
-        sink: Sink<'a>,
-        name: &'a Path,
-        progress: Option<&'a dyn Progress>,
-        digest: bool,
-    ) -> Stream<'a> {
-        Stream {
-            sink,
-            name,
-            pos: 0,
-            bytes_copied: 0,
-            buf: Vec::new(),
-            progress,
-            manifest: digest.then(Vec::new),
-            hasher: None,
-        }
+    pub fn new(sink: Sink<'a>, name: &'a Path, progress: Option<&'a dyn Progress>) -> Stream<'a> {
+        Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new(), progress, hasher: None }
     }
 
     /// Flushes a writer sink (a compressor is finished by its owner).
@@ -99,33 +83,47 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    /// Writes a plan whose first byte belongs at `base`; `top` marks the outermost archive,
-    /// whose members the manifest covers.
-    pub fn write_plan(&mut self, plan: &Plan, base: u64, top: bool) -> Result<()> {
-        for placed in &plan.entries {
-            self.pad_to(base + placed.header_offset)?;
-            self.write(&encode_headers(placed))?;
-            let hashed = top && self.manifest.is_some() && digest::covered(&placed.member);
-            if hashed {
-                self.hasher = Some(Sha256::new());
-            }
-            match &placed.member.body {
-                Body::File(source) => self.file_data(source)?,
-                Body::Bytes(bytes) => self.write(bytes)?,
-                Body::Archive(inner) => self.write_plan(inner, base + placed.data_offset, false)?,
-                Body::Manifest(len) => {
-                    let manifest = self.manifest.take().unwrap_or_default();
-                    assert_eq!(manifest.len() as u64, *len, "manifest length was planned");
+    /// Writes the archive front to back. Data of the members the digest manifest lists is
+    /// hashed on its way out.
+    pub fn write_pieces(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
+        // The member being hashed and where its data ends.
+        let mut hashing: Option<(Vec<u8>, u64)> = None;
+        let mut manifest = Vec::new();
+        for piece in pieces {
+            match piece? {
+                Piece::Header { offset, bytes, digest } => {
+                    self.pad_to(offset)?;
+                    self.write(&bytes)?;
+                    if let Some(covered) = digest {
+                        self.hasher = Some(Sha256::new());
+                        hashing = Some((covered.name, covered.data_offset + covered.size));
+                    }
+                }
+                Piece::File { offset, source } => {
+                    self.pad_to(offset)?;
+                    self.file_data(&source)?;
+                }
+                Piece::Bytes { offset, bytes } => {
+                    self.pad_to(offset)?;
+                    self.write(&bytes)?;
+                }
+                Piece::Manifest { offset, len } => {
+                    self.pad_to(offset)?;
+                    assert_eq!(manifest.len() as u64, len, "manifest length was planned");
                     self.write(&manifest)?;
                 }
-                Body::None | Body::Members(_) => {}
+                Piece::End { offset } => {
+                    self.pad_to(offset)?;
+                    self.write(&ZEROS[..1024])?;
+                }
             }
-            if let Some(hasher) = self.hasher.take().filter(|_| hashed) {
-                let line = digest::line(&placed.member.name, &hasher.finalize().into());
-                self.manifest.as_mut().expect("checked").extend(line);
+            if let Some((name, end)) = hashing.take_if(|(_, end)| self.pos >= *end) {
+                debug_assert_eq!(self.pos, end);
+                let hasher = self.hasher.take().expect("hashing");
+                manifest.extend(digest::line(&name, &hasher.finalize().into()));
             }
         }
-        self.pad_to(base + plan.len)
+        Ok(())
     }
 
     fn file_data(&mut self, source: &SourceFile) -> Result<()> {
