@@ -375,6 +375,7 @@ impl Extractor {
                 }
             };
             let mut stored = entry.data_offset;
+            let mut written_end = 0;
             for &(at, len) in fragments {
                 // Cloning the whole last block (then truncating) shares the tail too; the bytes
                 // after the data in that block belong to the next header, never to the file.
@@ -385,19 +386,23 @@ impl Extractor {
                 };
                 let src = End { fd: archive.as_fd(), dev: archive_dev, offset: stored };
                 let dst = End { fd: tmp.as_fd(), dev: self.dev, offset: at };
-                self.mover.transfer(src, dst, len, self.block, tail).map_err(|e| Error::Copy {
-                    from: path.clone(),
-                    to: self.root_path.clone(),
-                    source: e,
-                })?;
+                written_end = self
+                    .mover
+                    .transfer(src, dst, len, self.block, tail)
+                    .map_err(|e| Error::Copy { from: path.clone(), to: self.root_path.clone(), source: e })?;
                 stored += len;
+            }
+            // A whole last block cloned, or a hole at the end, leaves the size to set; most
+            // files already have it, and a truncate costs a transaction on Btrfs.
+            if entry.sparse.is_some() || written_end != final_size {
+                tmp.set_len(final_size).at("ftruncate", &path)?;
             }
         } else {
             for &(at, len) in fragments {
                 self.copy_stream(tmp, at, len, reader)?;
             }
+            tmp.set_len(final_size).at("ftruncate", &path)?;
         }
-        tmp.set_len(final_size).at("ftruncate", &path)?;
         let stats = self.mover.stats;
         self.stats.bytes_cloned = stats.bytes_cloned;
         self.stats.bytes_copied = stats.bytes_copied;

@@ -26,6 +26,7 @@ pub enum Tail {
     Copy,
     /// The source has readable bytes up to the next block boundary and the caller truncates
     /// the destination to the range's end afterwards, so the tail's whole block can be cloned.
+    /// (`transfer` says where its writes ended, so the caller knows whether it must.)
     Overshoot,
 }
 
@@ -78,20 +79,21 @@ impl Mover {
         len: u64,
         block: u64,
         tail: Tail,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let (clone_len, covers) = match tail {
             Tail::Copy => (len - len % block, len - len % block),
             Tail::Overshoot => (len.div_ceil(block) * block, len),
         };
-        let done = if self.try_clone(src, dst, clone_len, block)? { covers } else { 0 };
+        let cloned = self.try_clone(src, dst, clone_len, block)?;
+        let done = if cloned { covers } else { 0 };
         self.stats.bytes_cloned += done;
         if done < len {
             let src = End { offset: src.offset + done, ..src };
             let dst = End { offset: dst.offset + done, ..dst };
-            self.copy_sparse(src, dst, len - done)?;
             self.stats.bytes_copied += len - done;
+            return self.copy_sparse(src, dst, len - done);
         }
-        Ok(())
+        Ok(dst.offset + if cloned { clone_len } else { 0 })
     }
 
     /// Whether a clone between these devices may work (it has not failed for good).
@@ -153,25 +155,28 @@ impl Mover {
         }
     }
 
-    /// Copies `len` bytes, skipping the source's holes (left unwritten in the destination).
-    fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
+    /// Copies `len` bytes, skipping the source's holes (left unwritten in the destination);
+    /// returns where the last byte written to the destination ends.
+    fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<u64> {
         // Looking for holes costs more than copying a short range (SEEK_DATA may flush).
         if len <= HOLE_SEARCH_MIN {
-            return self.copy(src, dst, len);
+            self.copy(src, dst, len)?;
+            return Ok(dst.offset + len);
         }
         let end = src.offset + len;
         let mut pos = src.offset;
+        let mut written = dst.offset;
         while pos < end {
             let data = match rustix::fs::seek(src.fd, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(data) => data,
                 // No data after pos: the rest is a hole.
-                Err(Errno::NXIO) => return Ok(()),
+                Err(Errno::NXIO) => return Ok(written),
                 // No hole support: all of it is data.
                 Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
                 Err(e) => return Err(e.into()),
             };
             if data >= end {
-                return Ok(());
+                return Ok(written);
             }
             let hole = match rustix::fs::seek(src.fd, rustix::fs::SeekFrom::Hole(data)) {
                 Ok(hole) => hole.min(end),
@@ -181,9 +186,10 @@ impl Mover {
             let src_at = End { offset: src.offset + skip, ..src };
             let dst_at = End { offset: dst.offset + skip, ..dst };
             self.copy(src_at, dst_at, hole - data)?;
+            written = dst_at.offset + (hole - data);
             pos = hole;
         }
-        Ok(())
+        Ok(written)
     }
 
     fn copy(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
