@@ -38,6 +38,8 @@ pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<d
     })
 }
 
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
 /// A compressing writer that must be finished to write its trailer.
 pub enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
@@ -45,7 +47,9 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Default levels, and zstd on every core, as `zstd -T0` does.
+    /// Default levels, and zstd on every core, as `zstd -T0` does, but in 2 MiB jobs (`zstd
+    /// -B2M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers;
+    /// 2 MiB jobs keep ~20 MiB, compress as well at the default level and run as fast.
     pub fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => {
@@ -55,6 +59,7 @@ impl<W: Write> Encoder<W> {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, zstd::DEFAULT_COMPRESSION_LEVEL)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 encoder.multithread(threads)?;
+                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                 Encoder::Zstd(encoder)
             }
         })
