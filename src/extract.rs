@@ -26,6 +26,9 @@ use crate::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::progress::Progress;
 use crate::reader::{Entry, Reader};
 
+/// statfs(2)'s f_type of Btrfs.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportStats {
@@ -83,6 +86,10 @@ pub struct Extractor {
     root_path: PathBuf,
     dev: u64,
     block: u64,
+    /// Whether a file's partial last block is cloned whole and the file then truncated: on
+    /// Btrfs the truncated block stays shared; XFS copies it on truncation and flushes the
+    /// file on close, so there the tail is copied instead.
+    clone_tails: bool,
     privileged: bool,
     options: ExtractOptions,
     mover: Mover,
@@ -128,13 +135,15 @@ impl Extractor {
         let root =
             rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .at("open", dest)?;
-        let block = rustix::fs::fstatfs(&root).at("fstatfs", dest)?.f_bsize as u64;
+        let statfs = rustix::fs::fstatfs(&root).at("fstatfs", dest)?;
+        let block = statfs.f_bsize as u64;
         let dev = rustix::fs::fstat(&root).at("fstat", dest)?.st_dev;
         Ok(Extractor {
             root: Rc::new(root),
             root_path: dest.to_path_buf(),
             dev,
             block: block.max(512),
+            clone_tails: statfs.f_type as i64 == BTRFS_SUPER_MAGIC,
             privileged: rustix::process::geteuid().is_root(),
             options,
             mover: Mover::new(options.share),
@@ -379,7 +388,10 @@ impl Extractor {
             for &(at, len) in fragments {
                 // Cloning the whole last block (then truncating) shares the tail too; the bytes
                 // after the data in that block belong to the next header, never to the file.
-                let tail = if entry.sparse.is_none() && stored + round_up(len, self.block) <= archive_len {
+                let tail = if self.clone_tails
+                    && entry.sparse.is_none()
+                    && stored + round_up(len, self.block) <= archive_len
+                {
                     Tail::Overshoot
                 } else {
                     Tail::Copy

@@ -62,7 +62,8 @@ fn export_share_lower(rel: &str, size: u64) -> u64 {
 }
 
 /// What must be shared between a restored file and the archive after an import on
-/// Btrfs: the whole file, tail block included (clone ALIGN_UP(size), then ftruncate).
+/// Btrfs: the whole file, tail block included (clone ALIGN_UP(size), then ftruncate, which
+/// keeps the block shared there).
 /// (XFS: see the import check in `roundtrip`.)
 fn import_share_lower(rel: &str, size: u64) -> u64 {
     if rel == SPARSE_FILE { sparse_full_blocks() } else { align_up(size) }
@@ -310,9 +311,9 @@ fn roundtrip(kind: FsKind) {
                 FsKind::Xfs => {
                     // XFS un-shares the last block when ftruncate() zeroes the bytes
                     // past the new EOF (measured on 6.18 with xfs_io reflink + truncate,
-                    // even when those bytes are already zero), so after "clone
-                    // ALIGN_UP(size), ftruncate(size)" a partial last block cannot stay
-                    // shared. Every other block must be.
+                    // even when those bytes are already zero), so import clones whole
+                    // blocks and copies a partial last block there. Every other block
+                    // must be shared.
                     let want = if rel == SPARSE_FILE { want } else { align_down(*size) };
                     let (shared, total) = xfs_shared_blocks(&p);
                     let partial_tail = if size % ALIGN == 0 { 0 } else { ALIGN };
