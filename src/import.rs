@@ -7,6 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::compress::{self, Compression};
@@ -124,7 +125,18 @@ impl Importer {
         if let Some(progress) = &progress {
             progress.start(seekable.map_or(0, |(_, len)| len));
         }
-        let result = self.extract_all(&mut reader, archive, dest, layer, progress.clone());
+        let result = match seekable {
+            Some((file, len)) => {
+                let done = AtomicBool::new(false);
+                std::thread::scope(|scope| {
+                    scope.spawn(|| prefetch_headers(file, len, archive, &done));
+                    let result = self.extract_all(&mut reader, archive, dest, layer, progress.clone());
+                    done.store(true, Ordering::Relaxed);
+                    result
+                })
+            }
+            None => self.extract_all(&mut reader, archive, dest, layer, progress.clone()),
+        };
         if let Some(progress) = &progress {
             progress.finish();
         }
@@ -191,6 +203,30 @@ impl Importer {
             stats.absorb(layer_stats);
         }
         Ok(stats)
+    }
+}
+
+/// Reads the archive's headers (and the small members packed between them) ahead of the
+/// extraction, on its own thread: the extraction's cold reads of an archive on disk become
+/// page cache hits, and its system calls overlap the disk's latency. Only the page cache is
+/// shared; errors are left for the extraction to find and report.
+fn prefetch_headers(file: &File, len: u64, archive: &Path, done: &AtomicBool) {
+    let mut stack = vec![Reader::from_file(file, 0, len, archive)];
+    while let Some(reader) = stack.last_mut() {
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+        match reader.next_entry() {
+            Ok(Some(entry)) => {
+                if podman::bundle_name(&entry.name) == podman::ROOTFS_DIFF && stack.len() == 1 {
+                    let end = entry.data_offset.saturating_add(entry.size).min(len);
+                    stack.push(Reader::from_file(file, entry.data_offset, end, archive));
+                }
+            }
+            Ok(None) | Err(_) => {
+                stack.pop();
+            }
+        }
     }
 }
 
