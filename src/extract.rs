@@ -340,7 +340,8 @@ impl Extractor {
             parent,
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_bits_truncate(0o600),
+            // Usually the final mode already (the umask permitting), so no chmod is needed.
+            Mode::from_bits_truncate(entry.meta.mode & 0o777),
         ) {
             Ok(fd) => File::from(fd),
             Err(e) => return Err(Error::io("open O_TMPFILE for", self.display(rel), e)),
@@ -580,7 +581,8 @@ impl Extractor {
     }
 
     /// Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities), then
-    /// times.
+    /// times. An owner or mode the new inode already has is not set again: on Btrfs each chown
+    /// and chmod is a transaction, even one that changes nothing, and an fstat is not.
     fn set_meta_fd(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -589,10 +591,14 @@ impl Extractor {
         rel: &[u8],
         times: bool,
     ) -> Result<()> {
-        if let Err(e) = rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid))) {
+        let now = rustix::fs::fstat(fd).at("fstat", &self.display(rel))?;
+        let owner_kept = u64::from(now.st_uid) == meta.uid && u64::from(now.st_gid) == meta.gid;
+        if !owner_kept && let Err(e) = rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid))) {
             self.set_owner_failed(rel, e)?;
         }
-        rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).at("chmod", &self.display(rel))?;
+        if !owner_kept || now.st_mode & 0o7777 != meta.mode & 0o7777 {
+            rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).at("chmod", &self.display(rel))?;
+        }
         self.set_xattrs_fd(fd, xattrs, rel);
         if times {
             rustix::fs::futimens(fd, &timestamps(meta)).at("utimensat", &self.display(rel))?;
