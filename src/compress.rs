@@ -38,7 +38,10 @@ pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<d
     })
 }
 
-const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// Output buffered in front of a compressor's destination.
+pub const OUTPUT_BUFFER: usize = 256 << 10;
+
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 /// A compressing writer that must be finished to write its trailer.
 pub enum Encoder<W: Write> {
@@ -47,9 +50,9 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Default levels, and zstd on every core, as `zstd -T0` does, but in 2 MiB jobs (`zstd
-    /// -B2M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers;
-    /// 2 MiB jobs keep ~20 MiB, compress as well at the default level and run as fast.
+    /// Default levels, and zstd on every core, as `zstd -T0` does, but in 1 MiB jobs (`zstd
+    /// -B1M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers,
+    /// 1 MiB jobs ~14 MiB; at the default level they compress as well and as fast.
     pub fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => {

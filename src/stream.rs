@@ -152,7 +152,7 @@ impl<'a> Stream<'a> {
             return Ok(());
         }
         if self.buf.is_empty() {
-            self.buf = vec![0; 1 << 20];
+            self.buf = vec![0; 256 << 10];
         }
         let mut offset = from;
         while offset < to {
