@@ -27,7 +27,7 @@ pub struct Target<'a> {
     pub block: u64,
 }
 
-/// Writes a plan into its target. Within each window of files, every aligned file's whole
+/// Writes the archive's pieces into its target. Within each window of files, every aligned file's whole
 /// blocks are cloned first; then headers, padding, small files, tails and whatever could not
 /// be cloned are written, adjacent pieces coalesced into one write. Cloning first matters: a
 /// clone into a file with dirty pages before the destination waits for their writeback, and
@@ -50,6 +50,8 @@ pub struct Placer<'a> {
 const SMALL_REST: u64 = 64 << 10;
 /// Files opened and cloned together before their tails and headers are written.
 const WINDOW_FILES: usize = 256;
+/// Pieces held at most (a tree of directories and links has headers but no files).
+const WINDOW_PIECES: usize = 4 * WINDOW_FILES;
 /// Pending bytes are written out once they reach this size.
 const PENDING_LIMIT: usize = 1 << 20;
 
@@ -77,7 +79,7 @@ impl<'a> Placer<'a> {
         loop {
             window.clear();
             let mut files = 0;
-            while files < WINDOW_FILES {
+            while files < WINDOW_FILES && window.len() < WINDOW_PIECES {
                 let Some(piece) = pieces.next() else { break };
                 let piece = piece?;
                 files += usize::from(matches!(piece, Piece::File { .. }));
