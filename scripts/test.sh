@@ -35,6 +35,8 @@ declare -A pkg_of=(
   [losetup]=mount
   [tar]=tar
   [sync]=coreutils
+  # A path, not `time`: that name is also a shell keyword.
+  [/usr/bin/time]=time
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do
