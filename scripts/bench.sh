@@ -99,10 +99,10 @@ Options:
   --seed N         seed of the generated trees [$SEED]
   -h, --help       this help
 
-Time (2 cores, virtio disk, ckpt at df31681): the three filesystems take ~7 min at
---size 512M and ~19 min at the default 4G (3 runs; mostly tar, bsdtar and zstd writing
-full copies). The 100,000-file case takes ~3 min plus 3 ckpt imports, which took ~7 min
-each at that time (--files 0 skips it, --files 20000 shrinks it). --rss-scale adds ~5 min.
+Time (2 cores, virtio disk): the defaults with --rss-scale take ~17 min (3 runs; mostly
+tar, bsdtar and zstd writing full copies); --size 512M about a third of that. The
+100,000-file case takes ~3 min (--files 0 skips it, --files 20000 shrinks it);
+--rss-scale adds ~2 min.
 Output: the table on stdout; progress on stderr; the table and raw runs (runs.tsv) in
 WORK/results/DATE/.
 EOF
