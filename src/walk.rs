@@ -104,13 +104,9 @@ impl Walk {
         if !file_type.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.first_names.get(&key) {
-                return Ok(Some(Member {
-                    kind: Kind::HardLink(first.clone()),
-                    meta: Meta::from_std(&meta),
-                    xattrs: read_xattrs(path)?,
-                    name,
-                    body: Body::None,
-                }));
+                let target = first.clone();
+                let member = describe(path, name, &meta)?;
+                return Ok(Some(Member { kind: Kind::HardLink(target), body: Body::None, ..member }));
             }
             self.first_names.insert(key, name.clone());
         }
