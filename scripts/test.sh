@@ -35,6 +35,7 @@ declare -A pkg_of=(
   [losetup]=mount
   [tar]=tar
   [sync]=coreutils
+  [man]=man-db
   # A path, not `time`: that name is also a shell keyword.
   [/usr/bin/time]=time
 )
