@@ -23,6 +23,16 @@ use crate::walk::{self, Members, Naming, Skipped, Walk};
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;
 
+/// Files smaller than this are copied into the archive, not cloned, by default.
+///
+/// Every clone splits the archive's written bytes (the headers and partial last blocks
+/// between members) around a shared extent, and each such piece is then allocated and written
+/// back on its own; on XFS, cloning the ~2000 files of 1-20 KB of the benchmark tree made its
+/// export slower than `cp --reflink` of the same tree. Copying files of fewer than four blocks
+/// instead costs about 0.3% of that tree's size in extra disk and is faster on Btrfs too. See
+/// [`Exporter::clone_min`].
+pub const DEFAULT_CLONE_MIN: u64 = 16 << 10;
+
 /// Writes aligned tar archives of directory trees.
 ///
 /// ```
@@ -48,6 +58,7 @@ pub struct Exporter {
     whiteouts: WhiteoutStyle,
     compression: Option<Compression>,
     digest: bool,
+    clone_min: u64,
     progress: Option<ProgressHandle>,
 }
 
@@ -86,6 +97,7 @@ impl Exporter {
             whiteouts: WhiteoutStyle::Podman,
             compression: None,
             digest: false,
+            clone_min: DEFAULT_CLONE_MIN,
             progress: None,
         }
     }
@@ -94,6 +106,14 @@ impl Exporter {
     /// of 4096 and the archive filesystem's block size.
     pub fn align(mut self, align: u64) -> Exporter {
         self.align = Some(align);
+        self
+    }
+
+    /// Copies files smaller than `bytes` instead of cloning them ([`DEFAULT_CLONE_MIN`] by
+    /// default); 0 clones every file that has a whole block. Only where the data lands on
+    /// disk changes: the archive's bytes are the same.
+    pub fn clone_min(mut self, bytes: u64) -> Exporter {
+        self.clone_min = bytes;
         self
     }
 
@@ -207,7 +227,8 @@ impl Exporter {
         let mut pieces = self.pieces(src, align, skipped)?;
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
-        let mut placer = Placer::new(target, Mover::new(self.share), self.progress_receiver());
+        let mut placer =
+            Placer::new(target, Mover::new(self.share), self.clone_min, self.progress_receiver());
         placer.place(&mut pieces)?;
         let MoveStats { bytes_cloned, bytes_copied } = placer.mover.stats;
         let len = pieces.len().expect("every piece was placed");

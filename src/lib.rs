@@ -25,7 +25,7 @@ mod walk;
 
 pub use compress::Compression;
 pub use error::{Error, Result};
-pub use export::{DEFAULT_ALIGN, ExportStats, Exporter};
+pub use export::{DEFAULT_ALIGN, DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use extract::ImportStats;
 pub use hook::{HookOutcome, HookState, run_hook};
 pub use import::Importer;

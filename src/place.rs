@@ -38,6 +38,9 @@ pub struct Placer<'a> {
     pub target: Target<'a>,
     pub mover: Mover,
     pub progress: Option<&'a dyn Progress>,
+    /// Files smaller than this are copied whole rather than cloned (see
+    /// [`crate::DEFAULT_CLONE_MIN`]).
+    clone_min: u64,
     /// The members the digest manifest lists, hashed once everything is placed.
     covered: Vec<Covered>,
     /// Pending bytes for the archive, starting at `pending_at`.
@@ -56,11 +59,17 @@ const WINDOW_PIECES: usize = 4 * WINDOW_FILES;
 const PENDING_LIMIT: usize = 1 << 20;
 
 impl<'a> Placer<'a> {
-    pub fn new(target: Target<'a>, mover: Mover, progress: Option<&'a dyn Progress>) -> Placer<'a> {
+    pub fn new(
+        target: Target<'a>,
+        mover: Mover,
+        clone_min: u64,
+        progress: Option<&'a dyn Progress>,
+    ) -> Placer<'a> {
         Placer {
             target,
             mover,
             progress,
+            clone_min,
             covered: Vec::new(),
             pending: Vec::new(),
             pending_at: 0,
@@ -126,7 +135,7 @@ impl<'a> Placer<'a> {
         let file = open_source(path)?;
         let block = self.target.block;
         let worth_it = offset.is_multiple_of(block)
-            && source.size >= block
+            && source.size >= block.max(self.clone_min)
             && self.mover.may_clone(source.dev, self.target.dev);
         let cloned = if worth_it {
             let src = End { fd: file.as_fd(), dev: source.dev, offset: 0 };

@@ -620,9 +620,14 @@ fn man_page() {
 /// New commands keep the exit-status convention: usage errors exit 2.
 #[test]
 fn usage_errors_exit_2() {
-    for args in
-        [&["list"][..], &["verify"], &["list", "--no-such-flag", "x"], &["verify", "--align", "3", "x"]]
-    {
+    for args in [
+        &["list"][..],
+        &["verify"],
+        &["list", "--no-such-flag", "x"],
+        &["verify", "--align", "3", "x"],
+        &["export", "--clone-min", "16Q", "src", "out.tar"],
+        &["export", "--clone-min", "99999999999G", "src", "out.tar"],
+    ] {
         let argv: Vec<Arg> = args.iter().map(|a| a as Arg).collect();
         ckpt_code(2, &argv);
     }

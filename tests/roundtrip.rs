@@ -3,7 +3,7 @@
 //! Checked independently of ckpt: alignment (Python tarfile), member order and types,
 //! member data at the offsets Python reports, fidelity of the restored tree, physical
 //! sharing (btrfs fi du / filefrag), sparseness, `--json` counters, determinism,
-//! `--no-clone`, failure paths (no partial or clobbered OUT) and exit codes.
+//! `--clone-min`, `--no-clone`, failure paths (no partial or clobbered OUT) and exit codes.
 
 mod common;
 
@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 /// The alignment ckpt must use on these filesystems (all have 4096-byte blocks).
 const ALIGN: u64 = 4096;
+
+/// Files below this size are copied into the archive by default (ckpt's `--clone-min`).
+const CLONE_MIN: u64 = ckpt::DEFAULT_CLONE_MIN;
 
 fn align_up(x: u64) -> u64 {
     x.div_ceil(ALIGN) * ALIGN
@@ -54,11 +57,41 @@ fn big_files(src: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// What must be shared between a source file and the archive after an export: the
-/// aligned part of the data (the tail block may be copied, or un-shared again when the
-/// next header is written into it).
-fn export_share_lower(rel: &str, size: u64) -> u64 {
-    if rel == SPARSE_FILE { sparse_full_blocks() } else { align_down(size) }
+/// What must be shared between a source file and the archive after an export with
+/// `--clone-min clone_min`: nothing for a smaller file (copied), else the aligned part of the
+/// data (the tail block may be copied, or un-shared again when the next header is written
+/// into it).
+fn export_share_lower(rel: &str, size: u64, clone_min: u64) -> u64 {
+    if size < clone_min {
+        0
+    } else if rel == SPARSE_FILE {
+        sparse_full_blocks()
+    } else {
+        align_down(size)
+    }
+}
+
+/// Asserts which source files share their data with an archive just exported with
+/// `--clone-min clone_min`: at least [`export_share_lower`] bytes each, and none at all for
+/// files below `clone_min` (copied, not cloned).
+fn check_export_sharing(kind: FsKind, src: &Path, big: &[(String, u64)], clone_min: u64) {
+    let mut wrong = Vec::new();
+    for (rel, size) in big {
+        let want = export_share_lower(rel, *size, clone_min);
+        let got = shared_bytes_of(kind, &src.join(rel));
+        if got < want || (want == 0 && got != 0) {
+            wrong.push(format!(
+                "{rel} (size {size}): {got} shared, want {}{want}",
+                if want > 0 { ">= " } else { "" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "after export --clone-min {clone_min} on {kind:?}, source files do not share what they \
+         should with the archive:\n  {}",
+        wrong.join("\n  ")
+    );
 }
 
 /// What must be shared between a restored file and the archive after an import on
@@ -232,12 +265,12 @@ fn roundtrip(kind: FsKind) {
         fs::metadata(&out).unwrap().len(),
         "export archive_bytes vs the archive's length: {e}"
     );
-    let export_lower: u64 = big.iter().map(|(r, sz)| export_share_lower(r, *sz)).sum();
+    let export_lower: u64 = big.iter().map(|(r, sz)| export_share_lower(r, *sz, CLONE_MIN)).sum();
     if sharing {
         assert!(
             json_u64(&e, "bytes_cloned") >= export_lower,
             "export on {kind:?}: bytes_cloned must cover at least the aligned data of every \
-             file >= {ALIGN} bytes ({export_lower}): {e}"
+             file >= {CLONE_MIN} bytes ({export_lower}): {e}"
         );
     } else if !s.reflink_capable() {
         assert_eq!(json_u64(&e, "bytes_cloned"), 0, "export on {kind:?}: {e}");
@@ -248,20 +281,7 @@ fn roundtrip(kind: FsKind) {
 
     // ---- physical sharing between the source and the archive
     if sharing {
-        let mut short = Vec::new();
-        for (rel, size) in &big {
-            let want = export_share_lower(rel, *size);
-            let got = shared_bytes_of(kind, &src.join(rel));
-            if got < want {
-                short.push(format!("{rel} (size {size}): {got} shared, want >= {want}"));
-            }
-        }
-        assert!(
-            short.is_empty(),
-            "after export on {kind:?}, source files do not share their data with the \
-             archive:\n  {}",
-            short.join("\n  ")
-        );
+        check_export_sharing(kind, &src, &big, CLONE_MIN);
         let arch_shared = shared_bytes_of(kind, &out);
         assert!(
             arch_shared >= export_lower,
@@ -269,10 +289,14 @@ fn roundtrip(kind: FsKind) {
         );
     }
 
-    // ---- determinism: a second export is byte-identical
+    // ---- determinism: a second export is byte-identical, also when it clones every file
+    // with a whole block (--clone-min 0), which then shares all of them
     let out2 = s.path("out2.tar");
-    ckpt_ok(&[&"export", &src, &out2]);
+    ckpt_ok(&[&"export", &"--clone-min", &"0", &src, &out2]);
     assert_same_bytes(&out, &out2);
+    if sharing {
+        check_export_sharing(kind, &src, &big, 0);
+    }
     fs::remove_file(&out2).unwrap();
 
     // ---- import
