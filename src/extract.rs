@@ -42,7 +42,8 @@ pub struct ImportStats {
     pub skipped: Vec<String>,
     /// Existing paths left untouched because a member wanted to replace them.
     pub conflicts: Vec<PathBuf>,
-    /// Members refused because they would reach outside the destination.
+    /// Members refused: they would reach outside the destination, or they are hard links
+    /// to a name the destination does not have.
     pub refused: Vec<String>,
 }
 
@@ -346,7 +347,7 @@ impl Extractor {
             Ok(fd) => File::from(fd),
             Err(e) => return Err(Error::io("open O_TMPFILE for", self.display(rel), e)),
         };
-        self.fill(&tmp, entry, reader)?;
+        self.fill(&tmp, entry, rel, reader)?;
         self.set_meta_fd(tmp.as_fd(), &entry.meta, &entry.xattrs, rel, true)?;
         self.stats.files += 1;
         self.stats.bytes += entry.sparse.as_ref().map_or(entry.size, |map| map.real_size);
@@ -367,7 +368,7 @@ impl Extractor {
     }
 
     /// Writes the member's data into the new file.
-    fn fill(&mut self, tmp: &File, entry: &Entry, reader: &mut Reader<'_>) -> Result<()> {
+    fn fill(&mut self, tmp: &File, entry: &Entry, rel: &[u8], reader: &mut Reader<'_>) -> Result<()> {
         let path = reader.archive_path().to_path_buf();
         // A sparse member's stored bytes are fragments of the file; a plain one is one piece.
         let whole = [(0, entry.size)];
@@ -402,19 +403,19 @@ impl Extractor {
                 written_end = self
                     .mover
                     .transfer(src, dst, len, self.block, tail)
-                    .map_err(|e| Error::Copy { from: path.clone(), to: self.root_path.clone(), source: e })?;
+                    .map_err(|e| Error::Copy { from: path.clone(), to: self.display(rel), source: e })?;
                 stored += len;
             }
             // A whole last block cloned, or a hole at the end, leaves the size to set; most
             // files already have it, and a truncate costs a transaction on Btrfs.
             if entry.sparse.is_some() || written_end != final_size {
-                tmp.set_len(final_size).at("ftruncate", &path)?;
+                tmp.set_len(final_size).at("ftruncate", &self.display(rel))?;
             }
         } else {
             for &(at, len) in fragments {
-                self.copy_stream(tmp, at, len, reader)?;
+                self.copy_stream(tmp, rel, at, len, reader)?;
             }
-            tmp.set_len(final_size).at("ftruncate", &path)?;
+            tmp.set_len(final_size).at("ftruncate", &self.display(rel))?;
         }
         let stats = self.mover.stats;
         self.stats.bytes_cloned = stats.bytes_cloned;
@@ -423,8 +424,16 @@ impl Extractor {
     }
 
     /// Copies from a stream, leaving all-zero blocks unwritten so they become holes.
-    fn copy_stream(&mut self, tmp: &File, start: u64, size: u64, reader: &mut Reader<'_>) -> Result<()> {
+    fn copy_stream(
+        &mut self,
+        tmp: &File,
+        rel: &[u8],
+        start: u64,
+        size: u64,
+        reader: &mut Reader<'_>,
+    ) -> Result<()> {
         let path = reader.archive_path().to_path_buf();
+        let dest = self.display(rel);
         if self.zero_buf.is_empty() {
             self.zero_buf = vec![0; 1 << 20];
         }
@@ -436,7 +445,7 @@ impl Extractor {
             for (i, chunk) in buf.chunks(4096).enumerate() {
                 if chunk.iter().any(|&b| b != 0) {
                     write_all_at(tmp.as_fd(), chunk, start + offset + (i * 4096) as u64)
-                        .at("write", &self.root_path)?;
+                        .at("write", &dest)?;
                 }
             }
             offset += want as u64;
@@ -488,9 +497,18 @@ impl Extractor {
         };
         let joined = rel.joined();
         // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
-        self.place(parent, name, &joined, |dir, n| {
+        let linked = self.place(parent, name, &joined, |dir, n| {
             rustix::fs::linkat(&*target_parent, OsStr::from_bytes(target_name), dir, n, AtFlags::empty())
-        })
+        });
+        match linked {
+            // The target's member is missing, or was itself refused or skipped: this one
+            // member cannot be restored, the rest of the archive still can.
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => self.refuse(
+                entry,
+                format!("hard link target {} is not in the destination", String::from_utf8_lossy(target)),
+            ),
+            other => other,
+        }
     }
 
     /// Creates a symlink, device or fifo, then applies its metadata by name.
