@@ -33,6 +33,13 @@ fn escaped_name(name: &[u8]) -> (bool, Vec<u8>) {
     (true, out)
 }
 
+/// The length of [`line`] for `name`, known before the hash is.
+pub fn line_len(name: &[u8]) -> u64 {
+    let specials = name.iter().filter(|&&b| b == b'\\' || b == b'\n').count();
+    let marker = usize::from(specials > 0);
+    (marker + 64 + 2 + name.len() + specials + 1) as u64
+}
+
 pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
     let (escaped, name) = escaped_name(name);
     let mut line = Vec::with_capacity(name.len() + 68);
@@ -81,5 +88,8 @@ mod tests {
         assert_eq!(plain, format!("{}  ./a b\n", "ab".repeat(32)).into_bytes());
         let odd = line(b"./x\\y\nz", &hash);
         assert_eq!(odd, format!("\\{}  ./x\\\\y\\nz\n", "ab".repeat(32)).into_bytes());
+        for name in [&b"./a b"[..], b"./x\\y\nz", b"\\", b"\n\n", b""] {
+            assert_eq!(line_len(name), line(name, &hash).len() as u64, "{name:?}");
+        }
     }
 }

@@ -113,7 +113,7 @@ impl<'a> Pieces<'a> {
         let covered = top && digest::covered(&member);
         if let Some(manifest) = self.manifest.as_mut().filter(|_| top) {
             if covered {
-                manifest.len += digest::line(&member.name, &[0; 32]).len() as u64;
+                manifest.len += digest::line_len(&member.name);
             }
             manifest.mtime = manifest.mtime.max(member.meta.mtime);
         }
