@@ -154,6 +154,8 @@ pub struct Layer {
     whiteouts: BTreeSet<Vec<u8>>,
     /// Deleted paths (`/etc/old.conf`), for podman's `deleted.files`.
     deleted: BTreeSet<String>,
+    /// Whether to list the deletions (a pass whose deletions are already known does not).
+    list_deleted: bool,
     /// An OCI opaque marker, returned right after its directory.
     queued: Option<Member>,
 }
@@ -168,8 +170,16 @@ impl Layer {
             walk: Walk::new(upper, Naming::BareWithRoot, skipped)?,
             whiteouts: BTreeSet::new(),
             deleted: BTreeSet::new(),
+            list_deleted: true,
             queued: None,
         })
+    }
+
+    /// Yields the members only, without listing deletions: for a second pass over a layer
+    /// whose deletions the first one listed (which spares reading the lower dirs again).
+    pub fn members_only(mut self) -> Layer {
+        self.list_deleted = false;
+        self
     }
 
     /// The deleted paths, sorted; complete once the layer has been read to its end.
@@ -205,7 +215,9 @@ impl Layer {
             self.whiteouts.insert(member.name.clone());
             return Ok(match self.style {
                 WhiteoutStyle::Podman => {
-                    self.deleted.insert(absolute(&member.name));
+                    if self.list_deleted {
+                        self.deleted.insert(absolute(&member.name));
+                    }
                     None
                 }
                 WhiteoutStyle::Oci => Some(oci_marker(&member, &whiteout_name(&member.name))),
@@ -226,7 +238,9 @@ impl Layer {
                              or use --whiteouts oci",
                         ));
                     }
-                    self.deleted.extend(hidden_by_opaque(&self.upper, &self.lowers, dir)?);
+                    if self.list_deleted {
+                        self.deleted.extend(hidden_by_opaque(&self.upper, &self.lowers, dir)?);
+                    }
                 }
             }
         }

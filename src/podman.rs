@@ -107,8 +107,8 @@ fn rootfs_members(
         Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 };
     let path = upper.clone();
     let second_pass = move || -> Result<Members<'static>> {
-        // What the first pass skipped has been reported.
-        Ok(Box::new(Layer::new(&upper, &lowers, style, Skipped::default())?))
+        // What the first pass skipped has been reported, and its deletions listed.
+        Ok(Box::new(Layer::new(&upper, &lowers, style, Skipped::default())?.members_only()))
     };
     let mut members = vec![Member {
         name: ROOTFS_DIFF.to_vec(),
