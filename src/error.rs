@@ -59,10 +59,18 @@ impl Error {
 /// Attaches the operation and path to a failed system call.
 pub trait Context<T> {
     fn at(self, op: &'static str, path: &Path) -> Result<T>;
+
+    /// Like [`Context::at`], for a path that is only built if the call failed (one made per
+    /// file on a path that usually succeeds).
+    fn at_with(self, op: &'static str, path: impl FnOnce() -> PathBuf) -> Result<T>;
 }
 
 impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
     fn at(self, op: &'static str, path: &Path) -> Result<T> {
         self.map_err(|e| Error::io(op, path, e))
+    }
+
+    fn at_with(self, op: &'static str, path: impl FnOnce() -> PathBuf) -> Result<T> {
+        self.map_err(|e| Error::io(op, path(), e))
     }
 }

@@ -409,13 +409,13 @@ impl Extractor {
             // A whole last block cloned, or a hole at the end, leaves the size to set; most
             // files already have it, and a truncate costs a transaction on Btrfs.
             if entry.sparse.is_some() || written_end != final_size {
-                tmp.set_len(final_size).at("ftruncate", &self.display(rel))?;
+                tmp.set_len(final_size).at_with("ftruncate", || self.display(rel))?;
             }
         } else {
             for &(at, len) in fragments {
                 self.copy_stream(tmp, rel, at, len, reader)?;
             }
-            tmp.set_len(final_size).at("ftruncate", &self.display(rel))?;
+            tmp.set_len(final_size).at_with("ftruncate", || self.display(rel))?;
         }
         let stats = self.mover.stats;
         self.stats.bytes_cloned = stats.bytes_cloned;
@@ -433,7 +433,6 @@ impl Extractor {
         reader: &mut Reader<'_>,
     ) -> Result<()> {
         let path = reader.archive_path().to_path_buf();
-        let dest = self.display(rel);
         if self.zero_buf.is_empty() {
             self.zero_buf = vec![0; 1 << 20];
         }
@@ -445,7 +444,8 @@ impl Extractor {
             for (i, chunk) in buf.chunks(4096).enumerate() {
                 if chunk.iter().any(|&b| b != 0) {
                     write_all_at(tmp.as_fd(), chunk, start + offset + (i * 4096) as u64)
-                        .at("write", &dest)?;
+                        // The buffer holds self mutably: name the file from root_path alone.
+                        .at_with("write", || self.root_path.join(OsStr::from_bytes(rel)))?;
                 }
             }
             offset += want as u64;
@@ -460,7 +460,7 @@ impl Extractor {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let stat = rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
-                    .at("lstat", &self.display(&joined))?;
+                    .at_with("lstat", || self.display(&joined))?;
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
                     self.conflict(&joined);
                     return Ok(());
@@ -469,7 +469,8 @@ impl Extractor {
             Err(e) => return Err(Error::io("mkdir", self.display(&joined), e)),
         }
         if !entry.xattrs.is_empty() {
-            let dir = self.open_beneath(&joined, OFlags::NOFOLLOW).at("open", &self.display(&joined))?;
+            let dir =
+                self.open_beneath(&joined, OFlags::NOFOLLOW).at_with("open", || self.display(&joined))?;
             self.set_xattrs_fd(dir.as_fd(), &entry.xattrs, &joined);
         }
         self.dirs.push(DeferredDir { rel: joined, meta: entry.meta });
@@ -524,7 +525,7 @@ impl Extractor {
         // Metadata goes on under a temporary name, so what appears under the final name is
         // complete.
         let temp = temp_name(name);
-        create(parent.as_fd(), OsStr::from_bytes(&temp)).at("create", &self.display(&joined))?;
+        create(parent.as_fd(), OsStr::from_bytes(&temp)).at_with("create", || self.display(&joined))?;
         let result = self.set_meta_at(parent, &temp, entry, &joined);
         let flags = if self.options.overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
         let placed = result.and_then(|()| {
@@ -552,13 +553,14 @@ impl Extractor {
             // rename(2) of a symlink, device or fifo onto a directory fails with EISDIR.
             Err(Errno::EXIST | Errno::ISDIR) if self.options.overwrite => {
                 let stat = rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
-                    .at("lstat", &self.display(rel))?;
+                    .at_with("lstat", || self.display(rel))?;
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
                     // Only an empty directory may give way.
                     match rustix::fs::unlinkat(parent, OsStr::from_bytes(name), AtFlags::REMOVEDIR) {
                         Ok(()) => {
                             self.last_parent = None;
-                            link(parent.as_fd(), OsStr::from_bytes(name)).at("create", &self.display(rel))
+                            link(parent.as_fd(), OsStr::from_bytes(name))
+                                .at_with("create", || self.display(rel))
                         }
                         Err(Errno::NOTEMPTY | Errno::EXIST) => {
                             self.conflict(rel);
@@ -568,9 +570,9 @@ impl Extractor {
                     }
                 } else {
                     let temp = temp_name(name);
-                    link(parent.as_fd(), OsStr::from_bytes(&temp)).at("create", &self.display(rel))?;
+                    link(parent.as_fd(), OsStr::from_bytes(&temp)).at_with("create", || self.display(rel))?;
                     rustix::fs::renameat(parent, OsStr::from_bytes(&temp), parent, OsStr::from_bytes(name))
-                        .at("rename", &self.display(rel))
+                        .at_with("rename", || self.display(rel))
                 }
             }
             Err(Errno::EXIST) => {
@@ -609,17 +611,18 @@ impl Extractor {
         rel: &[u8],
         times: bool,
     ) -> Result<()> {
-        let now = rustix::fs::fstat(fd).at("fstat", &self.display(rel))?;
+        let now = rustix::fs::fstat(fd).at_with("fstat", || self.display(rel))?;
         let owner_kept = u64::from(now.st_uid) == meta.uid && u64::from(now.st_gid) == meta.gid;
         if !owner_kept && let Err(e) = rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid))) {
             self.set_owner_failed(rel, e)?;
         }
         if !owner_kept || now.st_mode & 0o7777 != meta.mode & 0o7777 {
-            rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).at("chmod", &self.display(rel))?;
+            rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+                .at_with("chmod", || self.display(rel))?;
         }
         self.set_xattrs_fd(fd, xattrs, rel);
         if times {
-            rustix::fs::futimens(fd, &timestamps(meta)).at("utimensat", &self.display(rel))?;
+            rustix::fs::futimens(fd, &timestamps(meta)).at_with("utimensat", || self.display(rel))?;
         }
         Ok(())
     }
@@ -658,7 +661,7 @@ impl Extractor {
         }
         if !is_symlink {
             rustix::fs::chmodat(parent, name_os, Mode::from_bits_truncate(meta.mode), AtFlags::empty())
-                .at("chmod", &self.display(rel))?;
+                .at_with("chmod", || self.display(rel))?;
         }
         if !entry.xattrs.is_empty() {
             // The magic link names the parent directory itself; lsetxattr does not follow the
@@ -678,7 +681,7 @@ impl Extractor {
             }
         }
         rustix::fs::utimensat(parent, name_os, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW)
-            .at("utimensat", &self.display(rel))
+            .at_with("utimensat", || self.display(rel))
     }
 
     /// Applies a layer's deleted paths (`/etc/old.conf`, as in podman's deleted.files).
@@ -734,7 +737,7 @@ impl Extractor {
                     Err(Errno::EXIST) => {
                         let stat =
                             rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
-                                .at("lstat", &self.display(rel))?;
+                                .at_with("lstat", || self.display(rel))?;
                         let is_whiteout = rustix::fs::FileType::from_raw_mode(stat.st_mode)
                             == rustix::fs::FileType::CharacterDevice
                             && stat.st_rdev == 0;
@@ -748,7 +751,7 @@ impl Extractor {
             }
             LayerMode::Plain => {
                 self.last_parent = None;
-                remove_tree(parent.as_fd(), name).at("remove", &self.display(rel))
+                remove_tree(parent.as_fd(), name).at_with("remove", || self.display(rel))
             }
         }
     }
@@ -763,11 +766,11 @@ impl Extractor {
                 b"y",
                 rustix::fs::XattrFlags::empty(),
             )
-            .at("setxattr overlay.opaque on", &self.display(&dir_rel)),
+            .at_with("setxattr overlay.opaque on", || self.display(&dir_rel)),
             LayerMode::Plain => {
                 self.last_parent = None;
-                for child in list_dir(dir.as_fd()).at("read directory", &self.display(&dir_rel))? {
-                    remove_tree(dir.as_fd(), &child).at("remove", &self.display(&dir_rel))?;
+                for child in list_dir(dir.as_fd()).at_with("read directory", || self.display(&dir_rel))? {
+                    remove_tree(dir.as_fd(), &child).at_with("remove", || self.display(&dir_rel))?;
                 }
                 Ok(())
             }
