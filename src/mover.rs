@@ -52,6 +52,13 @@ pub struct Mover {
     pub stats: MoveStats,
 }
 
+/// Whether a copy may end up sharing extents (copy_file_range may clone).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Allowed,
+    Refused,
+}
+
 /// Ranges shorter than this are copied without looking for holes.
 const HOLE_SEARCH_MIN: u64 = 128 << 10;
 
@@ -91,7 +98,7 @@ impl Mover {
             let src = End { offset: src.offset + done, ..src };
             let dst = End { offset: dst.offset + done, ..dst };
             self.stats.bytes_copied += len - done;
-            return self.copy_sparse(src, dst, len - done);
+            return self.copy_sparse(src, dst, len - done, Sharing::Allowed);
         }
         Ok(dst.offset + if cloned { clone_len } else { 0 })
     }
@@ -155,12 +162,20 @@ impl Mover {
         }
     }
 
+    /// Copies `len` bytes through memory, keeping holes, so that the destination shares no
+    /// extent with the source even where both could (copy_file_range clones within one
+    /// filesystem); returns where the last byte written to the destination ends.
+    pub fn copy_unshared(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<u64> {
+        self.stats.bytes_copied += len;
+        self.copy_sparse(src, dst, len, Sharing::Refused)
+    }
+
     /// Copies `len` bytes, skipping the source's holes (left unwritten in the destination);
     /// returns where the last byte written to the destination ends.
-    fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<u64> {
+    fn copy_sparse(&mut self, src: End<'_>, dst: End<'_>, len: u64, sharing: Sharing) -> io::Result<u64> {
         // Looking for holes costs more than copying a short range (SEEK_DATA may flush).
         if len <= HOLE_SEARCH_MIN {
-            self.copy(src, dst, len)?;
+            self.copy(src, dst, len, sharing)?;
             return Ok(dst.offset + len);
         }
         let end = src.offset + len;
@@ -185,17 +200,17 @@ impl Mover {
             let skip = data - src.offset;
             let src_at = End { offset: src.offset + skip, ..src };
             let dst_at = End { offset: dst.offset + skip, ..dst };
-            self.copy(src_at, dst_at, hole - data)?;
+            self.copy(src_at, dst_at, hole - data, sharing)?;
             written = dst_at.offset + (hole - data);
             pos = hole;
         }
         Ok(written)
     }
 
-    fn copy(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<()> {
+    fn copy(&mut self, src: End<'_>, dst: End<'_>, len: u64, sharing: Sharing) -> io::Result<()> {
         let pair = (src.dev, dst.dev);
         let (mut src_off, mut dst_off, mut left) = (src.offset, dst.offset, len);
-        if self.rung(pair) <= Rung::CopyFileRange {
+        if sharing == Sharing::Allowed && self.rung(pair) <= Rung::CopyFileRange {
             while left > 0 {
                 let want = left.min(1 << 30) as usize;
                 match rustix::fs::copy_file_range(

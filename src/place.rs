@@ -177,9 +177,13 @@ impl<'a> Placer<'a> {
         } else if rest > 0 {
             let src = End { fd: file.as_fd(), dev: source.dev, offset: cloned };
             let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset: offset + cloned };
-            self.mover
-                .transfer(src, dst, rest, self.target.block, Tail::Copy)
-                .map_err(|e| transfer_error(e, path, self.target.path))?;
+            let moved = if source.size < self.clone_min {
+                // Below --clone-min: a copy, even where copy_file_range would clone.
+                self.mover.copy_unshared(src, dst, rest)
+            } else {
+                self.mover.transfer(src, dst, rest, self.target.block, Tail::Copy)
+            };
+            moved.map_err(|e| transfer_error(e, path, self.target.path))?;
         }
         check_unchanged(source, &file.metadata().at("fstat", path)?)?;
         if let Some(progress) = self.progress {

@@ -414,6 +414,56 @@ fn no_clone_btrfs_shares_nothing() {
     assert_same_bytes(&out, &out2);
 }
 
+/// `--clone-min` above 64 KiB, where files are no longer read into memory whole: a 1 MiB
+/// file below it is copied, not cloned (copy_file_range would clone it within one
+/// filesystem), its holes kept; a file at or above it is cloned; the bytes are the same.
+fn clone_min_copies_large_files_below_it(kind: FsKind) {
+    let Some(s) = scratch(kind) else { return };
+    let src = s.path("src");
+    fs::create_dir(&src).unwrap();
+    let below = src.join("below.bin");
+    write_big(&below, 1 << 20);
+    let sparse = src.join("sparse-below.img");
+    let file = fs::File::create(&sparse).unwrap();
+    file.write_all_at(&pseudo_random_bytes(7, 8192), 512 << 10).unwrap();
+    file.set_len(1536 << 10).unwrap();
+    let above = src.join("above.bin");
+    write_big(&above, 3 << 20);
+    sync_fs(&src);
+
+    let out = s.path("out.tar");
+    ckpt_ok(&[&"export", &"--clone-min", &"2M", &src, &out]);
+    sync_fs(&out);
+    assert_eq!(shared_bytes_of(kind, &below), 0, "{kind:?}: a file below --clone-min shares extents");
+    assert_eq!(shared_bytes_of(kind, &sparse), 0, "{kind:?}: a sparse file below --clone-min shares extents");
+    assert!(shared_bytes_of(kind, &above) >= 3 << 20, "{kind:?}: a file above --clone-min is not shared");
+    check_archive_against(&src, &out);
+    // 4 MiB of data and 8 KiB of the sparse file; its 1.5 MiB written out would pass 5.5 MiB.
+    let alloc = allocated_bytes(&out);
+    assert!(
+        alloc < (4 << 20) + (512 << 10),
+        "{kind:?}: the copied sparse file lost its holes: {alloc} bytes allocated"
+    );
+
+    let default = s.path("default.tar");
+    ckpt_ok(&[&"export", &src, &default]);
+    assert_same_bytes(&out, &default);
+}
+
+#[test]
+fn clone_min_copies_large_files_below_it_btrfs() {
+    if require_root("--clone-min on btrfs") {
+        clone_min_copies_large_files_below_it(FsKind::Btrfs);
+    }
+}
+
+#[test]
+fn clone_min_copies_large_files_below_it_xfs() {
+    if require_root("--clone-min on xfs") {
+        clone_min_copies_large_files_below_it(FsKind::Xfs);
+    }
+}
+
 /// A nonexistent SRC: exit 1, a message naming the path, no OUT, nothing left in OUT's
 /// dir, and a pre-existing OUT stays as it was. Also an OUT in a missing directory.
 #[test]
