@@ -49,6 +49,11 @@ pub const BUNDLE_MEMBERS: [&[u8]; 9] = [
     DELETED_FILES,
 ];
 
+/// The bundle members a restore puts into a container's userdata dir: CRIU's images and the
+/// `/dev/shm` contents podman restores from there. The archive's other members describe the
+/// old container, and its userdata files (config.json, ctr.log, ...) belong to the runtime.
+pub const RESTORED_MEMBERS: [&str; 2] = ["checkpoint", "devshm-checkpoint.tar"];
+
 /// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
 /// `align`, and the bytes of file data in the rootfs changes.
 pub(crate) fn bundle_members(

@@ -37,11 +37,6 @@ use crate::import::Importer;
 use crate::podman::{self, Rootfs};
 use crate::reader::Reader;
 
-/// The userdata members a restore puts into the container's bundle: CRIU's images and the
-/// `/dev/shm` contents podman restores from there. The rest of the archive's bundle members
-/// describe the old container and are not the new one's.
-const RESTORED_MEMBERS: [&str; 2] = ["checkpoint", "devshm-checkpoint.tar"];
-
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
 /// removes (libpod `checkpoint`): ckpt mirrors it.
 const CHECKPOINT_LEFTOVERS: [&str; 4] = ["dump.log", "stats-dump", "config.dump", "spec.dump"];
@@ -270,7 +265,7 @@ impl Podman {
             // made: the archive's changes are applied over them.
             let importer = Importer::new()
                 .share(options.share)
-                .only(RESTORED_MEMBERS)
+                .only(podman::RESTORED_MEMBERS)
                 .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: Vec::new() });
             complete(importer.import(archive, &info.bundle)?, &info.bundle)?
         } else {
@@ -467,10 +462,10 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
     let new_bundle = Scratch::create(&info.bundle, "restore")?;
     let importer = Importer::new()
         .share(share)
-        .only(RESTORED_MEMBERS.iter().copied().chain(["network.status"]))
+        .only(podman::RESTORED_MEMBERS.iter().copied().chain(["network.status"]))
         .rootfs(Rootfs::Diff { upper: new_upper.path.clone(), lowers: Vec::new() });
     let stats = complete(importer.import(archive, &new_bundle.path)?, &new_bundle.path)?;
-    for name in RESTORED_MEMBERS.iter().chain(&["network.status"]) {
+    for name in podman::RESTORED_MEMBERS.iter().chain(&["network.status"]) {
         let from = new_bundle.path.join(name);
         if std::fs::symlink_metadata(&from).is_ok() {
             swap_in(&from, &info.bundle.join(name))?;
