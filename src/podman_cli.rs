@@ -125,6 +125,8 @@ struct Container {
     bundle: PathBuf,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
+    /// Named volumes mounted into the container.
+    volumes: Vec<String>,
 }
 
 impl Podman {
@@ -146,6 +148,12 @@ impl Podman {
         if info.state != "running" {
             return Err(
                 self.refusal(container, format!("is {}, not running: nothing to checkpoint", info.state))
+            );
+        }
+        for volume in &info.volumes {
+            log::warn!(
+                "{container}: the archive does not hold the contents of named volume {volume} \
+                 (podman container checkpoint --export does)"
             );
         }
         let started = Instant::now();
@@ -406,6 +414,14 @@ impl Podman {
             bundle: bundle.into(),
             upper: upper.into(),
             lowers: lowers.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+            volumes: c
+                .get("Mounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.get("Type").and_then(Value::as_str) == Some("volume"))
+                .filter_map(|m| m.get("Name").and_then(Value::as_str).map(str::to_string))
+                .collect(),
         })
     }
 
