@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use std::io::{BufWriter, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::FileType;
 
 use crate::compress::{Compression, Encoder, OUTPUT_BUFFER};
 use crate::digest;
 use crate::error::{Context, Error, Result};
 use crate::mover::{MoveStats, Mover};
-use crate::outfile::OutFile;
+use crate::outfile::{Destination, OutFile, Writing};
 use crate::overlay::WhiteoutStyle;
 use crate::pieces::{Counts, Pieces};
 use crate::place::{Placer, Target};
@@ -74,7 +76,10 @@ pub struct ExportStats {
     pub bytes_cloned: u64,
     /// File bytes placed by copying, holes kept on the copy path included.
     pub bytes_copied: u64,
+    /// Bytes written to the output: the compressed size when compressed.
     pub archive_bytes: u64,
+    /// The length of the tar archive itself (before compression).
+    pub tar_bytes: u64,
     pub align: u64,
     pub seconds: f64,
     /// Entries that cannot be archived (sockets), left out with a warning.
@@ -167,7 +172,8 @@ impl Exporter {
     }
 
     /// Archives the contents of `src` into `out` (`-` for standard output): as `tar -C src -cf out .` would name them, or
-    /// in the checkpoint layout when asked for.
+    /// in the checkpoint layout when asked for. A regular `out` (or a new one) is replaced
+    /// when the archive is complete; a character device or fifo is written into.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
         let started = Instant::now();
         if let Some(align) = self.align {
@@ -175,15 +181,15 @@ impl Exporter {
         }
         let skipped = Skipped::default();
         let result = if out == Path::new("-") {
-            let align = self.align.unwrap_or(DEFAULT_ALIGN);
-            let mut pieces = self.pieces(src, align, &skipped)?;
-            self.write_stdout(&mut pieces).map(|copied| stats(&pieces, align, 0, copied))
-        } else if self.compression.is_some() {
-            let align = self.align.unwrap_or(DEFAULT_ALIGN);
-            let mut pieces = self.pieces(src, align, &skipped)?;
-            self.write_compressed_file(&mut pieces, out).map(|copied| stats(&pieces, align, 0, copied))
+            self.write_stream(src, &skipped, std::io::stdout().as_fd(), Path::new("<stdout>"))
         } else {
-            self.write_file(src, out, &skipped)
+            Destination::open(out).and_then(|destination| match destination {
+                Destination::Stream(file) => self.write_stream(src, &skipped, file.as_fd(), out),
+                Destination::Replace(out_file) if self.compression.is_some() => {
+                    self.write_compressed_file(src, &skipped, out_file, out)
+                }
+                Destination::Replace(out_file) => self.write_file(src, &skipped, out_file, out),
+            })
         };
         if let Some(progress) = self.progress_receiver() {
             progress.finish();
@@ -219,8 +225,13 @@ impl Exporter {
     }
 
     /// Places the archive by offset, sharing data with the sources where possible.
-    fn write_file(&self, src: &Path, out: &Path, skipped: &Skipped) -> Result<ExportStats> {
-        let out_file = OutFile::create(out)?;
+    fn write_file(
+        &self,
+        src: &Path,
+        skipped: &Skipped,
+        out_file: OutFile,
+        out: &Path,
+    ) -> Result<ExportStats> {
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
         let align = self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block));
@@ -234,59 +245,103 @@ impl Exporter {
         let len = pieces.len().expect("every piece was placed");
         file.set_len(len).at("ftruncate", out)?;
         out_file.commit()?;
-        Ok(stats(&pieces, align, bytes_cloned, bytes_copied))
+        Ok(stats(&pieces, align, bytes_cloned, bytes_copied, len))
     }
 
-    fn write_stdout(&self, pieces: &mut Pieces<'_>) -> Result<u64> {
-        let stdout = std::io::stdout();
-        let name = Path::new("<stdout>");
-        if std::io::IsTerminal::is_terminal(&stdout) {
+    /// Writes the archive front to back into `fd`: standard output, a fifo or a character
+    /// device.
+    fn write_stream(
+        &self,
+        src: &Path,
+        skipped: &Skipped,
+        fd: BorrowedFd<'_>,
+        name: &Path,
+    ) -> Result<ExportStats> {
+        if std::io::IsTerminal::is_terminal(&fd) {
             return Err(Error::invalid(name, "refusing to write an archive to a terminal"));
         }
-        match self.compression {
+        // Standard output redirected into a file inside SRC: that file is the archive.
+        let st = rustix::fs::fstat(fd).at("fstat", name)?;
+        #[allow(clippy::unnecessary_cast)] // field types differ between targets
+        let _writing = (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+            .then(|| Writing::new(st.st_dev as u64, st.st_ino as u64));
+        let align = self.align.unwrap_or(DEFAULT_ALIGN);
+        let mut pieces = self.pieces(src, align, skipped)?;
+        let (copied, written) = match self.compression {
             None => {
                 // A larger pipe lets sendfile move more per call and the reader wake less often
                 // (a hint: a pipe keeps its size when refused, and other files have none).
-                let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), PIPE_SIZE);
-                let mut stream = Stream::new(Sink::Fd(stdout.as_fd()), name, self.progress_receiver());
-                stream.write_pieces(pieces)?;
-                Ok(stream.bytes_copied)
+                let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+                let mut stream = Stream::new(Sink::Fd(fd), name, self.progress_receiver());
+                stream.write_pieces(&mut pieces)?;
+                (stream.bytes_copied, pieces.len().expect("every piece was written"))
             }
-            Some(compression) => {
-                let lock = stdout.lock();
-                let mut encoder = Encoder::new(compression, BufWriter::with_capacity(OUTPUT_BUFFER, lock))
-                    .at("start compressor for", name)?;
-                let copied = self.write_stream(pieces, &mut encoder, name)?;
-                encoder.finish().and_then(|mut w| w.flush()).at("write", name)?;
-                Ok(copied)
-            }
-        }
+            Some(compression) => self.write_compressed(&mut pieces, compression, fd, name)?,
+        };
+        Ok(stats(&pieces, align, 0, copied, written))
     }
 
     fn progress_receiver(&self) -> Option<&dyn Progress> {
         self.progress.as_ref().map(|p| p.0.as_ref())
     }
 
-    fn write_stream(&self, pieces: &mut Pieces<'_>, writer: &mut dyn Write, name: &Path) -> Result<u64> {
-        let mut stream = Stream::new(Sink::Writer(Box::new(writer)), name, self.progress_receiver());
+    /// Compresses the archive into `fd`; returns the bytes of file data copied and the
+    /// compressed bytes written.
+    fn write_compressed(
+        &self,
+        pieces: &mut Pieces<'_>,
+        compression: Compression,
+        fd: BorrowedFd<'_>,
+        name: &Path,
+    ) -> Result<(u64, u64)> {
+        let output = BufWriter::with_capacity(OUTPUT_BUFFER, FdWriter { fd, written: 0 });
+        let mut encoder = Encoder::new(compression, output).at("start compressor for", name)?;
+        let mut stream = Stream::new(Sink::Writer(Box::new(&mut encoder)), name, self.progress_receiver());
         stream.write_pieces(pieces)?;
         stream.flush()?;
-        Ok(stream.bytes_copied)
+        let copied = stream.bytes_copied;
+        drop(stream);
+        let output =
+            encoder.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error())).at("write", name)?;
+        Ok((copied, output.written))
     }
 
-    fn write_compressed_file(&self, pieces: &mut Pieces<'_>, out: &Path) -> Result<u64> {
+    fn write_compressed_file(
+        &self,
+        src: &Path,
+        skipped: &Skipped,
+        out_file: OutFile,
+        out: &Path,
+    ) -> Result<ExportStats> {
         let compression = self.compression.expect("compressed output");
-        let out_file = OutFile::create(out)?;
-        let mut encoder = Encoder::new(compression, BufWriter::with_capacity(OUTPUT_BUFFER, out_file.file()))
-            .at("start compressor for", out)?;
-        let copied = self.write_stream(pieces, &mut encoder, out)?;
-        encoder.finish().and_then(|mut w| w.flush()).at("write", out)?;
+        let align = self.align.unwrap_or(DEFAULT_ALIGN);
+        let mut pieces = self.pieces(src, align, skipped)?;
+        let (copied, written) =
+            self.write_compressed(&mut pieces, compression, out_file.file().as_fd(), out)?;
         out_file.commit()?;
-        Ok(copied)
+        Ok(stats(&pieces, align, 0, copied, written))
     }
 }
 
-fn stats(pieces: &Pieces<'_>, align: u64, bytes_cloned: u64, bytes_copied: u64) -> ExportStats {
+/// Writes to a descriptor the caller keeps open, counting the bytes.
+struct FdWriter<'a> {
+    fd: BorrowedFd<'a>,
+    written: u64,
+}
+
+impl Write for FdWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = rustix::io::write(self.fd, buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn stats(pieces: &Pieces<'_>, align: u64, bytes_cloned: u64, bytes_copied: u64, written: u64) -> ExportStats {
     let Counts { entries, files, bytes } = pieces.counts();
     ExportStats {
         entries,
@@ -294,7 +349,8 @@ fn stats(pieces: &Pieces<'_>, align: u64, bytes_cloned: u64, bytes_copied: u64) 
         bytes,
         bytes_cloned,
         bytes_copied,
-        archive_bytes: pieces.len().unwrap_or(0),
+        archive_bytes: written,
+        tar_bytes: pieces.len().unwrap_or(0),
         align,
         ..ExportStats::default()
     }

@@ -266,7 +266,14 @@ mod tests {
             name: name.to_vec(),
             meta: Meta { mode: 0o644, mtime: 1_700_000_000, mtime_nsec: 5, ..Meta::default() },
             kind: Kind::Regular,
-            body: Body::File(SourceFile { path: "x".into(), size, dev: 1, ino: 1, mtime: (0, 0) }),
+            body: Body::File(SourceFile {
+                path: "x".into(),
+                dir: std::sync::Arc::new(std::fs::File::open(".").unwrap().into()),
+                size,
+                dev: 1,
+                ino: 1,
+                mtime: (0, 0),
+            }),
             xattrs: if xattr_len > 0 { vec![(b"user.x".to_vec(), vec![b'\n'; xattr_len])] } else { vec![] },
         }
     }

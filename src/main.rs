@@ -409,6 +409,7 @@ fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode> {
                 "bytes_cloned": stats.bytes_cloned,
                 "bytes_copied": stats.bytes_copied,
                 "archive_bytes": stats.archive_bytes,
+                "tar_bytes": stats.tar_bytes,
                 "align": stats.align,
                 "seconds": stats.seconds,
                 "skipped": stats.skipped.len(),

@@ -1,7 +1,9 @@
 //! What goes into an archive: one member's name, metadata and where its data comes from.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::walk::Members;
@@ -50,7 +52,10 @@ impl Meta {
 /// being archived can be detected.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
+    /// The full path, for messages; the file is opened by its name in `dir`.
     pub path: PathBuf,
+    /// The directory that holds the file, as the walk opened it.
+    pub dir: Arc<OwnedFd>,
     pub size: u64,
     pub dev: u64,
     pub ino: u64,

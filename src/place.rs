@@ -4,10 +4,10 @@
 use std::fs::File;
 use std::num::NonZeroU64;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rustix::fs::{Advice, Mode, OFlags};
+use rustix::fs::{Advice, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::digest;
@@ -17,6 +17,7 @@ use crate::member::SourceFile;
 use crate::mover::{End, Mover, Tail, shrunk, write_all_at};
 use crate::pieces::{Covered, Piece, Pieces};
 use crate::progress::Progress;
+use crate::walk::{Inode, type_name};
 
 /// The archive being written.
 pub struct Target<'a> {
@@ -132,7 +133,7 @@ impl<'a> Placer<'a> {
     /// serves them in parallel instead of one synchronous read per file.
     fn clone_file(&mut self, source: &SourceFile, offset: u64) -> Result<(File, u64)> {
         let path = source.path.as_path();
-        let file = open_source(path)?;
+        let file = open_source(source)?;
         let block = self.target.block;
         let worth_it = offset.is_multiple_of(block)
             && source.size >= block.max(self.clone_min)
@@ -142,7 +143,7 @@ impl<'a> Placer<'a> {
             let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset };
             self.mover
                 .clone_blocks(src, dst, source.size, block)
-                .map_err(|e| transfer_error(e, path, self.target.path))?
+                .map_err(|e| source_error(source, &file, transfer_error(e, path, self.target.path)))?
         } else {
             0
         };
@@ -170,7 +171,9 @@ impl<'a> Placer<'a> {
                     self.target.path,
                 )
             });
-            let result = result.and_then(|()| self.put(offset + cloned, &data));
+            let result = result
+                .map_err(|e| source_error(source, file, e))
+                .and_then(|()| self.put(offset + cloned, &data));
             self.buf = data;
             result?;
             self.mover.stats.bytes_copied += rest;
@@ -183,9 +186,9 @@ impl<'a> Placer<'a> {
             } else {
                 self.mover.transfer(src, dst, rest, self.target.block, Tail::Copy)
             };
-            moved.map_err(|e| transfer_error(e, path, self.target.path))?;
+            moved.map_err(|e| source_error(source, file, transfer_error(e, path, self.target.path)))?;
         }
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        check_unchanged(source, file)?;
         if let Some(progress) = self.progress {
             progress.advance(source.size);
         }
@@ -238,33 +241,63 @@ impl<'a> Placer<'a> {
     }
 }
 
-pub(crate) fn open_source(path: &Path) -> Result<File> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+/// Opens a source file by its name in the directory the walk opened, never following a
+/// symlink. O_NONBLOCK keeps the open from waiting forever on a source that was swapped for a
+/// fifo (a regular file ignores the flag); what was opened is checked by [`check_unchanged`].
+pub(crate) fn open_source(source: &SourceFile) -> Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let name = source.path.file_name().expect("a walked path ends in the entry's name");
     // O_NOATIME keeps archiving from dirtying inodes; only the owner (or root) may ask for it.
-    match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(Errno::PERM) => rustix::fs::open(path, flags, Mode::empty()).map(File::from).at("open", path),
-        Err(e) => Err(Error::io("open", path, e)),
+    let opened = match rustix::fs::openat(&*source.dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(&*source.dir, name, flags, Mode::empty()),
+        other => other,
+    };
+    opened.map(File::from).map_err(|e| {
+        // A failed open is most often the entry having become a symlink, socket or other.
+        let now = rustix::fs::statat(&*source.dir, name, AtFlags::SYMLINK_NOFOLLOW);
+        match now.ok().and_then(|st| changes(source, &Inode::from_stat(&st))) {
+            Some(changed) => changed_error(source, &changed),
+            None => Error::io("open", &source.path, e),
+        }
+    })
+}
+
+/// Fails when the opened `file` is no longer what the walk saw: another inode or file type, or
+/// another size or mtime (one fstat after all reads catches a change before or during them).
+pub(crate) fn check_unchanged(source: &SourceFile, file: &File) -> Result<()> {
+    let now = Inode::from_stat(&rustix::fs::fstat(file).at("fstat", &source.path)?);
+    match changes(source, &now) {
+        Some(changed) => Err(changed_error(source, &changed)),
+        None => Ok(()),
     }
 }
 
-pub(crate) fn check_unchanged(source: &SourceFile, now: &std::fs::Metadata) -> Result<()> {
-    if now.ino() != source.ino || now.len() != source.size || (now.mtime(), now.mtime_nsec()) != source.mtime
-    {
-        return Err(Error::invalid(
-            &source.path,
-            format!(
-                "changed while being archived (size {} -> {}, mtime {}.{:09} -> {}.{:09})",
-                source.size,
-                now.len(),
-                source.mtime.0,
-                source.mtime.1,
-                now.mtime(),
-                now.mtime_nsec()
-            ),
-        ));
+/// The error of a failed read of `source`: the change that caused it, if the file changed.
+pub(crate) fn source_error(source: &SourceFile, file: &File, error: Error) -> Error {
+    check_unchanged(source, file).err().unwrap_or(error)
+}
+
+/// What changed since the walk, e.g. "size 4096 -> 8192, mtime 1.000000000 -> 2.000000000".
+fn changes(source: &SourceFile, now: &Inode) -> Option<String> {
+    let mut changed = Vec::new();
+    if now.file_type != FileType::RegularFile {
+        changed.push(format!("type regular file -> {}", type_name(now.file_type)));
     }
-    Ok(())
+    if (now.dev, now.ino) != (source.dev, source.ino) {
+        changed.push(format!("inode {}:{} -> {}:{}", source.dev, source.ino, now.dev, now.ino));
+    }
+    if now.size != source.size {
+        changed.push(format!("size {} -> {}", source.size, now.size));
+    }
+    if now.mtime != source.mtime {
+        let (was, is) = (source.mtime, now.mtime);
+        changed.push(format!("mtime {}.{:09} -> {}.{:09}", was.0, was.1, is.0, is.1));
+    }
+    (!changed.is_empty()).then(|| changed.join(", "))
+}
+
+fn changed_error(source: &SourceFile, changed: &str) -> Error {
+    Error::invalid(&source.path, format!("changed while being archived: {changed}"))
 }
 
 /// Names the side of a failed transfer: a short read is the source's fault, the rest is

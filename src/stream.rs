@@ -16,7 +16,7 @@ use crate::error::{Context, Error, Result};
 use crate::member::SourceFile;
 use crate::mover::shrunk;
 use crate::pieces::{Piece, Pieces};
-use crate::place::{check_unchanged, open_source};
+use crate::place::{check_unchanged, open_source, source_error};
 use crate::progress::Progress;
 
 /// Where the archive's bytes go.
@@ -128,18 +128,19 @@ impl<'a> Stream<'a> {
 
     fn file_data(&mut self, source: &SourceFile) -> Result<()> {
         let path = source.path.as_path();
-        let file = open_source(path)?;
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        let file = open_source(source)?;
+        // Checked before anything is sent: data a reader has seen cannot be taken back.
+        check_unchanged(source, &file)?;
         // Data that must be hashed goes through user space.
         let copied = match &self.sink {
-            Sink::Fd(fd) if self.hasher.is_none() => {
-                send(*fd, &file, source.size).map_err(|e| self.copy_error(e, path))?
-            }
+            Sink::Fd(fd) if self.hasher.is_none() => send(*fd, &file, source.size)
+                .map_err(|e| source_error(source, &file, self.copy_error(e, path)))?,
             _ => 0,
         };
         self.pos += copied;
-        self.copy_through_buffer(&file, copied, source.size).map_err(|e| self.copy_error(e, path))?;
-        check_unchanged(source, &file.metadata().at("fstat", path)?)?;
+        self.copy_through_buffer(&file, copied, source.size)
+            .map_err(|e| source_error(source, &file, self.copy_error(e, path)))?;
+        check_unchanged(source, &file)?;
         self.bytes_copied += source.size;
         if let Some(progress) = self.progress {
             progress.advance(source.size);
