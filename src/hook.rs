@@ -238,20 +238,22 @@ fn import_checkpoint(state: &HookState, bundle: &Path, archive: &Path) -> Result
         importer = importer.rootfs(rootfs);
     }
     let stats = importer.import(archive, bundle)?;
-    if !stats.conflicts.is_empty() || !stats.refused.is_empty() {
+    if !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty() {
         let first = stats
             .conflicts
             .first()
             .map(|p| format!("{} exists", p.display()))
             .or_else(|| stats.refused.first().cloned())
+            .or_else(|| stats.failed.first().cloned())
             .unwrap_or_default();
         return Err(Error::refused(
             bundle,
             format!(
-                "import incomplete: {} existing entries left untouched, {} members refused (first: {first}); \
-                 set {OVERWRITE}=true to replace existing entries",
+                "import incomplete: {} existing entries left untouched, {} members refused, {} failed \
+                 (first: {first}); set {OVERWRITE}=true to replace existing entries",
                 stats.conflicts.len(),
-                stats.refused.len()
+                stats.refused.len(),
+                stats.failed.len()
             ),
         ));
     }

@@ -187,10 +187,45 @@ impl Importer {
             None => None,
         };
         let mut deleted = Vec::new();
+        let walked =
+            Self::extract_members(reader, archive, &mut bundle, layer_extractor.as_mut(), &mut deleted);
+        // Directory metadata is applied even when the archive could not be read to its end:
+        // what was restored gets its modes and times.
+        let bundle_stats = bundle.finish();
+        let mut layer_stats = None;
+        if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
+            // Podman applies the deletions after the changes, as here; a layer whose changes
+            // were not all read gets none of its deletions.
+            let applied = match &walked {
+                Ok(()) => {
+                    deleted.sort_unstable();
+                    deleted.dedup();
+                    layer.apply_deletions(target.mode, &deleted)
+                }
+                Err(_) => Ok(()),
+            };
+            let finished = layer.finish();
+            layer_stats = Some(applied.and(finished));
+        }
+        walked?;
+        let mut stats = bundle_stats?;
+        if let Some(layer_stats) = layer_stats {
+            stats.absorb(layer_stats?);
+        }
+        Ok(stats)
+    }
+
+    fn extract_members(
+        reader: &mut Reader<'_>,
+        archive: &Path,
+        bundle: &mut Extractor,
+        mut layer_extractor: Option<&mut Extractor>,
+        deleted: &mut Vec<String>,
+    ) -> Result<()> {
         while let Some(entry) = reader.next_entry()? {
             let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
-            match layer_extractor.as_mut() {
+            match layer_extractor.as_deref_mut() {
                 Some(layer) if name == podman::ROOTFS_DIFF && entry.kind == Some(Kind::Regular) => {
                     let end = entry.data_offset + entry.size;
                     let mut inner = match reader.file() {
@@ -216,16 +251,7 @@ impl Importer {
                 _ => log::debug!("{}: not selected, left out", entry.name_lossy()),
             }
         }
-        let mut stats = bundle.finish()?;
-        if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
-            // Podman applies the deletions after the changes, as here.
-            deleted.sort_unstable();
-            deleted.dedup();
-            layer.apply_deletions(target.mode, &deleted)?;
-            let layer_stats = layer.finish()?;
-            stats.absorb(layer_stats);
-        }
-        Ok(stats)
+        Ok(())
     }
 }
 

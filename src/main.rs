@@ -520,14 +520,16 @@ fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode> {
                 "skipped": stats.skipped.len(),
                 "conflicts": stats.conflicts.len(),
                 "refused": stats.refused.len(),
+                "failed": stats.failed.len(),
             })
         );
     }
-    if !stats.conflicts.is_empty() || !stats.refused.is_empty() {
+    if !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty() {
         eprintln!(
-            "ckpt: import incomplete: {} existing entries left untouched, {} members refused",
+            "ckpt: import incomplete: {} existing entries left untouched, {} members refused, {} failed",
             stats.conflicts.len(),
-            stats.refused.len()
+            stats.refused.len(),
+            stats.failed.len()
         );
         return Ok(ExitCode::FAILURE);
     }
