@@ -111,7 +111,7 @@ pub enum LayerMode {
 /// anything more. Any other error concerns one member, which is reported and skipped.
 fn is_fatal(e: &Error, archive: &Path) -> bool {
     match e {
-        Error::Malformed { .. } | Error::Copy { .. } => true,
+        Error::Malformed { .. } | Error::Copy { .. } | Error::Runtime { .. } => true,
         Error::Io { path, source, .. } => {
             path == archive
                 || source.raw_os_error().is_some_and(|code| {

@@ -188,7 +188,7 @@ impl Importer {
         };
         let mut deleted = Vec::new();
         let walked =
-            Self::extract_members(reader, archive, &mut bundle, layer_extractor.as_mut(), &mut deleted);
+            self.extract_members(reader, archive, &mut bundle, layer_extractor.as_mut(), &mut deleted);
         // Directory metadata is applied even when the archive could not be read to its end:
         // what was restored gets its modes and times.
         let bundle_stats = bundle.finish();
@@ -216,6 +216,7 @@ impl Importer {
     }
 
     fn extract_members(
+        &self,
         reader: &mut Reader<'_>,
         archive: &Path,
         bundle: &mut Extractor,

@@ -460,8 +460,8 @@ impl Podman {
 /// A failed member means the checkpoint is not whole: a restore from it would not be the
 /// checkpointed process.
 fn complete(stats: ImportStats, bundle: &Path) -> Result<ImportStats> {
-    if let Some(first) = stats.refused.first() {
-        return Err(Error::refused(bundle, format!("checkpoint member refused: {first}")));
+    if let Some(first) = stats.refused.first().or(stats.failed.first()) {
+        return Err(Error::refused(bundle, format!("checkpoint member not restored: {first}")));
     }
     if let Some(first) = stats.conflicts.first() {
         return Err(Error::refused(first, "already exists; the checkpoint was not restored over it"));
