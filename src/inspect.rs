@@ -178,7 +178,7 @@ impl Default for ListOptions {
 /// An opened archive: a plain file read in place, or a (decompressed) stream.
 enum Source {
     File(File, u64),
-    Stream(Box<dyn Read>),
+    Stream(compress::Decompressed<'static>),
 }
 
 fn open(archive: &Path) -> Result<Source> {
@@ -212,16 +212,13 @@ pub fn list(
     each: &mut dyn FnMut(&ListEntry) -> Result<()>,
 ) -> Result<()> {
     let file;
-    let mut stream;
+    let mut stream = None;
     let mut reader = match open(archive)? {
         Source::File(f, len) => {
             file = f;
             Reader::from_file(&file, 0, len, archive)
         }
-        Source::Stream(s) => {
-            stream = s;
-            Reader::from_stream(&mut stream, archive)
-        }
+        Source::Stream(s) => Reader::from_stream(stream.insert(s), archive),
     };
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, entry.data_offset, entry.header_offset, options.align))?;
@@ -245,7 +242,11 @@ pub fn list(
             each(&line)?;
         }
     }
-    Ok(())
+    drop(reader);
+    match &mut stream {
+        Some(stream) => stream.finish(archive),
+        None => Ok(()),
+    }
 }
 
 /// `-rwsr-xr-x`, with the type letter of `tar tv` (`h` for hardlinks).
@@ -648,7 +649,7 @@ impl<R: Read> Read for Tap<R> {
 }
 
 fn verify_stream(
-    stream: Box<dyn Read>,
+    stream: compress::Decompressed<'static>,
     archive: &Path,
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(VerifyProgress),
@@ -743,7 +744,7 @@ fn verify_stream(
         check_end(report, b"", last.as_deref(), end, &mut blocks, archive)?;
     }
     // Whatever follows (tar's record padding) is read so that the size is right.
-    io::copy(&mut tap, &mut io::sink()).at("read", archive)?;
+    io::copy(&mut tap, &mut io::sink()).map_err(|e| compress::stream_error(archive, e))?;
     report.archive_bytes = tap.count;
     let Some(manifest) = take_manifest(&mut covered, last.as_deref()) else {
         return Ok(());
