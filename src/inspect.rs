@@ -596,6 +596,7 @@ fn verify_file(
         check_end(report, b"", last.as_deref(), end, &mut blocks, archive)?;
     }
     let Some(manifest) = take_manifest(&mut covered, last.as_deref()) else {
+        misplaced_manifest(report, &covered);
         return Ok(());
     };
     report.manifest = Some(String::from_utf8_lossy(&manifest.name).into_owned());
@@ -747,6 +748,7 @@ fn verify_stream(
     io::copy(&mut tap, &mut io::sink()).map_err(|e| compress::stream_error(archive, e))?;
     report.archive_bytes = tap.count;
     let Some(manifest) = take_manifest(&mut covered, last.as_deref()) else {
+        misplaced_manifest(report, &covered);
         return Ok(());
     };
     report.manifest = Some(String::from_utf8_lossy(&manifest.name).into_owned());
@@ -803,6 +805,18 @@ fn take_manifest(covered: &mut Vec<Covered>, last: Option<&[u8]>) -> Option<Cove
     match covered.last() {
         Some(c) if c.name == last => covered.pop(),
         _ => None,
+    }
+}
+
+/// A `ckpt.sha256` that is not the last member is not the archive's manifest (members after
+/// it would be unchecked): a problem, since whoever wrote it meant its digests to be checked.
+fn misplaced_manifest(report: &mut VerifyReport, covered: &[Covered]) {
+    if let Some(c) = covered.iter().find(|c| bundle_name(&c.name) == MANIFEST) {
+        report.problem(
+            &c.name,
+            Some(c.data_offset),
+            "ckpt.sha256 is not the last member: digests not checked",
+        );
     }
 }
 
