@@ -178,12 +178,12 @@ impl Default for ListOptions {
 /// An opened archive: a plain file read in place, or a (decompressed) stream.
 enum Source {
     File(File, u64),
-    Stream(compress::Decompressed<'static>),
+    Stream(Box<compress::Decompressed<'static>>),
 }
 
 fn open(archive: &Path) -> Result<Source> {
     if archive == Path::new("-") {
-        return Ok(Source::Stream(compress::decompress(Box::new(io::stdin()), archive)?));
+        return Ok(Source::Stream(Box::new(compress::decompress(Box::new(io::stdin()), archive)?)));
     }
     let file = File::open(archive).at("open", archive)?;
     let meta = file.metadata().at("fstat", archive)?;
@@ -197,7 +197,7 @@ fn open(archive: &Path) -> Result<Source> {
             return Ok(Source::File(file, meta.len()));
         }
     }
-    Ok(Source::Stream(compress::decompress(Box::new(file), archive)?))
+    Ok(Source::Stream(Box::new(compress::decompress(Box::new(file), archive)?)))
 }
 
 fn is_nested_archive(entry: &Entry) -> bool {
@@ -650,7 +650,7 @@ impl<R: Read> Read for Tap<R> {
 }
 
 fn verify_stream(
-    stream: compress::Decompressed<'static>,
+    stream: Box<compress::Decompressed<'static>>,
     archive: &Path,
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(VerifyProgress),

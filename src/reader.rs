@@ -734,7 +734,12 @@ impl Xattrs {
         if base.list.is_empty() {
             return self;
         }
-        let mut merged = base.clone();
+        // The common case of global xattrs only: a copy of the list, no index.
+        let mut merged = Xattrs { list: base.list.clone(), index: HashMap::new(), ..*base };
+        if self.list.is_empty() {
+            return merged;
+        }
+        merged.index = base.index.clone();
         for (name, value) in self.list {
             if !merged.insert(name, value) {
                 // Reported by the caller, which sees the total.
