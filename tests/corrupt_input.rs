@@ -559,7 +559,7 @@ fn many_records_replacing_one_xattr_list_in_under_two_seconds() {
 }
 
 #[test]
-fn a_global_header_of_many_xattrs_lists_300_members_in_under_two_seconds() {
+fn a_global_header_of_many_xattrs_lists_300_members_in_under_five_seconds() {
     let mut records = Vec::new();
     let mut i = 0;
     // ~3700 xattrs, 35 KB of names: within what global headers may give each member.
@@ -573,7 +573,9 @@ fn a_global_header_of_many_xattrs_lists_300_members_in_under_two_seconds() {
         t.file(&format!("m{m}"), b"x\n");
     }
     t.end();
-    let lines = list_within(&t.bytes(), Duration::from_secs(2));
+    // Each member gets a copy of 3700 xattrs (under a second in a debug build); rescanning
+    // the list per record took 9.6 s in a release build.
+    let lines = list_within(&t.bytes(), Duration::from_secs(5));
     assert_eq!(lines.len(), 300);
     assert!(lines.iter().all(|l| l["xattrs"].as_array().unwrap().len() == i));
 }
