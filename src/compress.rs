@@ -3,7 +3,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 /// A compression format for whole archives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,17 +25,88 @@ impl Compression {
     }
 }
 
+/// An archive stream as read: decompressed if its first bytes said it was compressed.
+/// Decompressor errors say what is wrong with the compressed data.
+pub struct Decompressed<'a> {
+    inner: Inner<'a>,
+}
+
+type Buffered<'a> = BufReader<Box<dyn Read + 'a>>;
+
+enum Inner<'a> {
+    Plain(Buffered<'a>),
+    Gzip(flate2::bufread::MultiGzDecoder<Buffered<'a>>),
+    Zstd(zstd::stream::read::Decoder<'static, Buffered<'a>>),
+}
+
 /// Wraps a stream in a decompressor if its first bytes say it is compressed.
-pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Decompressed<'a>> {
     let mut buffered = BufReader::with_capacity(1 << 20, input);
     let magic = buffered.fill_buf().at("read", archive)?;
-    Ok(match Compression::detect(magic) {
-        None => Box::new(buffered),
-        Some(Compression::Gzip) => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+    let inner = match Compression::detect(magic) {
+        None => Inner::Plain(buffered),
+        Some(Compression::Gzip) => Inner::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
         Some(Compression::Zstd) => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
+            Inner::Zstd(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
         }
-    })
+    };
+    Ok(Decompressed { inner })
+}
+
+impl Decompressed<'_> {
+    /// Reads a compressed stream to its end, where its checksums are (the gzip CRC, zstd's
+    /// content checksum): the tar inside ends earlier, and data already read may be wrong
+    /// until the end says it is not. A plain stream is left as it is.
+    pub fn finish(&mut self, archive: &Path) -> Result<()> {
+        if matches!(self.inner, Inner::Plain(_)) {
+            return Ok(());
+        }
+        io::copy(self, &mut io::sink()).map_err(|e| stream_error(archive, e))?;
+        Ok(())
+    }
+}
+
+impl Read for Decompressed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (result, format) = match &mut self.inner {
+            Inner::Plain(r) => return r.read(buf),
+            Inner::Gzip(r) => (r.read(buf), "gzip"),
+            Inner::Zstd(r) => (r.read(buf), "zstd"),
+        };
+        result.map_err(|e| describe(format, e))
+    }
+}
+
+/// A decompressor's error, said plainly; errors of the input itself (EIO, ...) stay as they are.
+fn describe(format: &str, e: io::Error) -> io::Error {
+    if e.raw_os_error().is_some() || e.kind() == io::ErrorKind::Interrupted {
+        return e;
+    }
+    let text = e.to_string();
+    let what = if e.kind() == io::ErrorKind::UnexpectedEof {
+        format!("truncated compressed stream: the {format} data ends early, or is corrupt")
+    } else if text.contains("checksum") && format == "gzip" {
+        "gzip CRC mismatch: the compressed data is corrupt".to_string()
+    } else if text.contains("checksum") {
+        "zstd checksum mismatch: the compressed data is corrupt".to_string()
+    } else if text.contains("header") || text.contains("frame descriptor") {
+        format!(
+            "bad {format} header: corrupt, or not {format} data after the end of the compressed stream ({text})"
+        )
+    } else {
+        format!("corrupt {format} data ({text})")
+    };
+    io::Error::new(e.kind(), what)
+}
+
+/// An error reading `archive` as a stream: the archive's fault when the decompressor
+/// complains, the system's otherwise.
+pub fn stream_error(archive: &Path, e: io::Error) -> Error {
+    if e.raw_os_error().is_some() {
+        Error::io("read", archive, e)
+    } else {
+        Error::invalid(archive, e.to_string())
+    }
 }
 
 /// Output buffered in front of a compressor's destination.
@@ -62,6 +133,8 @@ impl<W: Write> Encoder<W> {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, zstd::DEFAULT_COMPRESSION_LEVEL)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 encoder.multithread(threads)?;
+                // So that `zstd -t`, verify and import detect corrupted data.
+                encoder.include_checksum(true)?;
                 encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                 Encoder::Zstd(encoder)
             }

@@ -22,7 +22,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The archive is not a well-formed tar at this member.
-    #[error("{archive}: member {member:?} at offset {offset}: {reason}", archive = archive.display())]
+    #[error("{archive}: {}{reason}", member_at(.member, *.offset), archive = archive.display())]
     Malformed { archive: PathBuf, member: String, offset: u64, reason: String },
     /// A member that would reach outside the destination, or replace existing data.
     #[error("{}: {reason}", path.display())]
@@ -34,6 +34,16 @@ pub enum Error {
     /// A source that changed while it was archived, or another input the caller must fix.
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+}
+
+/// `member "NAME" at offset N: `, or `at offset N: ` where no member is concerned (an empty or
+/// truncated archive).
+fn member_at(member: &str, offset: u64) -> String {
+    if member.is_empty() {
+        format!("at offset {offset}: ")
+    } else {
+        format!("member {member:?} at offset {offset}: ")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -139,9 +139,10 @@ impl Importer {
             }
             input = Box::new(&file);
         }
+        let mut stream = None;
         let mut reader = match seekable {
             Some((file, len)) => Reader::from_file(file, 0, len, archive),
-            None => Reader::from_stream(compress::decompress(input, archive)?, archive),
+            None => Reader::from_stream(stream.insert(compress::decompress(input, archive)?), archive),
         };
         let progress = self.progress.as_ref().map(|p| p.0.clone());
         if let Some(progress) = &progress {
@@ -163,6 +164,10 @@ impl Importer {
             progress.finish();
         }
         let mut stats = result?;
+        drop(reader);
+        if let Some(stream) = &mut stream {
+            stream.finish(archive)?;
+        }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }

@@ -178,12 +178,12 @@ impl Default for ListOptions {
 /// An opened archive: a plain file read in place, or a (decompressed) stream.
 enum Source {
     File(File, u64),
-    Stream(Box<dyn Read>),
+    Stream(Box<compress::Decompressed<'static>>),
 }
 
 fn open(archive: &Path) -> Result<Source> {
     if archive == Path::new("-") {
-        return Ok(Source::Stream(compress::decompress(Box::new(io::stdin()), archive)?));
+        return Ok(Source::Stream(Box::new(compress::decompress(Box::new(io::stdin()), archive)?)));
     }
     let file = File::open(archive).at("open", archive)?;
     let meta = file.metadata().at("fstat", archive)?;
@@ -197,7 +197,7 @@ fn open(archive: &Path) -> Result<Source> {
             return Ok(Source::File(file, meta.len()));
         }
     }
-    Ok(Source::Stream(compress::decompress(Box::new(file), archive)?))
+    Ok(Source::Stream(Box::new(compress::decompress(Box::new(file), archive)?)))
 }
 
 fn is_nested_archive(entry: &Entry) -> bool {
@@ -212,16 +212,13 @@ pub fn list(
     each: &mut dyn FnMut(&ListEntry) -> Result<()>,
 ) -> Result<()> {
     let file;
-    let mut stream;
+    let mut stream = None;
     let mut reader = match open(archive)? {
         Source::File(f, len) => {
             file = f;
             Reader::from_file(&file, 0, len, archive)
         }
-        Source::Stream(s) => {
-            stream = s;
-            Reader::from_stream(&mut stream, archive)
-        }
+        Source::Stream(s) => Reader::from_stream(stream.insert(s), archive),
     };
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, entry.data_offset, entry.header_offset, options.align))?;
@@ -245,7 +242,11 @@ pub fn list(
             each(&line)?;
         }
     }
-    Ok(())
+    drop(reader);
+    match &mut stream {
+        Some(stream) => stream.finish(archive),
+        None => Ok(()),
+    }
 }
 
 /// `-rwsr-xr-x`, with the type letter of `tar tv` (`h` for hardlinks).
@@ -595,6 +596,7 @@ fn verify_file(
         check_end(report, b"", last.as_deref(), end, &mut blocks, archive)?;
     }
     let Some(manifest) = take_manifest(&mut covered, last.as_deref()) else {
+        misplaced_manifest(report, &covered);
         return Ok(());
     };
     report.manifest = Some(String::from_utf8_lossy(&manifest.name).into_owned());
@@ -648,7 +650,7 @@ impl<R: Read> Read for Tap<R> {
 }
 
 fn verify_stream(
-    stream: Box<dyn Read>,
+    stream: Box<compress::Decompressed<'static>>,
     archive: &Path,
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(VerifyProgress),
@@ -743,9 +745,10 @@ fn verify_stream(
         check_end(report, b"", last.as_deref(), end, &mut blocks, archive)?;
     }
     // Whatever follows (tar's record padding) is read so that the size is right.
-    io::copy(&mut tap, &mut io::sink()).at("read", archive)?;
+    io::copy(&mut tap, &mut io::sink()).map_err(|e| compress::stream_error(archive, e))?;
     report.archive_bytes = tap.count;
     let Some(manifest) = take_manifest(&mut covered, last.as_deref()) else {
+        misplaced_manifest(report, &covered);
         return Ok(());
     };
     report.manifest = Some(String::from_utf8_lossy(&manifest.name).into_owned());
@@ -802,6 +805,18 @@ fn take_manifest(covered: &mut Vec<Covered>, last: Option<&[u8]>) -> Option<Cove
     match covered.last() {
         Some(c) if c.name == last => covered.pop(),
         _ => None,
+    }
+}
+
+/// A `ckpt.sha256` that is not the last member is not the archive's manifest (members after
+/// it would be unchecked): a problem, since whoever wrote it meant its digests to be checked.
+fn misplaced_manifest(report: &mut VerifyReport, covered: &[Covered]) {
+    if let Some(c) = covered.iter().find(|c| bundle_name(&c.name) == MANIFEST) {
+        report.problem(
+            &c.name,
+            Some(c.data_offset),
+            "ckpt.sha256 is not the last member: digests not checked",
+        );
     }
 }
 

@@ -143,12 +143,20 @@ pub fn encode_headers(placed: &Placed) -> Vec<u8> {
 /// The pax records a member needs, without padding.
 fn pax_records(member: &Member) -> Vec<u8> {
     let mut out = Vec::new();
-    if split_ustar_name(&member.name).is_none() {
-        pax::push_record(&mut out, b"path", &member.name);
+    let path = split_ustar_name(&member.name).is_none().then_some(&member.name);
+    let linkpath = match &member.kind {
+        Kind::Symlink(target) | Kind::HardLink(target) if target.len() > 100 => Some(target),
+        _ => None,
+    };
+    // Pax says path records are UTF-8; bsdtar (and GNU tar with a UTF-8 locale) fail to
+    // convert other bytes unless told they are binary. First, as it applies to the header.
+    if path.into_iter().chain(linkpath).any(|name| std::str::from_utf8(name).is_err()) {
+        pax::push_record(&mut out, b"hdrcharset", b"BINARY");
     }
-    if let Kind::Symlink(target) | Kind::HardLink(target) = &member.kind
-        && target.len() > 100
-    {
+    if let Some(path) = path {
+        pax::push_record(&mut out, b"path", path);
+    }
+    if let Some(target) = linkpath {
         pax::push_record(&mut out, b"linkpath", target);
     }
     let size = member.data_size();

@@ -3,6 +3,7 @@
 //! Every header field is validated; nothing is allocated from a size in a header beyond a
 //! fixed cap, so hostile input costs bounded memory.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -69,7 +70,8 @@ pub struct Reader<'a> {
     pos: u64,
     next_header: u64,
     data_left: u64,
-    globals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// What global pax headers said so far, resolved once rather than per member.
+    globals: PaxFields,
     done: bool,
     /// Read-ahead for headers in a file: consecutive small members need one read, not three
     /// per member.
@@ -77,8 +79,6 @@ pub struct Reader<'a> {
     ahead_at: u64,
     /// Name and header offset of the member whose data comes next, for error messages.
     current: Option<(Vec<u8>, u64)>,
-    /// Bytes of keys and values in `globals`.
-    globals_len: u64,
 }
 
 /// How much a file reader reads ahead for headers.
@@ -87,7 +87,7 @@ const READ_AHEAD: usize = 64 << 10;
 /// Fields a pax or GNU extension header sets for the next member.
 #[derive(Default)]
 struct Pending {
-    records: Vec<(Vec<u8>, Vec<u8>)>,
+    fields: PaxFields,
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     start: Option<u64>,
@@ -110,12 +110,11 @@ impl<'a> Reader<'a> {
             pos: start,
             next_header: start,
             data_left: 0,
-            globals: Vec::new(),
+            globals: PaxFields::default(),
             done: false,
             ahead: Vec::new(),
             ahead_at: 0,
             current: None,
-            globals_len: 0,
         }
     }
 
@@ -254,8 +253,9 @@ impl<'a> Reader<'a> {
         let next = self.next_header;
         self.skip_to(next).map_err(|e| self.read_error(e))?;
         self.data_left = 0;
-        self.current = None;
+        let previous = self.current.take();
         let mut pending = Pending::default();
+        // Bytes of the extended headers (local and global) read for this member.
         let mut pending_len = 0u64;
         loop {
             let offset = self.pos;
@@ -263,8 +263,16 @@ impl<'a> Reader<'a> {
                 if pending.start.is_some() {
                     return Err(self.malformed(b"", offset, "archive ends after an extended header"));
                 }
-                self.done = true;
-                return Ok(None);
+                // As verify reports it: a tar archive ends with zero blocks, so one without
+                // them was cut short (at a member boundary, so no member shows it).
+                let reason = match &previous {
+                    Some((name, _)) => format!(
+                        "truncated: no end-of-archive blocks after member {:?}",
+                        String::from_utf8_lossy(name)
+                    ),
+                    None => "empty: no tar header, not an archive".to_string(),
+                };
+                return Err(self.malformed(b"", offset, reason));
             };
             if block.iter().all(|&b| b == 0) {
                 // The end: two zero blocks (one is tolerated, as GNU tar does).
@@ -286,28 +294,26 @@ impl<'a> Reader<'a> {
                             format!("pax header of {size} bytes"),
                         ));
                     }
-                    let data = self.read_extension(size).map_err(|e| self.read_error(e))?;
-                    let mut records = Vec::new();
-                    for record in pax::records(&data) {
-                        let (key, value) =
-                            record.map_err(|e| self.malformed(&raw_name(&block), offset, e.0))?;
-                        if used_key(key) {
-                            records.push((key.to_vec(), value.to_vec()));
-                        }
-                    }
                     // Many extended headers in a row must not add up to more than one may hold.
-                    let total = if typeflag == b'g' {
-                        merge_records(&mut self.globals, records, &mut self.globals_len)
-                    } else {
-                        merge_records(&mut pending.records, records, &mut pending_len)
-                    };
-                    if total > MAX_PAX_LEN {
+                    pending_len += size;
+                    if pending_len > MAX_PAX_LEN {
                         return Err(self.malformed(
                             &raw_name(&block),
                             offset,
                             format!("extended headers of more than {MAX_PAX_LEN} bytes"),
                         ));
                     }
+                    let data = self.read_extension(size).map_err(|e| self.read_error(e))?;
+                    let fields = if typeflag == b'g' { &mut self.globals } else { &mut pending.fields };
+                    let parsed = pax::records(&data).try_for_each(|record| {
+                        let (key, value) = record?;
+                        fields.set(key, value);
+                        Ok(())
+                    });
+                    if typeflag == b'g' {
+                        self.globals.limit_global_xattrs();
+                    }
+                    parsed.map_err(|e: pax::BadRecord| self.malformed(&raw_name(&block), offset, e.0))?;
                 }
                 b'L' | b'K' => {
                     if size > MAX_LONG_NAME {
@@ -424,7 +430,28 @@ impl<'a> Reader<'a> {
             (None, None) => raw_name(block),
         };
         let mut link = pending.long_link.unwrap_or_else(|| cstr(&block[157..257]).to_vec());
+        let (local, global) = (pending.fields, &self.globals);
+        if let Some(path) = local.path.as_ref().or(global.path.as_ref()) {
+            name = path.clone();
+        }
+        if let Some(target) = local.linkpath.as_ref().or(global.linkpath.as_ref()) {
+            link = target.clone();
+        }
+        let sparse = local.sparse.over(&global.sparse);
+        if let Some(real) = &sparse.name {
+            name = real.clone();
+        }
+        if let Some(reason) = global.bad.as_ref().or(local.bad.as_ref()) {
+            return Err(self.malformed(&name, offset, reason.clone()));
+        }
+        if let Some(n) = local.size.or(global.size) {
+            size = n;
+        }
         let mode = self.number(&block[100..108], block, offset, "mode")?;
+        // Type bits (S_IFMT) are allowed in the field; anything above them is not a mode.
+        if mode > 0o177777 {
+            return Err(self.malformed(&name, offset, format!("mode {mode:o} is out of range")));
+        }
         let mut meta = Meta {
             mode: (mode & 0o7777) as u32,
             uid: self.number(&block[108..116], block, offset, "uid")?,
@@ -435,82 +462,38 @@ impl<'a> Reader<'a> {
             dev_major: 0,
             dev_minor: 0,
         };
+        meta.uid = local.uid.or(global.uid).unwrap_or(meta.uid);
+        meta.gid = local.gid.or(global.gid).unwrap_or(meta.gid);
+        if let Some((secs, nsec)) = local.mtime.or(global.mtime) {
+            (meta.mtime, meta.mtime_nsec) = (secs, nsec);
+        }
+        for (what, id) in [("uid", meta.uid), ("gid", meta.gid)] {
+            if !id_in_range(id) {
+                return Err(self.malformed(&name, offset, format!("{what} {id} is out of range")));
+            }
+        }
         if matches!(typeflag, b'3' | b'4') {
             let major = self.number(&block[329..337], block, offset, "devmajor")?;
             let minor = self.number(&block[337..345], block, offset, "devminor")?;
-            meta.dev_major =
-                u32::try_from(major).map_err(|_| self.malformed(&name, offset, "device major too large"))?;
-            meta.dev_minor =
-                u32::try_from(minor).map_err(|_| self.malformed(&name, offset, "device minor too large"))?;
-        }
-        let mut xattrs = Vec::new();
-        let mut libarchive_xattrs = Vec::new();
-        let (mut xattr_names, mut libarchive_names) = (0usize, 0usize);
-        let mut sparse = SparseRecords::default();
-        let records = self.globals.iter().chain(pending.records.iter());
-        for (key, value) in records {
-            let bad = |what: &str| self.malformed(&name, offset, format!("bad pax {what} record"));
-            match key.as_slice() {
-                b"path" => name = value.clone(),
-                b"linkpath" => link = value.clone(),
-                b"size" => size = parse_decimal(value).ok_or_else(|| bad("size"))?,
-                b"uid" => meta.uid = parse_decimal(value).ok_or_else(|| bad("uid"))?,
-                b"gid" => meta.gid = parse_decimal(value).ok_or_else(|| bad("gid"))?,
-                b"mtime" => {
-                    (meta.mtime, meta.mtime_nsec) = parse_pax_time(value).ok_or_else(|| bad("mtime"))?
-                }
-                b"GNU.sparse.major" => {
-                    sparse.major = Some(parse_decimal(value).ok_or_else(|| bad("sparse"))?)
-                }
-                b"GNU.sparse.name" => sparse.name = Some(value.clone()),
-                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
-                    sparse.real_size = Some(parse_decimal(value).ok_or_else(|| bad("sparse size"))?)
-                }
-                b"GNU.sparse.map" => {
-                    sparse.map = Some(parse_map_list(value).ok_or_else(|| bad("sparse map"))?)
-                }
-                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
-                    return Err(self.malformed(&name, offset, "pax sparse format 0.0 is not supported"));
-                }
-                _ => {
-                    if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
-                        let xattr = unescape_xattr_name(xattr);
-                        // Also keeps the retain below from going quadratic.
-                        xattr_names += xattr.len() + 1;
-                        if xattr_names > XATTR_LIST_MAX {
-                            return Err(self.malformed(
-                                &name,
-                                offset,
-                                "more extended attributes than Linux can hold",
-                            ));
-                        }
-                        xattrs.retain(|(n, _): &(Vec<u8>, Vec<u8>)| *n != xattr);
-                        xattrs.push((xattr, value.clone()));
-                    } else if let Some(xattr) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
-                        let decoded = percent_decode(xattr).zip(decode_base64(value));
-                        let (xattr, value) = decoded.ok_or_else(|| bad("LIBARCHIVE.xattr"))?;
-                        libarchive_names += xattr.len() + 1;
-                        if libarchive_names > XATTR_LIST_MAX {
-                            return Err(self.malformed(
-                                &name,
-                                offset,
-                                "more extended attributes than Linux can hold",
-                            ));
-                        }
-                        libarchive_xattrs.retain(|(n, _): &(Vec<u8>, Vec<u8>)| *n != xattr);
-                        libarchive_xattrs.push((xattr, value));
-                    }
-                }
+            // What Linux can encode (12-bit major, 20-bit minor): mknod would drop the rest.
+            if major > MAX_DEV_MAJOR || minor > MAX_DEV_MINOR {
+                return Err(self.malformed(
+                    &name,
+                    offset,
+                    format!("device number {major},{minor} is out of range"),
+                ));
             }
+            (meta.dev_major, meta.dev_minor) = (major as u32, minor as u32);
         }
         // bsdtar writes every xattr twice: URL-encoded names in SCHILY records, exact names and
         // base64 values in its own, which are the ones to trust.
-        if !libarchive_xattrs.is_empty() {
-            xattrs = libarchive_xattrs;
+        let libarchive = local.libarchive_xattrs.over(&global.libarchive_xattrs);
+        let schily = local.xattrs.over(&global.xattrs);
+        let merged = if libarchive.list.is_empty() { schily } else { libarchive };
+        if merged.names_len > XATTR_LIST_MAX {
+            return Err(self.malformed(&name, offset, "more extended attributes than Linux can hold"));
         }
-        if let Some(real) = sparse.name.take() {
-            name = real;
-        }
+        let mut xattrs = merged.list;
         if name.contains(&0) || link.contains(&0) {
             return Err(self.malformed(&name, offset, "name contains a NUL byte"));
         }
@@ -695,12 +678,191 @@ impl Read for Reader<'_> {
 }
 
 /// The pax records that describe a sparse member.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SparseRecords {
     major: Option<u64>,
     name: Option<Vec<u8>>,
     real_size: Option<u64>,
     map: Option<Vec<(u64, u64)>>,
+}
+
+impl SparseRecords {
+    /// These records, with `base`'s where these have none.
+    fn over(self, base: &SparseRecords) -> SparseRecords {
+        SparseRecords {
+            major: self.major.or(base.major),
+            name: self.name.or_else(|| base.name.clone()),
+            real_size: self.real_size.or(base.real_size),
+            map: self.map.or_else(|| base.map.clone()),
+        }
+    }
+}
+
+/// Extended attributes by name, in the order first seen; a later value replaces an earlier
+/// one in constant time (a header may hold a million records).
+#[derive(Default, Clone)]
+struct Xattrs {
+    list: Vec<(Vec<u8>, Vec<u8>)>,
+    index: HashMap<Vec<u8>, usize>,
+    /// Bytes of the names as Linux counts them (each NUL-terminated).
+    names_len: usize,
+    /// Bytes of names and values.
+    bytes: usize,
+}
+
+impl Xattrs {
+    /// Adds or replaces `name`; false (and nothing stored) when the names would exceed what
+    /// Linux can hold on one file.
+    fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) -> bool {
+        if let Some(&i) = self.index.get(&name) {
+            self.bytes = self.bytes - self.list[i].1.len() + value.len();
+            self.list[i].1 = value;
+            return true;
+        }
+        if self.names_len + name.len() + 1 > XATTR_LIST_MAX {
+            return false;
+        }
+        self.names_len += name.len() + 1;
+        self.bytes += name.len() + value.len();
+        self.index.insert(name.clone(), self.list.len());
+        self.list.push((name, value));
+        true
+    }
+
+    /// These attributes, with `base`'s that these do not replace.
+    fn over(self, base: &Xattrs) -> Xattrs {
+        if base.list.is_empty() {
+            return self;
+        }
+        // The common case of global xattrs only: a copy of the list, no index.
+        let mut merged = Xattrs { list: base.list.clone(), index: HashMap::new(), ..*base };
+        if self.list.is_empty() {
+            return merged;
+        }
+        merged.index = base.index.clone();
+        for (name, value) in self.list {
+            if !merged.insert(name, value) {
+                // Reported by the caller, which sees the total.
+                merged.names_len = XATTR_LIST_MAX + 1;
+                break;
+            }
+        }
+        merged
+    }
+}
+
+/// What the pax records of one member's extended headers (or of all global headers so far)
+/// say, each record interpreted once, as it is read.
+#[derive(Default, Clone)]
+struct PaxFields {
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+    size: Option<u64>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<(i64, u32)>,
+    sparse: SparseRecords,
+    xattrs: Xattrs,
+    libarchive_xattrs: Xattrs,
+    /// The first record that is wrong; reported once the member's name is known.
+    bad: Option<String>,
+}
+
+/// Most bytes of extended attributes global headers may give every member: each member
+/// gets a copy, so this bounds the work per member.
+const MAX_GLOBAL_XATTRS: usize = 64 << 10;
+
+impl PaxFields {
+    /// Takes in one record; later records for the same key replace earlier ones. Keys ckpt
+    /// does not use (`comment`, `atime`, `uname`, ...) are dropped.
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        match key {
+            b"path" => self.path = Some(value.to_vec()),
+            b"linkpath" => self.linkpath = Some(value.to_vec()),
+            b"size" => self.size = self.decimal(value, "size", |n| i64::try_from(n).is_ok()),
+            b"uid" => self.uid = self.decimal(value, "uid", id_in_range),
+            b"gid" => self.gid = self.decimal(value, "gid", id_in_range),
+            b"mtime" => match parse_pax_time(value) {
+                Some(time) => self.mtime = Some(time),
+                None => self.fail(format!("bad pax mtime record {}", shown(value))),
+            },
+            b"GNU.sparse.major" => self.sparse.major = self.decimal(value, "GNU.sparse.major", |_| true),
+            b"GNU.sparse.name" => self.sparse.name = Some(value.to_vec()),
+            b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                self.sparse.real_size = self.decimal(value, "sparse size", |n| i64::try_from(n).is_ok())
+            }
+            b"GNU.sparse.map" => match parse_map_list(value) {
+                Some(map) => self.sparse.map = Some(map),
+                None => self.fail("bad pax sparse map record".into()),
+            },
+            b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
+                self.fail("pax sparse format 0.0 is not supported".into())
+            }
+            _ => {
+                if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if !self.xattrs.insert(unescape_xattr_name(xattr), value.to_vec()) {
+                        self.fail("more extended attributes than Linux can hold".into());
+                    }
+                } else if let Some(xattr) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+                    match percent_decode(xattr).zip(decode_base64(value)) {
+                        Some((xattr, value)) => {
+                            if !self.libarchive_xattrs.insert(xattr, value) {
+                                self.fail("more extended attributes than Linux can hold".into());
+                            }
+                        }
+                        None => self.fail("bad pax LIBARCHIVE.xattr record".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.bad.get_or_insert(reason);
+    }
+
+    /// A decimal record value that `fits`; anything else is an error, never a wrap.
+    fn decimal(&mut self, value: &[u8], what: &str, fits: impl Fn(u64) -> bool) -> Option<u64> {
+        match parse_decimal(value) {
+            Some(n) if fits(n) => Some(n),
+            Some(n) => {
+                self.fail(format!("pax {what} {n} is out of range"));
+                None
+            }
+            None => {
+                self.fail(format!("bad pax {what} record {}", shown(value)));
+                None
+            }
+        }
+    }
+
+    /// Global headers apply to every member that follows: too many extended attributes there
+    /// would be copied to each one.
+    fn limit_global_xattrs(&mut self) {
+        if self.xattrs.bytes + self.libarchive_xattrs.bytes > MAX_GLOBAL_XATTRS {
+            self.xattrs = Xattrs::default();
+            self.libarchive_xattrs = Xattrs::default();
+            self.fail(format!(
+                "global pax headers with more than {MAX_GLOBAL_XATTRS} bytes of extended attributes"
+            ));
+        }
+    }
+}
+
+/// Whether a uid or gid can be given to chown: -1 (4294967295) means "leave it unchanged".
+fn id_in_range(id: u64) -> bool {
+    id < u64::from(u32::MAX)
+}
+
+/// Largest device major and minor Linux encodes.
+const MAX_DEV_MAJOR: u64 = 0xfff;
+const MAX_DEV_MINOR: u64 = 0xfffff;
+
+/// A record value for an error message: quoted, at most 40 bytes of it.
+fn shown(value: &[u8]) -> String {
+    let cut = &value[..value.len().min(40)];
+    let more = if cut.len() < value.len() { "..." } else { "" };
+    format!("{:?}{more}", String::from_utf8_lossy(cut))
 }
 
 /// `GNU.sparse.map`: `offset,size,offset,size,...`.
@@ -758,36 +920,6 @@ fn decode_base64(value: &[u8]) -> Option<Vec<u8>> {
     let unpadded = value.trim_ascii_end();
     let unpadded = &unpadded[..unpadded.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1)];
     base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded).ok()
-}
-
-/// Later records for the same key replace earlier ones. Linear: a pax header may hold a
-/// million records. Keeps `len` (bytes of keys and values in `into`) up to date; returns it.
-fn merge_records(into: &mut Vec<(Vec<u8>, Vec<u8>)>, records: Vec<(Vec<u8>, Vec<u8>)>, len: &mut u64) -> u64 {
-    let mut index: std::collections::HashMap<Vec<u8>, usize> =
-        into.iter().enumerate().map(|(i, (key, _))| (key.clone(), i)).collect();
-    for (key, value) in records {
-        *len += (key.len() + value.len()) as u64;
-        match index.get(&key) {
-            Some(&i) => {
-                *len -= (key.len() + into[i].1.len()) as u64;
-                into[i].1 = value;
-            }
-            None => {
-                index.insert(key.clone(), into.len());
-                into.push((key, value));
-            }
-        }
-    }
-    *len
-}
-
-/// Whether `finish_entry` looks at a pax keyword; the others (`comment`, `atime`, `uname`,
-/// ...) are dropped as they are read.
-fn used_key(key: &[u8]) -> bool {
-    matches!(key, b"path" | b"linkpath" | b"size" | b"uid" | b"gid" | b"mtime")
-        || key.starts_with(b"GNU.sparse.")
-        || key.starts_with(b"SCHILY.xattr.")
-        || key.starts_with(b"LIBARCHIVE.xattr.")
 }
 
 fn cstr(field: &[u8]) -> &[u8] {
@@ -877,19 +1009,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merged_records_keep_the_last_value_and_count_bytes() {
-        let rec = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
-        let (mut into, mut len) = (Vec::new(), 0);
-        merge_records(&mut into, vec![rec("path", "a"), rec("size", "10")], &mut len);
-        assert_eq!(len, 4 + 1 + 4 + 2);
-        merge_records(&mut into, vec![rec("path", "long-name"), rec("mtime", "1.5")], &mut len);
-        assert_eq!(into, vec![rec("path", "long-name"), rec("size", "10"), rec("mtime", "1.5")]);
-        assert_eq!(len, 4 + 9 + 4 + 2 + 5 + 3);
-        // Many distinct keys merge in linear time (quadratic took minutes).
-        let many: Vec<_> = (0..200_000).map(|i| rec(&format!("SCHILY.xattr.user.{i}"), "")).collect();
-        merge_records(&mut into, many, &mut len);
-        assert_eq!(into.len(), 200_003);
-        assert!(used_key(b"SCHILY.xattr.user.x") && used_key(b"path") && !used_key(b"comment"));
+    fn later_records_replace_earlier_ones_in_linear_time() {
+        let mut fields = PaxFields::default();
+        fields.set(b"path", b"a");
+        fields.set(b"SCHILY.xattr.user.x", b"1");
+        fields.set(b"path", b"long-name");
+        fields.set(b"SCHILY.xattr.user.x", b"22");
+        fields.set(b"comment", b"ignored");
+        assert_eq!(fields.path.as_deref(), Some(&b"long-name"[..]));
+        assert_eq!(fields.xattrs.list, vec![(b"user.x".to_vec(), b"22".to_vec())]);
+        assert_eq!((fields.xattrs.names_len, fields.xattrs.bytes), (7, 8));
+        // A million replacements of one name (a scan per record took minutes).
+        for i in 0..1_000_000 {
+            fields.set(b"SCHILY.xattr.user.x", i.to_string().as_bytes());
+        }
+        assert_eq!(fields.xattrs.list.len(), 1);
+        assert!(fields.bad.is_none());
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors_not_wraps() {
+        for (key, value) in [
+            (&b"uid"[..], &b"4294967296"[..]),
+            (b"uid", b"4294967295"),
+            (b"gid", b"18446744073709551616"),
+            (b"size", b"9223372036854775808"),
+            (b"mtime", b"9223372036854775808"),
+            (b"uid", b"-1"),
+            (b"GNU.sparse.realsize", b"18446744073709551615"),
+        ] {
+            let mut fields = PaxFields::default();
+            fields.set(key, value);
+            assert!(fields.bad.is_some(), "{key:?}={value:?}");
+            assert!(fields.uid.is_none() && fields.gid.is_none() && fields.size.is_none());
+        }
+        let mut fields = PaxFields::default();
+        fields.set(b"uid", b"4294967294");
+        assert_eq!(fields.uid, Some(4_294_967_294));
     }
 
     #[test]

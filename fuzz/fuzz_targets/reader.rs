@@ -10,6 +10,11 @@
 //! appeared, vanished or changed beside the destination and the rootfs. Errors are expected;
 //! panics, hangs, running out of memory and escapes are what the fuzzer looks for.
 //!
+//! Each input is also compressed with gzip and with zstd (content checksum on, as ckpt
+//! writes it) and read through the same list and import calls, which then decompress it as
+//! a stream; for odd first bytes one byte of the compressed stream is flipped first, so
+//! corrupt and truncated-looking streams reach the decompressor and the reader behind it.
+//!
 //! Tar header checksums would stop almost every mutation at the first header, so before use
 //! every 512-byte block that carries the `ustar` magic gets its checksum recomputed (blocks
 //! without the magic keep theirs, so the checksum check itself is still exercised).
@@ -139,6 +144,23 @@ fn from_pipe(work: &Work, data: &[u8]) {
     clean(&dest);
 }
 
+/// `data` as gzip and as zstd, one byte flipped when `flip` says where.
+fn compressed(data: &[u8], flip: Option<usize>) -> [Vec<u8>; 2] {
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(data).unwrap();
+    let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    zstd.include_checksum(true).unwrap();
+    zstd.write_all(data).unwrap();
+    let mut out = [gzip.finish().unwrap(), zstd.finish().unwrap()];
+    if let Some(at) = flip {
+        for stream in &mut out {
+            let at = at % stream.len();
+            stream[at] ^= 0x20;
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let work = work();
     let mut data = data.to_vec();
@@ -146,5 +168,10 @@ fuzz_target!(|data: &[u8]| {
     from_file(work, &data);
     if data.len() <= 1 << 20 {
         from_pipe(work, &data);
+        let flip = data.first().filter(|&&b| b & 1 == 1).map(|_| data.iter().map(|&b| usize::from(b)).sum());
+        for stream in compressed(&data, flip) {
+            from_file(work, &stream);
+            from_pipe(work, &stream);
+        }
     }
 });
