@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -177,6 +178,17 @@ impl Podman {
         let podman_result = drain.run(|| self.run(&args));
         podman_result?;
         let mut podman_seconds = started.elapsed().as_secs_f64();
+        // Podman 4.3's own export means to remove the rootfs-diff.tar and deleted.files it
+        // writes into the userdata dir, but does not (libpod's exportCheckpoint assigns the
+        // list to a shadowed variable). Left from an earlier export, they are stale here.
+        for name in [podman::ROOTFS_DIFF, podman::DELETED_FILES] {
+            let path = info.bundle.join(OsStr::from_bytes(name));
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::debug!("{}: removed, left by an earlier podman export", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", path, e)),
+            }
+        }
         let exporter = exporter
             .bundle_layout(true)
             .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers });
