@@ -27,6 +27,10 @@ pub enum Error {
     /// A member that would reach outside the destination, or replace existing data.
     #[error("{}: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
+    /// A container runtime's command failed, or the container is not one ckpt can handle
+    /// faithfully.
+    #[error("{command}: {reason}")]
+    Runtime { command: String, reason: String },
     /// A source that changed while it was archived, or another input the caller must fix.
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },

@@ -24,7 +24,7 @@ use crate::export::{ExportStats, Exporter};
 use crate::extract::ImportStats;
 use crate::import::Importer;
 use crate::overlay;
-use crate::podman::Rootfs;
+use crate::podman::{self, Rootfs};
 use crate::progress::Progress;
 
 pub const EXPORT: &str = "io.ckpt.export";
@@ -232,7 +232,8 @@ fn import_checkpoint(state: &HookState, bundle: &Path, archive: &Path) -> Result
             return Err(Error::invalid(archive, format!("{OVERWRITE}={other}: expected true or false")));
         }
     };
-    let mut importer = Importer::new().overwrite(overwrite);
+    // The new container's own userdata files (config.json, ctr.log, ...) are the runtime's.
+    let mut importer = Importer::new().overwrite(overwrite).only(podman::RESTORED_MEMBERS);
     if let Some(rootfs) = rootfs(state, false)? {
         importer = importer.rootfs(rootfs);
     }

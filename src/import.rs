@@ -46,6 +46,8 @@ pub struct Importer {
     options: ExtractOptions,
     rootfs: Option<Rootfs>,
     progress: Option<ProgressHandle>,
+    /// When set, only the members under these top-level names are restored.
+    only: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for Importer {
@@ -62,7 +64,12 @@ struct LayerTarget {
 
 impl Importer {
     pub fn new() -> Importer {
-        Importer { options: ExtractOptions { share: true, overwrite: false }, rootfs: None, progress: None }
+        Importer {
+            options: ExtractOptions { share: true, overwrite: false },
+            rootfs: None,
+            progress: None,
+            only: None,
+        }
     }
 
     /// `false` copies every byte instead of sharing extents with the archive.
@@ -82,6 +89,21 @@ impl Importer {
     pub fn rootfs(mut self, rootfs: Rootfs) -> Importer {
         self.rootfs = Some(rootfs);
         self
+    }
+
+    /// Restores only the members named `names` at the top level of the archive (with
+    /// everything beneath them), leaving the rest out: e.g. a checkpoint's `checkpoint/`
+    /// images without the files a runtime owns in the new container's bundle. The rootfs
+    /// changes go to the layer given with [`Importer::rootfs`] either way.
+    pub fn only<N: AsRef<[u8]>>(mut self, names: impl IntoIterator<Item = N>) -> Importer {
+        self.only = Some(names.into_iter().map(|n| n.as_ref().to_vec()).collect());
+        self
+    }
+
+    /// Whether a bundle member of this (bundle-relative) name is restored.
+    fn selected(&self, name: &[u8]) -> bool {
+        let top = name.split(|&b| b == b'/').next().unwrap_or(name);
+        self.only.as_ref().is_none_or(|only| only.iter().any(|n| n == top))
     }
 
     /// Reports progress in bytes of file data restored to `progress`; the total given to
@@ -190,7 +212,8 @@ impl Importer {
                     reader.take(entry.size).read_to_end(&mut data).at("read", archive)?;
                     deleted.extend(podman::parse_deleted_files(&data, archive)?);
                 }
-                _ => bundle.extract(&entry, reader)?,
+                _ if self.selected(name) => bundle.extract(&entry, reader)?,
+                _ => log::debug!("{}: not selected, left out", entry.name_lossy()),
             }
         }
         let mut stats = bundle.finish()?;

@@ -17,6 +17,7 @@ mod pax;
 mod pieces;
 mod place;
 mod podman;
+mod podman_cli;
 mod progress;
 mod reader;
 mod stream;
@@ -32,4 +33,7 @@ pub use import::Importer;
 pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
 pub use overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use podman::Rootfs;
+pub use podman_cli::{
+    CheckpointOptions, CheckpointReport, Podman, RestoreOptions, RestoreReport, RestoreTarget,
+};
 pub use progress::Progress;

@@ -49,6 +49,12 @@ enum Command {
     /// io.ckpt.digest=sha256, io.ckpt.overwrite=true. Without an io.ckpt.export or
     /// io.ckpt.import annotation it does nothing and exits 0.
     Hook,
+    /// Checkpoint and restore podman containers, moving their data by cloning.
+    ///
+    /// Runs `podman` from PATH (or $CKPT_PODMAN) with the caller's environment, so podman's
+    /// own configuration applies (containers.conf, storage.conf, CONTAINERS_CONF, ...).
+    #[command(subcommand)]
+    Podman(PodmanCommand),
     /// Print a shell completion script (e.g. `ckpt completions bash > /etc/bash_completion.d/ckpt`).
     Completions {
         #[arg(value_enum)]
@@ -59,6 +65,71 @@ enum Command {
         /// The command whose page to print (ckpt-COMMAND(1)).
         command: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PodmanCommand {
+    /// Checkpoint a running container into an archive in podman's layout (restorable by
+    /// `podman container restore --import` and `ckpt podman restore`), data cloned.
+    Checkpoint(PodmanCheckpointArgs),
+    /// Restore an archive (ckpt's or podman's own) into a new container made as the
+    /// archive's config.dump says, or with --into roll its own container back to it.
+    Restore(PodmanRestoreArgs),
+}
+
+#[derive(Args)]
+struct PodmanCheckpointArgs {
+    /// Leave the container running after its checkpoint.
+    #[arg(long)]
+    leave_running: bool,
+    /// Keep what podman wrote into the container's userdata dir (CRIU's log, config.dump,
+    /// spec.dump, stats-dump); checkpoint/ is kept either way, as podman keeps it.
+    #[arg(long)]
+    keep: bool,
+    /// Checkpoint established TCP connections.
+    #[arg(long)]
+    tcp_established: bool,
+    /// Checkpoint file locks.
+    #[arg(long)]
+    file_locks: bool,
+    /// Copy every byte instead of sharing extents with the container's files.
+    #[arg(long)]
+    no_clone: bool,
+    /// Compress the archive (then written as a stream: compressed data cannot be shared).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    compress: Option<CompressArg>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The container (name or ID).
+    container: String,
+    /// The archive to write (mode 0600).
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct PodmanRestoreArgs {
+    /// The new container's name [default: the checkpointed container's].
+    #[arg(long, conflicts_with = "into")]
+    name: Option<String>,
+    /// Roll this existing, stopped container back to the archive (its own checkpoint):
+    /// its checkpoint and rootfs changes are replaced by the archive's.
+    #[arg(long, value_name = "CONTAINER")]
+    into: Option<String>,
+    /// Restore established TCP connections.
+    #[arg(long)]
+    tcp_established: bool,
+    /// Restore file locks.
+    #[arg(long)]
+    file_locks: bool,
+    /// Copy every byte instead of sharing extents with the archive.
+    #[arg(long)]
+    no_clone: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The checkpoint archive (gzip and zstd are detected).
+    archive: PathBuf,
 }
 
 #[derive(Args)]
@@ -243,6 +314,8 @@ fn run(command: Command, progress: bool) -> ckpt::Result<ExitCode> {
         Command::List(args) => list(args),
         Command::Verify(args) => verify(args, progress),
         Command::Hook => hook(),
+        Command::Podman(PodmanCommand::Checkpoint(args)) => podman_checkpoint(args, progress),
+        Command::Podman(PodmanCommand::Restore(args)) => podman_restore(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ckpt", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -320,10 +393,7 @@ fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode> {
     if let Some(rootfs) = args.rootfs.rootfs(&args.lower) {
         exporter = exporter.rootfs(rootfs);
     }
-    exporter = exporter.compress(args.compress.map(|c| match c {
-        CompressArg::Gzip => ckpt::Compression::Gzip,
-        CompressArg::Zstd => ckpt::Compression::Zstd,
-    }));
+    exporter = exporter.compress(args.compress.map(compression));
     if args.digest.is_some() {
         exporter = exporter.digest(true);
     }
@@ -350,6 +420,81 @@ fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode> {
         }
     }
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+}
+
+fn podman_checkpoint(args: PodmanCheckpointArgs, progress: bool) -> ckpt::Result<ExitCode> {
+    let mut exporter = ckpt::Exporter::new().share(!args.no_clone).compress(args.compress.map(compression));
+    if progress {
+        exporter = exporter.progress(Arc::new(Bar::new("export")));
+    }
+    let options = ckpt::CheckpointOptions {
+        leave_running: args.leave_running,
+        keep: args.keep,
+        tcp_established: args.tcp_established,
+        file_locks: args.file_locks,
+    };
+    let report = ckpt::Podman::new().checkpoint(&args.container, &args.out, exporter, &options)?;
+    let stats = &report.export;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "container": report.container,
+                "podman_seconds": report.podman_seconds,
+                "entries": stats.entries,
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "bytes_cloned": stats.bytes_cloned,
+                "bytes_copied": stats.bytes_copied,
+                "archive_bytes": stats.archive_bytes,
+                "seconds": stats.seconds,
+                "skipped": stats.skipped.len(),
+            })
+        );
+    } else {
+        log::info!("{}: checkpointed to {}", report.container, args.out.display());
+    }
+    Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+}
+
+fn podman_restore(args: PodmanRestoreArgs) -> ckpt::Result<ExitCode> {
+    let target = match args.into {
+        Some(container) => ckpt::RestoreTarget::Existing(container),
+        None => ckpt::RestoreTarget::New { name: args.name },
+    };
+    let options = ckpt::RestoreOptions {
+        tcp_established: args.tcp_established,
+        file_locks: args.file_locks,
+        share: !args.no_clone,
+    };
+    let report = ckpt::Podman::new().restore(&args.archive, &target, &options)?;
+    let stats = &report.import;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "container": report.container,
+                "podman_seconds": report.podman_seconds,
+                "entries": stats.entries,
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "bytes_cloned": stats.bytes_cloned,
+                "bytes_copied": stats.bytes_copied,
+                "seconds": stats.seconds,
+                "skipped": stats.skipped.len(),
+            })
+        );
+    } else {
+        println!("{}", report.container);
+    }
+    Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+}
+
+fn compression(arg: CompressArg) -> ckpt::Compression {
+    match arg {
+        CompressArg::Gzip => ckpt::Compression::Gzip,
+        CompressArg::Zstd => ckpt::Compression::Zstd,
+    }
 }
 
 fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode> {

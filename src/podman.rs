@@ -4,7 +4,7 @@
 //! the deleted paths in `deleted.files`.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +16,10 @@ use crate::walk::{self, Members, Naming, Skipped, Walk};
 
 pub const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub const DELETED_FILES: &[u8] = b"deleted.files";
+pub const CONFIG_DUMP: &[u8] = b"config.dump";
+pub const SPEC_DUMP: &[u8] = b"spec.dump";
 /// Written first so readers (podman's import, checkpointctl) can stop early.
-const LEADING: [&[u8]; 2] = [b"config.dump", b"spec.dump"];
+const LEADING: [&[u8]; 2] = [CONFIG_DUMP, SPEC_DUMP];
 /// deleted.files is a list of paths; anything larger than this is not one (memory stays
 /// bounded on hostile input).
 pub const MAX_DELETED_FILES: u64 = 8 << 20;
@@ -30,6 +32,27 @@ pub enum Rootfs {
     /// A layer's diff (upper) dir, with its lower dirs when known.
     Diff { upper: PathBuf, lowers: Vec<PathBuf> },
 }
+
+/// The bundle members podman's own export takes (libpod `exportCheckpoint`), after the
+/// leading ones, plus CRI-O's `bind.mounts`. Everything else in a container's userdata dir
+/// (config.json, secrets/, shm/, dump.log, ...) belongs to the runtime or must not leave the
+/// host: secrets are held there in plain text.
+pub const BUNDLE_MEMBERS: [&[u8]; 9] = [
+    b"artifacts",
+    b"bind.mounts",
+    b"checkpoint",
+    b"ctr.log",
+    b"devshm-checkpoint.tar",
+    b"network.status",
+    b"stats-dump",
+    ROOTFS_DIFF,
+    DELETED_FILES,
+];
+
+/// The bundle members a restore puts into a container's userdata dir: CRIU's images and the
+/// `/dev/shm` contents podman restores from there. The archive's other members describe the
+/// old container, and its userdata files (config.json, ctr.log, ...) belong to the runtime.
+pub const RESTORED_MEMBERS: [&str; 2] = ["checkpoint", "devshm-checkpoint.tar"];
 
 /// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
 /// `align`, and the bytes of file data in the rootfs changes.
@@ -47,14 +70,7 @@ pub(crate) fn bundle_members(
             "missing: not a checkpoint bundle (CRIU writes inventory.img)",
         ));
     }
-    let mut leading = Vec::with_capacity(LEADING.len());
-    for name in LEADING {
-        let path = bundle.join(OsStr::from_bytes(name));
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => leading.push(Ok(walk::describe(&path, name.to_vec(), &meta)?)),
-            _ => return Err(Error::invalid(path, "missing from the checkpoint bundle")),
-        }
-    }
+    let leading = leading_members(bundle)?;
     let (trailing, rootfs_bytes) = match rootfs {
         Some(rootfs) => {
             for name in [ROOTFS_DIFF, DELETED_FILES] {
@@ -70,9 +86,57 @@ pub(crate) fn bundle_members(
         }
         None => (Vec::new(), 0),
     };
-    let rest = Walk::new(bundle, Naming::Bare, skipped.clone())?.omit(&LEADING);
-    let members = leading.into_iter().chain(rest).chain(trailing.into_iter().map(Ok));
+    // The walk takes what it is not told to omit: omit every other top-level name.
+    let mut omit: Vec<Vec<u8>> = LEADING.iter().map(|n| n.to_vec()).collect();
+    for entry in std::fs::read_dir(bundle).at("read directory", bundle)? {
+        let name = entry.at("read directory", bundle)?.file_name().into_vec();
+        if !BUNDLE_MEMBERS.contains(&name.as_slice()) && !omit.contains(&name) {
+            log::debug!(
+                "{}: not a checkpoint member, left out",
+                bundle.join(OsStr::from_bytes(&name)).display()
+            );
+            omit.push(name);
+        }
+    }
+    let omit: Vec<&[u8]> = omit.iter().map(Vec::as_slice).collect();
+    let rest = Walk::new(bundle, Naming::Bare, skipped.clone())?.omit(&omit);
+    let members = leading.into_iter().map(Ok).chain(rest).chain(trailing.into_iter().map(Ok));
     Ok((Box::new(members), rootfs_bytes))
+}
+
+/// `config.dump` and `spec.dump`. Podman writes both only when it exports a checkpoint
+/// itself; after `podman container checkpoint --keep` the bundle has neither. `spec.dump` is
+/// the container's `config.json` as podman saves it, so it is taken from there when missing;
+/// `config.dump` (libpod's own container record) cannot be made by anyone but podman and is
+/// left out with a warning: `podman container restore --import` needs it.
+fn leading_members(bundle: &Path) -> Result<Vec<Member>> {
+    let mut members = Vec::with_capacity(LEADING.len());
+    for name in LEADING {
+        let path = bundle.join(OsStr::from_bytes(name));
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => members.push(walk::describe(&path, name.to_vec(), &meta)?),
+            Ok(_) => return Err(Error::invalid(path, "not a regular file")),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("lstat", path, e)),
+            Err(_) if name == SPEC_DUMP => {
+                let config = bundle.join("config.json");
+                match std::fs::symlink_metadata(&config) {
+                    Ok(meta) if meta.is_file() => {
+                        let data = std::fs::read(&config).at("read", &config)?;
+                        let described = walk::describe(&config, name.to_vec(), &meta)?;
+                        let meta = Meta { mode: 0o600, ..described.meta };
+                        members.push(Member { body: Body::Bytes(data), meta, ..described });
+                    }
+                    _ => return Err(Error::invalid(path, "missing, and no config.json to take it from")),
+                }
+            }
+            Err(_) => log::warn!(
+                "{}: missing (podman writes it only when it exports a checkpoint): the archive \
+                 cannot be restored with podman container restore --import",
+                path.display()
+            ),
+        }
+    }
+    Ok(members)
 }
 
 /// `rootfs-diff.tar` and, with podman's whiteouts, `deleted.files`; and the bytes of file data

@@ -1281,3 +1281,42 @@ fn export_errors() {
     ckpt_ok(&[&"export", &"--rootfs-diff", &upper, &bundle, &archive]);
     assert_eq!(dir_names(&out), ["checkpoint.tar"]);
 }
+
+/// A container's userdata dir holds more than its checkpoint: the runtime spec, logs and, in
+/// plain text, its secrets. A bundle archive takes only the members podman's own export takes;
+/// without podman's spec.dump (after `checkpoint --keep`), it is the bundle's config.json.
+#[test]
+fn bundle_export_takes_podmans_members_only_never_secrets() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let bundle = s.path("bundle");
+    make_bundle(&bundle, 1 << 20);
+    fs::remove_file(bundle.join("spec.dump")).unwrap();
+    fs::remove_file(bundle.join("config.dump")).unwrap();
+    let spec = br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#;
+    write(&bundle.join("config.json"), spec);
+    write(&bundle.join("secrets/db-password"), b"hunter2-secret-value");
+    write(&bundle.join("dump.log"), b"criu log");
+    write(&bundle.join("ctr.log"), b"container output\n");
+    fs::create_dir_all(bundle.join("shm")).unwrap();
+    let archive = s.path("out.tar");
+    let o = ckpt(&[&"export", &"--bundle", &bundle, &archive]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.dump"), "no warning: {}", describe(&o));
+
+    let names = gnu_tar_names(&archive);
+    assert_eq!(names[0], "spec.dump", "{names:?}");
+    for absent in ["secrets/", "secrets/db-password", "dump.log", "shm/", "config.json", "config.dump"] {
+        assert!(!names.iter().any(|n| n == absent), "{absent} archived: {names:?}");
+    }
+    for present in ["checkpoint/inventory.img", "ctr.log", "network.status"] {
+        assert!(names.iter().any(|n| n == present), "{present} missing: {names:?}");
+    }
+    let bytes = fs::read(&archive).unwrap();
+    assert!(
+        !bytes.windows(20).any(|w| w == b"hunter2-secret-value"),
+        "the secret's bytes are in the archive"
+    );
+    let dest = s.path("restored");
+    ckpt_ok(&[&"import", &archive, &dest]);
+    assert_eq!(fs::read(dest.join("spec.dump")).unwrap(), spec);
+}
