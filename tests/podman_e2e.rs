@@ -457,3 +457,23 @@ on_btrfs_and_xfs! {
         assert_eq!(exec_sh(pm, "c1", "cat /tmp/after"), "after");
     }
 }
+
+on_btrfs_and_xfs! {
+    /// podman's own `checkpoint --export` leaves rootfs-diff.tar and deleted.files in the
+    /// userdata dir; a later ckpt podman checkpoint of the same container still works and
+    /// archives the layer as it is now, not podman's stale copy.
+    fn ckpt_checkpoint_after_podman_export_of_the_same_container_works(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo old > /data/f");
+        let podman_archive = s.path("podman.tar");
+        pm.ok(&[&"container", &"checkpoint", &"--leave-running", &"--export", &podman_archive, &"c1"]);
+        exec_sh(pm, "c1", "echo new > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "new");
+    }
+}
