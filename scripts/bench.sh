@@ -22,6 +22,16 @@
 #     and on a separate Btrfs image 100,000 files of 0-8 KB (--files): ckpt export/import vs
 #     GNU tar -cf/-xf; with --rss-scale also ckpt on a 4x larger tree (4x size, 4x file
 #     counts) for its peak RSS;
+#   * end to end with a real podman (--e2e alone, or part of the default run; needs podman,
+#     runc, CRIU and busybox-static), on Btrfs and XFS, for each --e2e-sizes size of rootfs
+#     changes (the checkpoint-shaped tree, written into a running container's layer):
+#       checkpoint: podman container checkpoint --export (--compress none, and zstd) vs
+#                   ckpt podman checkpoint (uncompressed, and --compress zstd), all with
+#                   --leave-running so that every run checkpoints the same running container
+#       restore:    podman container restore --import of podman's archive vs ckpt podman
+#                   restore of ckpt's archive, each into a new container (removed, untimed,
+#                   after the run)
+#     with its own table (targets: ckpt >= 10x faster than podman, uncompressed);
 #   * prints one markdown table (medians, min-max, peak RSS, extra disk, ratio ckpt/peer, a
 #     PASS/FAIL column per target) and saves it with the raw runs under --work/results/.
 #
@@ -42,7 +52,8 @@
 #     otherwise keep until the inode is evicted: without it a fresh archive looks ~20 MB larger).
 #     The disk target compares ckpt export's median with the tree's physical size (du).
 #   * Every output is deleted (outside the timed section) before the next run.
-#   * Targets: Btrfs/XFS export and import <= 1.5x cp -a --reflink=always; archive's extra disk
+#   * Targets: end to end, ckpt podman checkpoint and restore >= 10x faster than podman's own
+#     (uncompressed) on Btrfs and XFS; Btrfs/XFS export and import <= 1.5x cp -a --reflink=always; archive's extra disk
 #     on Btrfs/XFS <= 1% of the data; ext4 export/import <= GNU tar; ckpt peak RSS <= 32 MiB
 #     on every row (and on the 4x tree with --rss-scale); 100,000 small files export/import
 #     <= GNU tar; pipe and zstd <= the GNU tar pipelines. A missed target is reported in the
@@ -73,6 +84,8 @@ WARM=0
 SEED=1
 DIO=on
 CASES="export,import,pipe,zstd"
+E2E=1        # 0: skip the end-to-end section; 2: run only it (--e2e)
+E2E_SIZES="1G 4G"
 
 usage() {
   cat <<EOF
@@ -90,6 +103,10 @@ Options:
   --files N        files in the small-files case on Btrfs (0 skips it) [$FILES]
   --rss-scale      also run ckpt export/import once on a 4x larger tree (4x size and file
                    counts) on Btrfs, for its peak RSS
+  --e2e            run only the end-to-end section (real podman containers, on the
+                   filesystems of --fs that are btrfs or xfs); the default run includes it
+  --no-e2e         skip the end-to-end section
+  --e2e-sizes LIST rootfs changes per end-to-end case, comma or space separated [1G,4G]
   --work DIR       where images, mount points and results go [$WORK]
   --keep           keep the images (and the generated trees) for the next run, which reuses
                    them when size and generator match; default: delete them at exit
@@ -102,8 +119,10 @@ Options:
 Time (2 cores, virtio disk): the defaults with --rss-scale take ~17 min (3 runs; mostly
 tar, bsdtar and zstd writing full copies); --size 512M about a third of that. The
 100,000-file case takes ~3 min (--files 0 skips it, --files 20000 shrinks it);
---rss-scale adds ~2 min.
-Output: the table on stdout; progress on stderr; the table and raw runs (runs.tsv) in
+--rss-scale adds ~2 min. The end-to-end section (--e2e) writes each size's tree, then
+per run one copy per podman export and import: roughly 1 min per GiB and filesystem.
+Output: the tables on stdout; progress on stderr; the tables and raw runs (runs.tsv,
+e2e.tsv) in
 WORK/results/DATE/.
 EOF
 }
@@ -124,6 +143,10 @@ while (($#)); do
     --files) FILES=${2:?--files needs a value}; shift 2 ;;
     --files=*) FILES=${1#*=}; shift ;;
     --rss-scale) RSS_SCALE=1; shift ;;
+    --e2e) E2E=2; shift ;;
+    --no-e2e) E2E=0; shift ;;
+    --e2e-sizes) E2E_SIZES=${2:?--e2e-sizes needs a value}; shift 2 ;;
+    --e2e-sizes=*) E2E_SIZES=${1#*=}; shift ;;
     --work) WORK=${2:?--work needs a value}; shift 2 ;;
     --work=*) WORK=${1#*=}; shift ;;
     --keep) KEEP=1; shift ;;
@@ -152,6 +175,10 @@ SIZE_BYTES=$(to_bytes "$SIZE")
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ $FILES =~ ^[0-9]+$ ]] || die "--files must be a number"
 [[ $SEED =~ ^[0-9]+$ ]] || die "--seed must be a number"
+E2E_SIZES=${E2E_SIZES//,/ }
+for s in $E2E_SIZES; do
+  (($(to_bytes "$s") >= 16 << 20)) || die "--e2e-sizes: each size must be at least 16M"
+done
 FSES=${FSES//,/ }
 CASES=" ${CASES//,/ } "
 for c in $CASES; do
@@ -172,6 +199,10 @@ declare -A pkg_of=(
   [mkfs.ext4]=e2fsprogs [bsdtar]=libarchive-tools [zstd]=zstd [tar]=tar [openssl]=openssl
   [python3]=python3 [losetup]=mount [fstrim]=util-linux [flock]=util-linux [cmp]=diffutils
 )
+if ((E2E)); then
+  # CRIU 4.2 is not a Debian package: scripts/test.sh builds and installs it.
+  pkg_of+=([podman]=podman [runc]=runc [conmon]=conmon [/bin/busybox]=busybox-static)
+fi
 missing=()
 for cmd in "${!pkg_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
@@ -183,6 +214,9 @@ if ((${#missing[@]})); then
   apt-get update -qq >&2
   apt-get install -y -qq "${missing[@]}" >&2
 fi
+# runc runs `criu` from PATH: the CRIU 4.2 that scripts/test.sh installs in /usr/local/sbin
+# must come before an older one in /usr/sbin.
+export PATH="/usr/local/sbin:$PATH"
 PY=python3
 [[ -x /usr/bin/python3 ]] && PY=/usr/bin/python3
 
@@ -211,11 +245,13 @@ RES=$WORK/results/$STAMP
 mkdir -p "$RES"
 TMPD=$(mktemp -d "$WORK/tmp.XXXXXX")
 : >"$RES/runs.tsv"
+RUNS_TSV=$RES/runs.tsv # where measure records; the end-to-end section has its own file
 : >"$RES/meta.tsv"
 : >"$RES/ckpt.tsv"
 declare -A LOOP_OF=() # mount point -> loop device
 declare -A IMG_OF=()  # mount point -> image
 CLEANING=0
+E2E_PODMAN= # the end-to-end section's podman dir while it has containers
 
 teardown() { # mount point
   local mnt=$1 dev=${LOOP_OF[$1]:-} img=${IMG_OF[$1]:-}
@@ -236,6 +272,7 @@ cleanup() {
   CLEANING=1
   set +e
   cd /
+  if [[ -n $E2E_PODMAN ]]; then e2e_podman_down; fi
   for mnt in "${!LOOP_OF[@]}"; do
     log "cleanup: unmounting $mnt"
     teardown "$mnt"
@@ -346,7 +383,7 @@ setup_fs() {
 }
 
 # measure FS OP TOOL RUN MNT FSTYPE OUTPUTS CMD: one timed run of CMD (bash -c), recorded in
-# runs.tsv; OUTPUTS (space-separated paths, may be empty) are deleted afterwards.
+# $RUNS_TSV; OUTPUTS (space-separated paths, may be empty) are deleted afterwards.
 measure() {
   local fs=$1 op=$2 tool=$3 run=$4 mnt=$5 fstype=$6 outs=$7 cmd=$8
   local before after t0 t1 rc=0 rss secs
@@ -365,7 +402,7 @@ measure() {
   rss=$(tail -n 1 "$TMPD/rss")
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$fs" "$op" "$tool" "$run" "$secs" "$rss" "$((after - before))" \
-    >>"$RES/runs.tsv"
+    >>"$RUNS_TSV"
   log "$fs $op $tool run $run: ${secs}s, RSS $((rss / 1024)) MiB, extra disk $(((after - before) >> 20)) MiB"
   if [[ $tool == ckpt && -s $TMPD/stdout ]] && head -c 1 "$TMPD/stdout" | grep -q '{'; then
     printf '%s\t%s\t%s\t%s\n' "$fs" "$op" "$run" "$(head -n 1 "$TMPD/stdout")" >>"$RES/ckpt.tsv"
@@ -436,6 +473,9 @@ IJSON=$(ckpt_json import)
   echo "- ckpt: $("$CKPT" --version 2>/dev/null) ($CKPT_FROM), $CKPT"
   echo "- peers: $(tar --version | head -n 1), $(bsdtar --version), $(cp --version | head -n 1), $(zstd --version | sed 's/^\*\*\* //; s/, by.*//')"
   echo "- tree: --size $SIZE ($SIZE_BYTES bytes apparent), seed $SEED; small-files case: $( ((FILES)) && echo "$FILES files of 0-8 KB on Btrfs" || echo skipped)$( ((RSS_SCALE)) && echo "; --rss-scale: 4x tree")"
+  if ((E2E)); then
+    echo "- end to end: sizes $E2E_SIZES; $(podman --version 2>/dev/null || echo 'no podman'), $(runc --version 2>/dev/null | head -n 1 || echo 'no runc'), CRIU $(criu --version 2>/dev/null | awk '/^Version/ { print $2 }')"
+  fi
   echo "- method: runs per tool: $RUNS, medians; loop images (direct I/O $DIO); $( ((WARM)) && echo "warm caches" || echo "caches dropped before each run"); times include sync -f of the filesystem; peak RSS = max over runs (/usr/bin/time)"
   echo
 } >"$RES/report.md"
@@ -536,14 +576,16 @@ verify_any() { # name src importdir
   if [[ -d $3/data && ! -e $2/data ]]; then verify "$1" "$2" "$3/data"; else verify "$1" "$2" "$3"; fi
 }
 
-for fs in $FSES; do
-  bench_fs "$fs"
-done
+if ((E2E != 2)); then
+  for fs in $FSES; do
+    bench_fs "$fs"
+  done
+fi
 
 # ---------------------------------------------------------------------------
 # 100,000 small files on Btrfs
 # ---------------------------------------------------------------------------
-if ((FILES > 0)); then
+if ((FILES > 0 && E2E != 2)); then
   bytes=$((FILES * 8192 * 4 + (2 << 30)))
   setup_fs many btrfs "$bytes" "gen=$GEN_SUM shape=many count=$FILES seed=$SEED" --shape many --count "$FILES"
   M=$MNT
@@ -562,7 +604,7 @@ fi
 # ---------------------------------------------------------------------------
 # Peak RSS on a 4x larger tree
 # ---------------------------------------------------------------------------
-if ((RSS_SCALE)); then
+if ((RSS_SCALE && E2E != 2)); then
   big=$((SIZE_BYTES * 4))
   bytes=$((big * 3 / 2 + (2 << 30)))
   setup_fs rss4 btrfs "$bytes" "gen=$GEN_SUM shape=checkpoint size=$big scale=4 seed=$SEED" --size "$big" --scale 4
@@ -576,9 +618,248 @@ if ((RSS_SCALE)); then
 fi
 
 # ---------------------------------------------------------------------------
+# End to end: a real podman
+# ---------------------------------------------------------------------------
+E2E_LOOP='i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'
+
+# Why podman cannot checkpoint here (empty when it can).
+e2e_unusable() {
+  local c
+  for c in podman runc conmon; do
+    command -v "$c" >/dev/null 2>&1 || { echo "no $c"; return; }
+  done
+  criu check >/dev/null 2>&1 || { echo "criu check fails (scripts/test.sh builds CRIU 4.2)"; return; }
+  [[ -x /bin/busybox ]] || { echo "no /bin/busybox (busybox-static)"; return; }
+  "$CKPT" podman --help >/dev/null 2>&1 || echo "this ckpt has no podman command"
+}
+
+# e2e_podman_up DIR: podman configured for this kind of VM (runc, cgroupfs, file events and
+# locks, no network, ulimits it may set) with its storage in DIR, and a busybox image
+# (static busybox, a relative symlink per applet).
+e2e_podman_up() {
+  local d=$1 a
+  mkdir -p "$d/rootfs/bin" "$d/rootfs/tmp"
+  cat >"$d/containers.conf" <<EOF
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+lock_type = "file"
+tmp_dir = "$d/run/libpod"
+
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+netns = "none"
+log_driver = "k8s-file"
+EOF
+  cat >"$d/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$d/storage"
+runroot = "$d/run"
+EOF
+  export CONTAINERS_CONF=$d/containers.conf CONTAINERS_STORAGE_CONF=$d/storage.conf
+  E2E_PODMAN=$d
+  cp /bin/busybox "$d/rootfs/bin/busybox"
+  for a in $(/bin/busybox --list); do
+    [[ $a == busybox ]] || ln -s busybox "$d/rootfs/bin/$a"
+  done
+  tar -C "$d/rootfs" -c . | podman import -q - localhost/bb >/dev/null
+  rm -rf "$d/rootfs"
+}
+
+# Removes the containers and images and unmounts what podman left mounted, so that the
+# benchmark filesystem can be unmounted.
+e2e_podman_down() {
+  local m
+  podman rm -f -a -t 0 >/dev/null 2>&1 || true
+  podman rmi -a -f >/dev/null 2>&1 || true
+  { findmnt -rn -o TARGET | grep -F "$E2E_PODMAN/" || true; } | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" || true
+  done
+  E2E_PODMAN=
+  unset CONTAINERS_CONF CONTAINERS_STORAGE_CONF
+}
+
+# e2e_check NAME KEY: the restored container's counter grows and it sees as many /data
+# entries as the source container; records the verdict.
+e2e_check() {
+  local a b want got
+  a=$(podman exec "$1" cat /tmp/count 2>&1) || true
+  sleep 0.5
+  b=$(podman exec "$1" cat /tmp/count 2>&1) || true
+  want=$(podman exec src find /data | wc -l) || true
+  got=$(podman exec "$1" find /data | wc -l) || true
+  if [[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]] && ((b > a && got == want)); then
+    meta "e2e_verify.$2" "process continued, $got rootfs entries"
+  else
+    meta "e2e_verify.$2" "MISMATCH: counter $a then $b, $got of $want rootfs entries"
+    log "$2: restored container $1: counter $a then $b, $got of $want /data entries"
+  fi
+}
+
+# bench_e2e FSTYPE SIZE: a running container with SIZE of rootfs changes on a fresh FSTYPE
+# image; checkpoint and restore timed for podman and for ckpt. podman's export leaves its
+# rootfs-diff.tar and deleted.files in the userdata dir, where ckpt podman checkpoint refuses
+# to find them: they are removed (untimed) with podman's archive after each podman run.
+bench_e2e() {
+  local fs=$1 size=$2 bytes name img M upper userdata r op
+  bytes=$(to_bytes "$size")
+  name=e2e-$fs-$size
+  img=$WORK/$name.img
+  M=$WORK/mnt/$name
+  mkdir -p "$M"
+  ! mountpoint -q "$M" || die "$M is already mounted"
+  rm -f "$img"
+  # The changes, two podman archives and a restored copy, plus room for the runs.
+  truncate -s $((bytes * 5 + (3 << 30))) "$img"
+  log "$name: mkfs.$fs on $img"
+  mkfs_img "$fs" "$img"
+  mount_img "$fs" "$img" "$M" || die "cannot mount $img"
+  mkdir -p "$M/out" "$M/arch"
+  e2e_podman_up "$M/podman"
+  podman run -d --name src localhost/bb /bin/sh -c "$E2E_LOOP" >/dev/null
+  upper=$(podman inspect --format '{{.GraphDriver.Data.UpperDir}}' src)
+  # Written from the host into the layer: the overlay has not looked /data up yet, so the
+  # container sees it as its own change, and generating it does not copy through the overlay.
+  log "$name: generating $size of rootfs changes in the container's layer"
+  "$PY" "$GEN" "$upper/data" --seed "$SEED" --size "$bytes"
+  sync -f "$M"
+  podman exec src test -d /data/rootfs-diff || die "$name: the container does not see /data"
+  meta "e2e_bytes.$fs.$size" "$(du -sb "$upper" | cut -f1)"
+
+  userdata=$(podman inspect --format '{{.StaticDir}}' src)
+  op=checkpoint-$size
+  log "$name: checkpoint"
+  for ((r = 1; r <= RUNS; r++)); do
+    measure "$fs" "$op" podman "$r" "$M" "$fs" "$M/out/p.tar $userdata/rootfs-diff.tar $userdata/deleted.files" \
+      "podman container checkpoint --leave-running --export $M/out/p.tar --compress none src"
+    measure "$fs" "$op" ckpt "$r" "$M" "$fs" "$M/out/c.tar" \
+      "$CKPT podman checkpoint --leave-running src $M/out/c.tar"
+    measure "$fs" "$op" podman-zstd "$r" "$M" "$fs" "$M/out/p.tar.zst $userdata/rootfs-diff.tar $userdata/deleted.files" \
+      "podman container checkpoint --leave-running --export $M/out/p.tar.zst --compress zstd src"
+    measure "$fs" "$op" ckpt-zstd "$r" "$M" "$fs" "$M/out/c.tar.zst" \
+      "$CKPT podman checkpoint --leave-running --compress zstd src $M/out/c.tar.zst"
+  done
+
+  log "$name: making the archives to restore (untimed)"
+  podman container checkpoint --leave-running --export "$M/arch/p.tar" --compress none src >/dev/null
+  rm -f "$userdata/rootfs-diff.tar" "$userdata/deleted.files"
+  "$CKPT" podman checkpoint --leave-running src "$M/arch/c.tar" >/dev/null
+  op=restore-$size
+  log "$name: restore"
+  for ((r = 1; r <= RUNS; r++)); do
+    measure "$fs" "$op" podman "$r" "$M" "$fs" "" \
+      "podman container restore --import $M/arch/p.tar --name r-podman"
+    if ((r == 1)); then e2e_check r-podman "$fs.$size.podman"; fi
+    podman rm -f -t 0 r-podman >/dev/null
+    measure "$fs" "$op" ckpt "$r" "$M" "$fs" "" "$CKPT podman restore --name r-ckpt $M/arch/c.tar"
+    if ((r == 1)); then e2e_check r-ckpt "$fs.$size.ckpt"; fi
+    podman rm -f -t 0 r-ckpt >/dev/null
+  done
+  e2e_podman_down
+  cd "$WORK"
+  teardown "$M"
+  rm -f "$img"
+}
+
+# The end-to-end table: medians, and podman's time over ckpt's per case and compression.
+e2e_report() {
+  "$PY" - "$RES" <<'EOF'
+import os, statistics, sys
+res = sys.argv[1]
+FACTOR = 10
+runs, meta = {}, {}
+for line in open(os.path.join(res, "e2e.tsv")):
+    fs, op, tool, run, secs, rss, extra = line.rstrip("\n").split("\t")
+    r = runs.setdefault((fs, op, tool), {"secs": [], "rss": [], "extra": []})
+    r["secs"].append(float(secs)); r["rss"].append(int(rss)); r["extra"].append(int(extra))
+for line in open(os.path.join(res, "meta.tsv")):
+    k, _, v = line.rstrip("\n").partition("\t")
+    meta[k] = v
+LABEL = {
+    ("checkpoint", "podman"): "podman container checkpoint --export --compress none",
+    ("checkpoint", "ckpt"): "ckpt podman checkpoint",
+    ("checkpoint", "podman-zstd"): "podman container checkpoint --export --compress zstd",
+    ("checkpoint", "ckpt-zstd"): "ckpt podman checkpoint --compress zstd",
+    ("restore", "podman"): "podman container restore --import",
+    ("restore", "ckpt"): "ckpt podman restore",
+}
+PEER = {"podman": "ckpt", "podman-zstd": "ckpt-zstd"}
+FSN = {"btrfs": "Btrfs", "xfs": "XFS"}
+def s(x): return "%.2f" % x if x < 10 else "%.1f" % x
+def gib(b): return "%.2f GiB" % (b / (1 << 30)) if abs(b) >= 1 << 30 else "%.1f MiB" % (b / (1 << 20))
+print("End to end with podman (rootfs changes written into a running container's layer; medians):")
+print()
+print("| FS | changes | case | tool | median s | min–max s (runs) | peak RSS MiB | extra disk | podman/ckpt | target |")
+print("|---|---|---|---|--:|--:|--:|--:|--:|---|")
+checks = []
+seen = []
+for k in runs:
+    if k[:2] not in seen:
+        seen.append(k[:2])
+for fs, op in seen:
+    case, size = op.split("-", 1)
+    for tool in ("podman", "ckpt", "podman-zstd", "ckpt-zstd"):
+        r = runs.get((fs, op, tool))
+        if r is None:
+            continue
+        m = statistics.median(r["secs"])
+        speed, target = "–", ""
+        if tool in PEER and (fs, op, PEER[tool]) in runs:
+            ck = statistics.median(runs[(fs, op, PEER[tool])]["secs"])
+            speed = "%.1fx" % (m / ck) if ck > 0 else "inf"
+            if tool == "podman":
+                ok = m >= FACTOR * ck
+                target = "ckpt ≥ %dx faster: %s" % (FACTOR, "PASS" if ok else "FAIL")
+                checks.append(("%s %s %s: ckpt ≥ %dx faster than podman" % (FSN[fs], size, case, FACTOR), ok))
+        print("| %s | %s | %s | %s | %s | %s–%s (%d) | %.1f | %s | %s | %s |" % (
+            FSN[fs], size, case, LABEL[(case, tool)], s(m), s(min(r["secs"])), s(max(r["secs"])),
+            len(r["secs"]), max(r["rss"]) / 1024, gib(statistics.median(r["extra"])), speed, target))
+print()
+failed = [d for d, ok in checks if not ok]
+print("End-to-end targets: %d PASS, %d FAIL." % (len(checks) - len(failed), len(failed)))
+for d in failed:
+    print("- FAIL: " + d)
+for k in sorted(meta):
+    if k.startswith("e2e_verify."):
+        print("- restored by %s: %s" % (k[len("e2e_verify."):], meta[k]))
+    elif k.startswith("e2e_bytes."):
+        print("- rootfs changes %s: %s apparent" % (k[len("e2e_bytes."):], gib(int(meta[k]))))
+    elif k == "na.e2e":
+        print("- end to end skipped: " + meta[k])
+print()
+EOF
+}
+
+if ((E2E)); then
+  why=$(e2e_unusable)
+  if [[ -n $why ]]; then
+    ((E2E != 2)) || die "--e2e: $why"
+    log "skipping the end-to-end section: $why"
+    meta na.e2e "$why"
+  else
+    RUNS_TSV=$RES/e2e.tsv
+    : >"$RUNS_TSV"
+    for fs in $FSES; do
+      [[ $fs == btrfs || $fs == xfs ]] || continue
+      for size in $E2E_SIZES; do
+        bench_e2e "$fs" "$size"
+      done
+    done
+    RUNS_TSV=$RES/runs.tsv
+  fi
+fi
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-"$PY" "$REPORT" "$RES" >>"$RES/report.md"
-echo "- total time: $(((SECONDS - T_START) / 60)) min $(((SECONDS - T_START) % 60)) s; raw runs: $RES/runs.tsv" >>"$RES/report.md"
+if [[ -s $RES/runs.tsv ]]; then "$PY" "$REPORT" "$RES" >>"$RES/report.md"; fi
+if [[ -s $RES/e2e.tsv ]]; then
+  e2e_report >>"$RES/report.md"
+elif [[ -n ${why:-} ]]; then
+  printf -- '- end to end skipped: %s\n\n' "$why" >>"$RES/report.md"
+fi
+echo "- total time: $(((SECONDS - T_START) / 60)) min $(((SECONDS - T_START) % 60)) s; raw runs: $RES/runs.tsv, $RES/e2e.tsv" >>"$RES/report.md"
 cat "$RES/report.md"
 log "report: $RES/report.md"

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Runs ckpt's whole test suite on a fresh Debian 12 machine, as root:
 #   1. installs the tools the tests use (only those missing; apt-get update once first),
+#      among them podman, runc, conmon and busybox-static for the real-container tests, and,
+#      when `criu check` fails (Debian's CRIU 3.17 does on recent kernels) or CRIU is
+#      missing, builds CRIU 4.2 from ../shared/vendor/criu-4.2.tar.xz (beside the checkout),
+#      caches the binary under /var/cache/ckpt-criu/SHA256-OF-TARBALL/criu and installs it
+#      as /usr/local/sbin/criu,
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings, cargo test --release
 #      (unit, integration and doc tests),
-#   3. always (trap) lists and cleans up loop mounts and scratch dirs the tests left behind.
+#   3. always (trap) lists and cleans up podman containers and images, loop mounts and
+#      scratch dirs the tests left behind.
 # Exits non-zero if anything fails. Under CI (CI=true) tests fail instead of skipping
-# when a capability (root, loop devices, mkfs) is missing.
+# when a capability (root, loop devices, mkfs) is missing, and a missing podman or a CRIU
+# that does not work fails the script before the tests run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$PWD
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -38,11 +46,26 @@ declare -A pkg_of=(
   [man]=man-db
   # A path, not `time`: that name is also a shell keyword.
   [/usr/bin/time]=time
+  [podman]=podman
+  [runc]=runc
+  [conmon]=conmon
 )
+# Packages whose presence a command does not tell: busybox-static (the dynamic busybox
+# package also installs /bin/busybox, but the test image needs the static one), skopeo and
+# docker-registry (registry tests), and what building CRIU 4.2 needs.
+criu_build_deps=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
+  protobuf-compiler python3-protobuf libnl-3-dev libnl-route-3-dev libnet1-dev libcap-dev libbsd-dev
+  libgnutls28-dev libnftables-dev libdrm-dev uuid-dev libaio-dev libselinux1-dev libelf-dev iptables)
+packages=(busybox-static skopeo docker-registry "${criu_build_deps[@]}")
 missing=()
 for cmd in "${!pkg_of[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd && ! -x /sbin/$cmd ]]; then
     missing+=("${pkg_of[$cmd]}")
+  fi
+done
+for pkg in "${packages[@]}"; do
+  if [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) != "install ok installed" ]]; then
+    missing+=("$pkg")
   fi
 done
 if ((${#missing[@]})); then
@@ -56,8 +79,59 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# Tools in /usr/sbin must be found even from a non-login shell.
-export PATH="$PATH:/usr/sbin:/sbin"
+# Tools in /usr/sbin must be found even from a non-login shell; /usr/local/sbin first, so
+# that runc runs the CRIU installed below, not an older one in /usr/sbin.
+export PATH="/usr/local/sbin:$PATH:/usr/sbin:/sbin"
+
+# CRIU: podman checkpoints through runc, which runs `criu` from PATH.
+criu_works() { command -v criu >/dev/null 2>&1 && criu check >/dev/null 2>&1; }
+install_criu() {
+  # The shared dir is a sibling of the checkout; a git worktree finds it beside the main
+  # checkout.
+  local tarball=$repo/../shared/vendor/criu-4.2.tar.xz sum cache build common
+  if [[ ! -f $tarball ]] && common=$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null); then
+    tarball=$(dirname "$common")/../shared/vendor/criu-4.2.tar.xz
+  fi
+  if [[ ! -f $tarball ]]; then
+    log "WARNING: no $repo/../shared/vendor/criu-4.2.tar.xz: cannot build CRIU 4.2"
+    return 1
+  fi
+  sum=$(sha256sum "$tarball" | cut -d ' ' -f 1)
+  cache=/var/cache/ckpt-criu/$sum
+  if [[ ! -x $cache/criu ]]; then
+    log "building CRIU from $tarball (takes a minute or two)"
+    mkdir -p "$cache"
+    build=$(mktemp -d "$cache/build.XXXXXX")
+    if ! (tar -C "$build" --strip-components=1 -xJf "$tarball" &&
+      make -C "$build" -j"$(nproc)" criu >"$build.log" 2>&1 &&
+      install -m 0755 "$build/criu/criu" "$cache/criu.new" && mv "$cache/criu.new" "$cache/criu"); then
+      log "WARNING: building CRIU failed; last lines of $build.log:"
+      tail -n 20 "$build.log" >&2 || true
+      rm -rf "$build"
+      return 1
+    fi
+    rm -rf "$build" "$build.log"
+  fi
+  log "installing $cache/criu as /usr/local/sbin/criu"
+  install -m 0755 "$cache/criu" /usr/local/sbin/criu
+}
+if ! criu_works && [[ $EUID -eq 0 ]]; then
+  install_criu || true
+fi
+if ! criu_works; then
+  if [[ -n ${CI:-} ]]; then
+    log "CI is set and \`criu check\` fails: the real-podman tests cannot run"
+    exit 1
+  fi
+  log "WARNING: \`criu check\` fails: the real-podman tests will be skipped"
+fi
+if ! podman --version >/dev/null 2>&1; then
+  if [[ -n ${CI:-} ]]; then
+    log "CI is set and podman does not run: the real-podman tests cannot run"
+    exit 1
+  fi
+  log "WARNING: podman does not run: the real-podman tests will be skipped"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   [[ -f "$HOME/.cargo/env" ]] && . "$HOME/.cargo/env"
@@ -84,6 +158,23 @@ export CKPT_TEST_TMPDIR="$run_dir"
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  # Containers of this run's private podman storage roots (tests/common Podman: a
+  # storage.conf beside the storage): removing them stops their processes and unmounts
+  # their overlays, so the loop filesystems below can be unmounted.
+  local conf dir
+  while IFS= read -r conf; do
+    dir=$(dirname "$conf")
+    [[ -f $dir/containers.conf ]] || continue
+    if [[ -n $(CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$conf \
+      podman ps -a -q 2>/dev/null) ]]; then
+      log "leftover podman containers in $dir (removing)"
+      rc=$((rc == 0 ? 1 : rc)) # a test that leaks a container is a failure
+    fi
+    CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$conf \
+      podman rm -f -a -t 0 >/dev/null 2>&1 || true
+    CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$conf \
+      podman rmi -a -f >/dev/null 2>&1 || true
+  done < <(find "$run_dir" -maxdepth 4 -name storage.conf 2>/dev/null || true)
   # Leftover mounts of this run (deepest first), then any other ckpt-test mounts.
   local leftovers
   leftovers=$(findmnt -rn -o TARGET | grep -F "$run_dir/" | sort -r || true)

@@ -1,0 +1,479 @@
+//! End to end with a real podman (runc, CRIU): containers whose storage root is on a loop
+//! Btrfs or XFS are checkpointed and restored by `ckpt podman` and by podman itself, in
+//! every combination; each restored process must continue (its counter keeps growing from
+//! where it was at checkpoint) and see its rootfs changes. Also: rollback into the same
+//! container, secrets kept out of the archive, data shared with the layer, the OCI hooks at
+//! podman's real stages, and refusals that leave nothing behind.
+//!
+//! Every case runs on Btrfs and on XFS (`CASE::btrfs`, `CASE::xfs`), one at a time: podman
+//! and CRIU are slow enough under load that parallel containers make timings noisy.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `case` with a podman whose storage is on a fresh `kind` filesystem (or skips).
+fn with_podman(kind: FsKind, case: fn(&Scratch, &Podman)) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(s) = scratch_sized(kind, 2 << 30) else { return };
+    let Some(pm) = Podman::new(&s) else { return };
+    case(&s, &pm);
+}
+
+/// `fn NAME(s, pm) { ... }` becomes the tests `NAME::btrfs` and `NAME::xfs`.
+macro_rules! on_btrfs_and_xfs {
+    ($(#[doc = $doc:literal])* fn $name:ident($s:ident, $pm:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            use super::*;
+
+            fn case($s: &Scratch, $pm: &Podman) $body
+
+            #[test]
+            fn btrfs() {
+                with_podman(FsKind::Btrfs, case);
+            }
+
+            #[test]
+            fn xfs() {
+                with_podman(FsKind::Xfs, case);
+            }
+        }
+    };
+}
+
+/// Rootfs changes made inside the container: content, mode (setuid), owner, a symlink, a
+/// deleted image file (/bin/vi) and a replaced image directory (/d held x, now only y).
+const CHANGES: &str = "mkdir -p /data/sub && head -c 3145728 /dev/urandom > /data/big && \
+    echo small > /data/small && chmod 4751 /data/small && chown 1234:5678 /data/small && \
+    ln -s ../big /data/sub/link && rm /bin/vi && rm -rf /d && mkdir /d && echo new > /d/y";
+
+/// What the container sees of [`CHANGES`]: every entry's type, mode and owner, regular files'
+/// size, mtime and MD5, symlink targets, and whether /bin/vi exists.
+const SNAPSHOT: &str = "find /data /d -exec stat -c '%n|%F|%a|%u|%g' {} + | sort; \
+    find /data /d -type f -exec stat -c '%n|%s|%Y' {} + | sort; \
+    find /data /d -type f -exec md5sum {} + | sort; readlink /data/sub/link; \
+    for p in /bin/vi /bin/sh; do if [ -L $p ]; then echo $p present; else echo $p absent; fi; done";
+
+fn snapshot(pm: &Podman, name: &str) -> String {
+    pm.ok(&[&"exec", &name, &"/bin/sh", &"-c", &SNAPSHOT])
+}
+
+fn exec_sh(pm: &Podman, name: &str, script: &str) -> String {
+    pm.ok(&[&"exec", &name, &"/bin/sh", &"-c", &script])
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Member names of `archive`, nested rootfs-diff.tar members as `rootfs-diff.tar/NAME`.
+fn members(archive: &Path) -> Vec<String> {
+    ckpt_ok(&[&"list", &"--json", &"--nested", &archive])
+        .lines()
+        .map(|l| parse_json(l)["name"].as_str().expect("member without a name").to_string())
+        .collect()
+}
+
+fn assert_mode_0600(archive: &Path) {
+    let mode = fs::metadata(archive).unwrap_or_else(|e| panic!("stat {}: {e}", archive.display())).mode();
+    assert_eq!(mode & 0o7777, 0o600, "{} holds process memory: mode must be 0600", archive.display());
+}
+
+/// Waits until container `name`'s counter reaches `value`.
+fn wait_for_counter(pm: &Podman, name: &str, value: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = pm.counter(name);
+        if v >= value {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "container {name}: counter stuck at {v}, waiting for {value}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An uncompressed copy of podman's archive `src` whose config.dump is changed by `edit`
+/// (extracted and repacked with GNU tar, members in podman's order).
+fn edited_podman_archive(
+    s: &Scratch,
+    src: &Path,
+    edit: impl Fn(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let dir = s.path("edited");
+    fs::create_dir_all(&dir).unwrap();
+    sh("tar", &[&"-C", &dir, &"-xf", &src]);
+    let names: Vec<String> = sh("tar", &[&"-tf", &src])
+        .lines()
+        .filter(|n| !n.trim_end_matches('/').contains('/'))
+        .map(str::to_string)
+        .collect();
+    let dump = dir.join("config.dump");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&dump).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(&dump, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = s.path("edited.tar");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-C", &dir, &"-cf", &out];
+    args.extend(names.iter().map(|n| n as &dyn AsRef<std::ffi::OsStr>));
+    sh("tar", &args);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// a. ckpt podman checkpoint -> podman container restore --import
+// ---------------------------------------------------------------------------
+
+on_btrfs_and_xfs! {
+    /// ckpt's uncompressed archive is podman's format: podman imports it, the process
+    /// continues and sees its rootfs change; the archive is 0600.
+    fn podman_import_of_ckpt_checkpoint_continues_the_process(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "exited", "checkpoint without --leave-running stops c1");
+
+        pm.ok(&[&"container", &"restore", &"--import", &archive, &"--name", &"c2"]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "kept");
+        assert_mode_0600(&archive);
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// The same with `--compress zstd`: a zstd stream that podman's import detects.
+    fn podman_import_of_ckpt_zstd_checkpoint_continues_the_process(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar.zst");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--compress", &"zstd", &"c1", &archive]);
+        let magic = fs::read(&archive).unwrap();
+        assert_eq!(&magic[..4], [0x28, 0xb5, 0x2f, 0xfd], "not a zstd frame");
+
+        pm.ok(&[&"container", &"restore", &"--import", &archive, &"--name", &"c2"]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "kept");
+        assert_mode_0600(&archive);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// b. podman container checkpoint --export -> ckpt podman restore
+// ---------------------------------------------------------------------------
+
+/// podman exports c1 (with `compress`), c1 is removed, ckpt restores the archive: the new
+/// container (the ID ckpt prints, named c1 from config.dump) continues.
+fn ckpt_restore_of_podman_export(s: &Scratch, pm: &Podman, compress: &str) {
+    pm.run_counter("c1", &[]);
+    exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f && rm /bin/vi");
+    let at_checkpoint = pm.counter("c1");
+    let archive = s.path("podman-export.tar");
+    pm.ok(&[&"container", &"checkpoint", &"--export", &archive, &"--compress", &compress, &"c1"]);
+    pm.ok(&[&"rm", &"c1"]);
+
+    let id = pm.ckpt_ok(&[&"podman", &"restore", &archive]);
+    assert_eq!(pm.inspect("c1", "{{.ID}}"), id, "ckpt podman restore prints the new container's ID");
+    assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
+    pm.assert_counter_continues("c1", at_checkpoint);
+    assert_eq!(
+        exec_sh(pm, "c1", "cat /data/f; [ -L /bin/vi ] && echo vi present || echo vi absent"),
+        "kept\nvi absent"
+    );
+}
+
+on_btrfs_and_xfs! {
+    /// podman's own uncompressed export.
+    fn ckpt_restore_of_podman_export_continues_the_process(s, pm) {
+        ckpt_restore_of_podman_export(s, pm, "none");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// podman's default, zstd.
+    fn ckpt_restore_of_podman_zstd_export_continues_the_process(s, pm) {
+        ckpt_restore_of_podman_export(s, pm, "zstd");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// c. ckpt podman checkpoint -> ckpt podman restore --name
+// ---------------------------------------------------------------------------
+
+on_btrfs_and_xfs! {
+    /// A new container restored by ckpt continues and sees exactly the rootfs the old one
+    /// saw: contents, modes, owners, a symlink, a host-set user xattr, a deleted image file
+    /// and a replaced image directory (only its new entries).
+    fn ckpt_restore_of_ckpt_checkpoint_keeps_rootfs_changes(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", CHANGES);
+        set_xattr(&pm.upper_dir("c1").join("data/big"), "user.ckpt.test", b"xattr value");
+        let before = snapshot(pm, "c1");
+        assert!(before.contains("/d/y|") && !before.contains("/d/x") && before.contains("/bin/vi absent"), "{before}");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        let names = members(&archive);
+        assert!(names.iter().any(|n| n == "rootfs-diff.tar/data/big"), "{names:?}");
+        assert!(names.iter().any(|n| n == "deleted.files"), "{names:?}");
+
+        let id = pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        assert_eq!(pm.inspect("c2", "{{.ID}}"), id);
+        assert_ne!(pm.inspect("c1", "{{.ID}}"), id, "a new container, not c1");
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(snapshot(pm, "c2"), before, "the restored container sees other files");
+        let x = xattrs(&pm.upper_dir("c2").join("data/big"));
+        assert_eq!(x.get("user.ckpt.test").map(Vec::as_slice), Some(&b"xattr value"[..]), "{x:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// d. rollback: ckpt podman restore --into
+// ---------------------------------------------------------------------------
+
+on_btrfs_and_xfs! {
+    /// Checkpoint A (--leave-running), later changes, stop; restore --into the same
+    /// container: its counter continues from A's value, not from the later one, and the
+    /// later file changes are gone.
+    fn rollback_into_container_returns_to_the_checkpoint(s, pm) {
+        let id = pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo at-a > /data/state");
+        let before_a = pm.counter("c1");
+        let archive = s.path("a.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running", "--leave-running");
+        let after_a = pm.counter("c1");
+
+        exec_sh(pm, "c1", "echo later > /data/state && echo later > /data/later && rm /bin/vi");
+        let later = wait_for_counter(pm, "c1", after_a + 40);
+        pm.ok(&[&"stop", &"-t", &"0", &"c1"]);
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--into", &"c1", &archive]);
+        assert_eq!(pm.inspect("c1", "{{.ID}}"), id, "the same container");
+        let first = pm.counter("c1");
+        assert!(
+            first >= before_a && first < later,
+            "counter {first} after rollback: expected A's value (>= {before_a}), below the later {later}"
+        );
+        pm.assert_counter_continues("c1", first);
+        assert_eq!(
+            exec_sh(pm, "c1", "cat /data/state; ls /data; [ -L /bin/vi ] && echo vi present"),
+            "at-a\nstate\nvi present"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// e. secrets stay out
+// ---------------------------------------------------------------------------
+
+on_btrfs_and_xfs! {
+    /// A container with a podman secret: the archive holds neither the secret's bytes nor
+    /// secrets/ nor config.json, and still restores.
+    fn checkpoint_of_container_with_secret_leaves_the_secret_out(s, pm) {
+        let secret = format!("ckpt-secret-{}", std::process::id()).repeat(3);
+        let file = s.path("secret.txt");
+        fs::write(&file, &secret).unwrap();
+        pm.ok(&[&"secret", &"create", &"s", &file]);
+        pm.run_counter("c1", &[&"--secret", &"s"]);
+        assert_eq!(exec_sh(pm, "c1", "cat /run/secrets/s"), secret, "the container sees its secret");
+        let at_checkpoint = pm.counter("c1");
+
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        let bytes = fs::read(&archive).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret's bytes are in {}",
+            archive.display()
+        );
+        // The layer keeps the empty mount point run/secrets/ that runc made: nothing below it.
+        let names = members(&archive);
+        let leaked: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                n.starts_with("secrets") || n.as_str() == "config.json" || n.split_once("run/secrets/").is_some_and(|(_, rest)| !rest.is_empty())
+            })
+            .collect();
+        assert!(leaked.is_empty(), "archive members that must not be there: {leaked:?}");
+        for wanted in ["config.dump", "spec.dump", "checkpoint/inventory.img"] {
+            assert!(names.iter().any(|n| n == wanted), "no {wanted} in {names:?}");
+        }
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// f. physical sharing
+// ---------------------------------------------------------------------------
+
+const BIG: u64 = 32 << 20;
+
+/// (shared bytes, bytes) of a file or tree, by `btrfs filesystem du` or by filefrag.
+fn sharing(kind: FsKind, path: &Path) -> (u64, u64) {
+    match kind {
+        FsKind::Btrfs => {
+            let du = btrfs_du(path);
+            (du.set_shared, du.total)
+        }
+        _ => xfs_shared_blocks(path),
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// ckpt podman checkpoint clones the layer's big file into the archive, and restore
+    /// clones it into the new container's layer.
+    fn ckpt_checkpoint_and_restore_share_rootfs_data_with_the_layer(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", &format!("mkdir /data && head -c {BIG} /dev/urandom > /data/big"));
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+
+        let upper_big = pm.upper_dir("c1").join("data/big");
+        let (shared, total) = sharing(s.kind, &upper_big);
+        assert!(total >= BIG && shared == total, "{}: {shared} of {total} bytes shared", upper_big.display());
+        let (shared, _) = sharing(s.kind, &archive);
+        assert!(shared >= BIG, "{}: only {shared} bytes shared, the layer's file has {BIG}", archive.display());
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        let new_big = pm.upper_dir("c2").join("data/big");
+        assert_same_bytes(&upper_big, &new_big);
+        let (shared, total) = sharing(s.kind, &new_big);
+        assert!(total >= BIG && shared == total, "{}: {shared} of {total} bytes shared", new_big.display());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// g. the OCI hooks at podman's own stages
+// ---------------------------------------------------------------------------
+
+/// A hooks dir with fixtures/hooks/*.json pointing at the ckpt binary under test.
+fn hooks_dir(s: &Scratch) -> std::path::PathBuf {
+    let dir = s.path("hooks.d");
+    fs::create_dir_all(&dir).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hooks");
+    for name in ["ckpt-export.json", "ckpt-import.json"] {
+        let mut hook: serde_json::Value =
+            serde_json::from_slice(&fs::read(fixtures.join(name)).unwrap()).unwrap();
+        hook["hook"]["path"] = serde_json::Value::from(ckpt_bin());
+        fs::write(dir.join(name), serde_json::to_vec_pretty(&hook).unwrap()).unwrap();
+    }
+    dir
+}
+
+on_btrfs_and_xfs! {
+    /// The export hook runs at poststop of `podman container checkpoint --keep` and writes
+    /// an archive ckpt import restores; the import hook makes a NEW `podman run` container
+    /// that starts and sees the rootfs changes.
+    fn hooks_export_at_checkpoint_and_import_into_new_container(s, pm) {
+        let hooks = hooks_dir(s);
+        let out_dir = s.path("exported");
+        let template = format!("io.ckpt.export={}/{{id}}.tar", out_dir.display());
+        let id = pm.ok(&[
+            &"--hooks-dir", &hooks, &"run", &"-d", &"--name", &"c1", &"--annotation", &template,
+            &BUSYBOX_IMAGE, &"/bin/sh", &"-c", &COUNTER_LOOP,
+        ]);
+        wait_for_counter(pm, "c1", 1);
+        exec_sh(pm, "c1", "mkdir /data && echo hooked > /data/f && chmod 640 /data/f");
+        let out = pm.run(&[&"--hooks-dir", &hooks, &"container", &"checkpoint", &"--keep", &"c1"]);
+        assert!(out.status.success() && !stderr_of(&out).contains("hook"), "checkpoint with hooks: {}", describe(&out));
+        let archive = out_dir.join(format!("{id}.tar"));
+        assert!(archive.is_file(), "the export hook wrote no {}", archive.display());
+
+        let bundle = s.path("imported");
+        let diff = s.path("imported-diff");
+        ckpt_ok(&[&"import", &"--rootfs-diff", &diff, &archive, &bundle]);
+        let userdata = Path::new(&pm.inspect("c1", "{{.StaticDir}}")).to_path_buf();
+        assert_same_bytes(&userdata.join("checkpoint/inventory.img"), &bundle.join("checkpoint/inventory.img"));
+        let spec: serde_json::Value = serde_json::from_slice(&fs::read(bundle.join("spec.dump")).unwrap())
+            .expect("spec.dump is JSON");
+        assert!(spec["ociVersion"].is_string(), "spec.dump is not an OCI spec: {spec}");
+        assert_eq!(fs::read(diff.join("data/f")).unwrap(), b"hooked\n");
+        assert_eq!(fs::metadata(diff.join("data/f")).unwrap().permissions().mode() & 0o7777, 0o640);
+
+        let import = format!("io.ckpt.import={}", archive.display());
+        pm.ok(&[
+            &"--hooks-dir", &hooks, &"run", &"-d", &"--name", &"c2", &"--annotation", &import,
+            &BUSYBOX_IMAGE, &"/bin/sh", &"-c", &COUNTER_LOOP,
+        ]);
+        assert_eq!(pm.inspect("c2", "{{.State.Status}}"), "running", "the imported container must start");
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f; stat -c %a /data/f"), "hooked\n640");
+        pm.assert_counter_continues("c2", 1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// h. refusals
+// ---------------------------------------------------------------------------
+
+on_btrfs_and_xfs! {
+    /// An archive whose container was in a pod cannot be replayed as `podman create`
+    /// faithfully: exit 1 naming the pod, and no new container is left behind.
+    fn restore_of_pod_container_is_refused_and_leaves_no_container(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        pm.ok(&[&"container", &"checkpoint", &"--export", &archive, &"--compress", &"none", &"c1"]);
+        let edited = edited_podman_archive(s, &archive, |config| {
+            config["pod"] = serde_json::Value::from("p1");
+            let cmd = config["CreateCommand"].as_array_mut().expect("CreateCommand");
+            cmd.insert(2, "--pod".into());
+            cmd.insert(3, "p1".into());
+        });
+        let before = pm.container_ids();
+        let out = pm.ckpt_code(1, &[&"podman", &"restore", &"--name", &"c2", &edited]);
+        let err = stderr_of(&out);
+        assert!(err.contains("pod"), "the refusal must name the pod: {err}");
+        assert_eq!(pm.container_ids(), before, "a refused restore left a container behind");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// Rolling back into a running container is refused (exit 1, says it is running), and
+    /// the container keeps running untouched.
+    fn rollback_into_running_container_is_refused(s, pm) {
+        let id = pm.run_counter("c1", &[]);
+        let archive = s.path("a.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        exec_sh(pm, "c1", "echo after > /tmp/after");
+        let now = pm.counter("c1");
+        let out = pm.ckpt_code(1, &[&"podman", &"restore", &"--into", &"c1", &archive]);
+        let err = stderr_of(&out);
+        let named = err.contains("c1") || err.contains(&id[..12]);
+        assert!(err.contains("running") && named, "the refusal must say c1 is running: {err}");
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
+        pm.assert_counter_continues("c1", now);
+        assert_eq!(exec_sh(pm, "c1", "cat /tmp/after"), "after");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// podman's own `checkpoint --export` leaves rootfs-diff.tar and deleted.files in the
+    /// userdata dir; a later ckpt podman checkpoint of the same container still works and
+    /// archives the layer as it is now, not podman's stale copy.
+    fn ckpt_checkpoint_after_podman_export_of_the_same_container_works(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo old > /data/f");
+        let podman_archive = s.path("podman.tar");
+        pm.ok(&[&"container", &"checkpoint", &"--leave-running", &"--export", &podman_archive, &"c1"]);
+        exec_sh(pm, "c1", "echo new > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "new");
+    }
+}
