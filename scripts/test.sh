@@ -153,6 +153,8 @@ fi
 # 2. Scratch space for this run, cleaned up whatever happens.
 # ---------------------------------------------------------------------------
 run_dir=$(mktemp -d /var/tmp/ckpt-test-run.XXXXXX)
+# Some tests run ckpt as nobody in scratch dirs beneath it: it must be traversable.
+chmod 0755 "$run_dir"
 export CKPT_TEST_TMPDIR="$run_dir"
 
 cleanup() {
