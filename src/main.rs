@@ -402,18 +402,7 @@ fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode> {
     }
     let stats = exporter.export(&args.src, &args.out)?;
     if args.json {
-        let summary = serde_json::json!({
-                "entries": stats.entries,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "bytes_cloned": stats.bytes_cloned,
-                "bytes_copied": stats.bytes_copied,
-                "archive_bytes": stats.archive_bytes,
-                "tar_bytes": stats.tar_bytes,
-                "align": stats.align,
-                "seconds": stats.seconds,
-                "skipped": stats.skipped.len(),
-        });
+        let summary = export_summary(&stats);
         if args.out.as_os_str() == "-" {
             eprintln!("{summary}");
         } else {
@@ -437,21 +426,7 @@ fn podman_checkpoint(args: PodmanCheckpointArgs, progress: bool) -> ckpt::Result
     let report = ckpt::Podman::new().checkpoint(&args.container, &args.out, exporter, &options)?;
     let stats = &report.export;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "container": report.container,
-                "podman_seconds": report.podman_seconds,
-                "entries": stats.entries,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "bytes_cloned": stats.bytes_cloned,
-                "bytes_copied": stats.bytes_copied,
-                "archive_bytes": stats.archive_bytes,
-                "seconds": stats.seconds,
-                "skipped": stats.skipped.len(),
-            })
-        );
+        println!("{}", with_podman(export_summary(stats), &report.container, report.podman_seconds));
     } else {
         log::info!("{}: checkpointed to {}", report.container, args.out.display());
     }
@@ -471,24 +446,51 @@ fn podman_restore(args: PodmanRestoreArgs) -> ckpt::Result<ExitCode> {
     let report = ckpt::Podman::new().restore(&args.archive, &target, &options)?;
     let stats = &report.import;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "container": report.container,
-                "podman_seconds": report.podman_seconds,
-                "entries": stats.entries,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "bytes_cloned": stats.bytes_cloned,
-                "bytes_copied": stats.bytes_copied,
-                "seconds": stats.seconds,
-                "skipped": stats.skipped.len(),
-            })
-        );
+        println!("{}", with_podman(import_summary(stats), &report.container, report.podman_seconds));
     } else {
         println!("{}", report.container);
     }
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
+}
+
+/// `--json` of an export: what was archived and how much of it was shared.
+fn export_summary(stats: &ckpt::ExportStats) -> serde_json::Value {
+    serde_json::json!({
+        "entries": stats.entries,
+        "files": stats.files,
+        "bytes": stats.bytes,
+        "bytes_cloned": stats.bytes_cloned,
+        "bytes_copied": stats.bytes_copied,
+        "archive_bytes": stats.archive_bytes,
+        "tar_bytes": stats.tar_bytes,
+        "align": stats.align,
+        "seconds": stats.seconds,
+        "skipped": stats.skipped.len(),
+    })
+}
+
+/// `--json` of an import: what was restored, and what was not.
+fn import_summary(stats: &ckpt::ImportStats) -> serde_json::Value {
+    serde_json::json!({
+        "entries": stats.entries,
+        "files": stats.files,
+        "bytes": stats.bytes,
+        "bytes_cloned": stats.bytes_cloned,
+        "bytes_copied": stats.bytes_copied,
+        "seconds": stats.seconds,
+        "skipped": stats.skipped.len(),
+        "conflicts": stats.conflicts.len(),
+        "refused": stats.refused.len(),
+        "failed": stats.failed.len(),
+    })
+}
+
+/// A summary of `ckpt podman`: the export's or import's, with the container and the seconds
+/// podman took.
+fn with_podman(mut summary: serde_json::Value, container: &str, podman_seconds: f64) -> serde_json::Value {
+    summary["container"] = container.into();
+    summary["podman_seconds"] = podman_seconds.into();
+    summary
 }
 
 fn compression(arg: CompressArg) -> ckpt::Compression {
@@ -508,21 +510,7 @@ fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode> {
     }
     let stats = importer.import(&args.archive, &args.dest)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "entries": stats.entries,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "bytes_cloned": stats.bytes_cloned,
-                "bytes_copied": stats.bytes_copied,
-                "seconds": stats.seconds,
-                "skipped": stats.skipped.len(),
-                "conflicts": stats.conflicts.len(),
-                "refused": stats.refused.len(),
-                "failed": stats.failed.len(),
-            })
-        );
+        println!("{}", import_summary(&stats));
     }
     if !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty() {
         eprintln!(
