@@ -178,17 +178,7 @@ impl Podman {
         let podman_result = drain.run(|| self.run(&args));
         podman_result?;
         let mut podman_seconds = started.elapsed().as_secs_f64();
-        // Podman 4.3's own export means to remove the rootfs-diff.tar and deleted.files it
-        // writes into the userdata dir, but does not (libpod's exportCheckpoint assigns the
-        // list to a shadowed variable). Left from an earlier export, they are stale here.
-        for name in [podman::ROOTFS_DIFF, podman::DELETED_FILES] {
-            let path = info.bundle.join(OsStr::from_bytes(name));
-            match std::fs::remove_file(&path) {
-                Ok(()) => log::debug!("{}: removed, left by an earlier podman export", path.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", path, e)),
-            }
-        }
+        remove_stale_rootfs_diff(&info.bundle)?;
         let exporter = exporter
             .bundle_layout(true)
             .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers });
@@ -493,6 +483,7 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
         .only(podman::RESTORED_MEMBERS.iter().copied().chain(["network.status"]))
         .rootfs(Rootfs::Diff { upper: new_upper.path.clone(), lowers: Vec::new() });
     let stats = complete(importer.import(archive, &new_bundle.path)?, &new_bundle.path)?;
+    remove_stale_rootfs_diff(&info.bundle)?;
     for name in podman::RESTORED_MEMBERS.iter().chain(&["network.status"]) {
         let from = new_bundle.path.join(name);
         if std::fs::symlink_metadata(&from).is_ok() {
@@ -501,6 +492,22 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
     }
     swap_in(&new_upper.path, &info.upper)?;
     Ok(stats)
+}
+
+/// Podman 4.3's own export means to remove the rootfs-diff.tar and deleted.files it writes
+/// into the userdata dir, but does not (libpod's exportCheckpoint assigns the list to a
+/// shadowed variable). Left from an earlier export they are stale, and
+/// `podman container restore` would apply them over the container's layer.
+fn remove_stale_rootfs_diff(bundle: &Path) -> Result<()> {
+    for name in [podman::ROOTFS_DIFF, podman::DELETED_FILES] {
+        let path = bundle.join(OsStr::from_bytes(name));
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::debug!("{}: removed, left by an earlier podman export", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Puts `from` at `to`; what was at `to` is removed once `from` is in its place.
