@@ -22,38 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw_tar::{BLOCK, MTIME, base256, octal, set_checksum};
 use common::{FsKind, Scratch, ckpt_bin, scratch};
 
 // ---------------------------------------------------------------------------
 // A tiny tar writer
 // ---------------------------------------------------------------------------
-
-const BLOCK: usize = 512;
-/// Fixed mtime of every member (2023-11-14).
-const MTIME: u64 = 1_700_000_000;
-
-/// Writes `value` as zero-padded octal filling `field` but its last byte (a NUL).
-fn octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let digits = format!("{value:0width$o}");
-    assert_eq!(digits.len(), width, "{value} does not fit {width} octal digits");
-    field[..width].copy_from_slice(digits.as_bytes());
-    field[width] = 0;
-}
-
-/// Writes `value` as a GNU base-256 number (high bit of the first byte set).
-fn base256(field: &mut [u8], value: u64) {
-    field.fill(0);
-    let n = field.len();
-    field[n - 8..].copy_from_slice(&value.to_be_bytes());
-    field[0] |= 0x80;
-}
-
-fn set_checksum(block: &mut [u8; BLOCK]) {
-    block[148..156].fill(b' ');
-    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
-    block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-}
 
 /// A ustar header (checksum set). `name` and `link` are cut to their 100-byte fields.
 fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; BLOCK] {

@@ -358,7 +358,11 @@ pub fn ckpt(args: &[Arg]) -> Output {
 
 /// Runs ckpt, asserts the exit code is exactly `code`, returns the output.
 pub fn ckpt_code(code: i32, args: &[Arg]) -> Output {
-    let out = ckpt(args);
+    expect_code(ckpt(args), code, args)
+}
+
+/// Asserts that `ckpt ARGS...` exited with `code`; its output.
+pub fn expect_code(out: Output, code: i32, args: &[Arg]) -> Output {
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -1320,15 +1324,7 @@ impl Podman {
 
     /// Runs `ckpt ARGS...` with this podman's configuration, asserts the exit code.
     pub fn ckpt_code(&self, code: i32, args: &[Arg]) -> Output {
-        let out = self.ckpt(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "`ckpt {}`: expected exit code {code}\n{}",
-            show_args(args),
-            describe(&out)
-        );
-        out
+        expect_code(self.ckpt(args), code, args)
     }
 
     /// Runs `ckpt ARGS...` with this podman's configuration, asserts exit 0, returns stdout
@@ -1402,5 +1398,36 @@ impl Drop for Podman {
                 let _ = Command::new("umount").arg("-l").arg(&mp).status();
             }
         }
+    }
+}
+
+/// The fields of hand-written tar headers, for tests that build archives byte by byte so
+/// nothing depends on a tar library's idea of what is allowed.
+pub mod raw_tar {
+    pub const BLOCK: usize = 512;
+    /// Fixed mtime of every member (2023-11-14).
+    pub const MTIME: u64 = 1_700_000_000;
+
+    /// Writes `value` as zero-padded octal filling `field` but its last byte (a NUL).
+    pub fn octal(field: &mut [u8], value: u64) {
+        let width = field.len() - 1;
+        let digits = format!("{value:0width$o}");
+        assert_eq!(digits.len(), width, "{value} does not fit {width} octal digits");
+        field[..width].copy_from_slice(digits.as_bytes());
+        field[width] = 0;
+    }
+
+    /// Writes `value` as a GNU base-256 number (high bit of the first byte set).
+    pub fn base256(field: &mut [u8], value: u64) {
+        field.fill(0);
+        let n = field.len();
+        field[n - 8..].copy_from_slice(&value.to_be_bytes());
+        field[0] |= 0x80;
+    }
+
+    pub fn set_checksum(block: &mut [u8; BLOCK]) {
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
     }
 }
