@@ -18,14 +18,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::compress::Compression;
+use crate::container::overlay;
+use crate::container::podman::{self, Rootfs};
 use crate::error::{Error, Result};
 use crate::export::{ExportStats, Exporter};
-use crate::extract::ImportStats;
 use crate::import::Importer;
-use crate::overlay;
-use crate::podman::{self, Rootfs};
+use crate::import::extract::ImportStats;
 use crate::progress::Progress;
+use crate::tar::compress::Compression;
 
 pub const EXPORT: &str = "io.ckpt.export";
 pub const IMPORT: &str = "io.ckpt.import";

@@ -1,39 +1,26 @@
 #![doc = include_str!("../README.md")]
 
-mod compress;
-mod digest;
+mod container;
 mod error;
 mod export;
-mod extract;
 mod hook;
 mod import;
 mod inspect;
-mod layout;
-mod member;
-mod mover;
-mod outfile;
-mod overlay;
-mod pax;
-mod pieces;
-mod place;
-mod podman;
-mod podman_cli;
 mod progress;
-mod reader;
-mod stream;
+mod runtime;
 mod sys;
-mod walk;
+mod tar;
 
-pub use compress::Compression;
+pub use container::overlay::{OverlayMount, WhiteoutStyle, find_overlay};
+pub use container::podman::Rootfs;
 pub use error::{Error, Result};
 pub use export::{DEFAULT_ALIGN, DEFAULT_CLONE_MIN, ExportStats, Exporter};
-pub use extract::ImportStats;
 pub use hook::{HookOutcome, HookState, run_hook};
 pub use import::Importer;
+pub use import::extract::ImportStats;
 pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
-pub use overlay::{OverlayMount, WhiteoutStyle, find_overlay};
-pub use podman::Rootfs;
-pub use podman_cli::{
+pub use progress::Progress;
+pub use runtime::{
     CheckpointOptions, CheckpointReport, Podman, RestoreOptions, RestoreReport, RestoreTarget,
 };
-pub use progress::Progress;
+pub use tar::compress::Compression;

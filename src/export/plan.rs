@@ -9,8 +9,8 @@
 //!          | pax header | pax records+comment | ustar header | file data ... | pad to 512 |
 //! ```
 
-use crate::member::{Body, Kind, Member, Meta};
-use crate::pax;
+use crate::export::member::{Body, Kind, Member, Meta};
+use crate::tar::pax;
 
 pub const BLOCK: u64 = 512;
 
@@ -267,7 +267,7 @@ fn ustar_header(member: &Member) -> tar::Header {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::SourceFile;
+    use crate::export::member::SourceFile;
 
     fn file(name: &[u8], size: u64, xattr_len: usize) -> Member {
         Member {

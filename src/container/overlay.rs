@@ -8,8 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
-use crate::member::{Body, Kind, Member};
-use crate::walk::{Naming, Skipped, Walk};
+use crate::export::member::{Body, Kind, Member};
+use crate::export::walk::{Naming, Skipped, Walk};
 
 /// OCI layer names for deletions.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -284,7 +284,7 @@ fn whiteout_name(name: &[u8]) -> Vec<u8> {
 fn oci_marker(like: &Member, name: &[u8]) -> Member {
     Member {
         name: name.to_vec(),
-        meta: crate::member::Meta { mode: 0o600, dev_major: 0, dev_minor: 0, ..like.meta },
+        meta: crate::export::member::Meta { mode: 0o600, dev_major: 0, dev_minor: 0, ..like.meta },
         kind: Kind::Regular,
         body: Body::Bytes(Vec::new()),
         xattrs: Vec::new(),

@@ -1,5 +1,12 @@
 //! Export: walk a tree, plan the archive, place it into a file that appears only when complete.
 
+pub mod member;
+pub mod pieces;
+pub mod place;
+pub mod plan;
+pub mod stream;
+pub mod walk;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,18 +16,18 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::FileType;
 
-use crate::compress::{Compression, Encoder, OUTPUT_BUFFER};
-use crate::digest;
+use self::walk::{Members, Naming, Skipped, Walk};
+use crate::container::overlay::WhiteoutStyle;
+use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
-use crate::mover::{MoveStats, Mover};
-use crate::outfile::{Destination, OutFile, Writing};
-use crate::overlay::WhiteoutStyle;
-use crate::pieces::{Counts, Pieces};
-use crate::place::{Placer, Target};
-use crate::podman::{self, Rootfs};
+use crate::export::pieces::{Counts, Pieces};
+use crate::export::place::{Placer, Target};
+use crate::export::stream::{Sink, Stream};
 use crate::progress::{Progress, ProgressHandle};
-use crate::stream::{Sink, Stream};
-use crate::walk::{self, Members, Naming, Skipped, Walk};
+use crate::sys::mover::{MoveStats, Mover};
+use crate::sys::outfile::{Destination, OutFile, Writing};
+use crate::tar::compress::{Compression, Encoder, OUTPUT_BUFFER};
+use crate::tar::manifest;
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;
@@ -219,7 +226,7 @@ impl Exporter {
         }
         let manifest_name = self.digest.then(|| {
             let prefix = if bundle { "" } else { "./" };
-            format!("{prefix}{}", digest::MANIFEST_NAME).into_bytes()
+            format!("{prefix}{}", manifest::MANIFEST_NAME).into_bytes()
         });
         Ok(Pieces::new(members, align, manifest_name))
     }

@@ -30,13 +30,13 @@ use std::time::Instant;
 use rustix::fs::{Mode, OFlags, RenameFlags};
 use serde_json::Value;
 
-use crate::compress;
+use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
 use crate::export::{ExportStats, Exporter};
-use crate::extract::ImportStats;
 use crate::import::Importer;
-use crate::podman::{self, Rootfs};
-use crate::reader::Reader;
+use crate::import::extract::ImportStats;
+use crate::tar::compress;
+use crate::tar::reader::Reader;
 
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
 /// removes (libpod `checkpoint`): ckpt mirrors it.

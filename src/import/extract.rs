@@ -24,13 +24,13 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::container::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Context, Error, Result};
-use crate::layout::round_up;
-use crate::member::{Kind, Meta};
-use crate::mover::{End, Mover, Tail, write_all_at};
-use crate::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::export::member::{Kind, Meta};
+use crate::export::plan::round_up;
 use crate::progress::Progress;
-use crate::reader::{Entry, Reader};
+use crate::sys::mover::{End, Mover, Tail, write_all_at};
+use crate::tar::reader::{Entry, Reader};
 
 /// statfs(2)'s f_type of Btrfs.
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;

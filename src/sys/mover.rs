@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use rustix::io::Errno;
 
-use crate::sys;
+use crate::sys::clone;
 
 /// How data gets from one filesystem to another, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,7 +126,7 @@ impl Mover {
         {
             return Ok(false);
         }
-        match sys::clone_range(src.fd, src.offset, dst.fd, dst.offset, len) {
+        match clone::clone_range(src.fd, src.offset, dst.fd, dst.offset, len) {
             Ok(()) => Ok(true),
             Err(e) => self.clone_failed(pair, e).map(|()| false),
         }

@@ -11,13 +11,13 @@ use rustix::io::Errno;
 
 use sha2::{Digest, Sha256};
 
-use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::member::SourceFile;
-use crate::mover::shrunk;
-use crate::pieces::{Piece, Pieces};
-use crate::place::{check_unchanged, open_source, source_error};
+use crate::export::member::SourceFile;
+use crate::export::pieces::{Piece, Pieces};
+use crate::export::place::{check_unchanged, open_source, source_error};
 use crate::progress::Progress;
+use crate::sys::mover::shrunk;
+use crate::tar::manifest;
 
 /// Where the archive's bytes go.
 pub enum Sink<'a> {
@@ -120,7 +120,7 @@ impl<'a> Stream<'a> {
             if let Some((name, end)) = hashing.take_if(|(_, end)| self.pos >= *end) {
                 debug_assert_eq!(self.pos, end);
                 let hasher = self.hasher.take().expect("hashing");
-                manifest.extend(digest::line(&name, &hasher.finalize().into()));
+                manifest.extend(manifest::line(&name, &hasher.finalize().into()));
             }
         }
         Ok(())

@@ -9,9 +9,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::layout::BLOCK;
-use crate::member::{Kind, Meta};
-use crate::pax;
+use crate::export::member::{Kind, Meta};
+use crate::export::plan::BLOCK;
+use crate::tar::pax;
 
 /// Largest pax extended header accepted (xattr values are at most 64 KiB each on Linux).
 const MAX_PAX_LEN: u64 = 16 << 20;
@@ -240,7 +240,7 @@ impl<'a> Reader<'a> {
     fn read_extension(&mut self, len: u64) -> io::Result<Vec<u8>> {
         let mut data = vec![0u8; len as usize];
         self.read_exact(&mut data)?;
-        let next = crate::layout::round_up(self.pos, BLOCK);
+        let next = crate::export::plan::round_up(self.pos, BLOCK);
         self.skip_to(next)?;
         Ok(data)
     }
@@ -1072,6 +1072,6 @@ mod tests {
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b"1.x"), None);
         let (s, n) = (-3i64, 250_000_000u32);
-        assert_eq!(parse_pax_time(crate::layout::format_pax_time(s, n).as_bytes()), Some((s, n)));
+        assert_eq!(parse_pax_time(crate::export::plan::format_pax_time(s, n).as_bytes()), Some((s, n)));
     }
 }

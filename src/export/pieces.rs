@@ -1,11 +1,11 @@
 //! The planned archive as a stream of pieces in offset order: walk -> plan -> place, one member
 //! at a time, so an export holds a window of members rather than the whole tree.
 
-use crate::digest;
 use crate::error::{Error, Result};
-use crate::layout::{Planner, encode_headers};
-use crate::member::{Body, Kind, Member, Meta, SourceFile};
-use crate::walk::Members;
+use crate::export::member::{Body, Kind, Member, Meta, SourceFile};
+use crate::export::plan::{Planner, encode_headers};
+use crate::export::walk::Members;
+use crate::tar::manifest;
 
 /// A part of the archive and where it goes. Offsets only grow.
 pub enum Piece {
@@ -110,10 +110,10 @@ impl<'a> Pieces<'a> {
             self.counts.files += 1;
             self.counts.bytes += source.size;
         }
-        let covered = top && digest::covered(&member);
+        let covered = top && manifest::covered(&member);
         if let Some(manifest) = self.manifest.as_mut().filter(|_| top) {
             if covered {
-                manifest.len += digest::line_len(&member.name);
+                manifest.len += manifest::line_len(&member.name);
             }
             manifest.mtime = manifest.mtime.max(member.meta.mtime);
         }
@@ -222,7 +222,7 @@ pub fn archive_len(members: impl Iterator<Item = Result<Member>>, align: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::Nested;
+    use crate::export::member::Nested;
 
     fn bytes_member(name: &str, len: usize) -> Member {
         Member {

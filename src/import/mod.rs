@@ -2,6 +2,8 @@
 //! and hand each member to the extractor; in checkpoint archives, restore the nested
 //! `rootfs-diff.tar` straight into the container's layer.
 
+pub mod extract;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -10,14 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::compress::{self, Compression};
+use crate::container::overlay;
+use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
-use crate::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
-use crate::member::Kind;
-use crate::overlay;
-use crate::podman::{self, Rootfs};
+use crate::export::member::Kind;
+use crate::import::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
 use crate::progress::{Progress, ProgressHandle};
-use crate::reader::Reader;
+use crate::tar::compress::{self, Compression};
+use crate::tar::reader::Reader;
 
 /// Restores archives into directories.
 ///

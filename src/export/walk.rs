@@ -20,8 +20,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Context, Error, Result};
-use crate::member::{Body, Kind, Member, Meta, SourceFile};
-use crate::outfile;
+use crate::export::member::{Body, Kind, Member, Meta, SourceFile};
+use crate::sys::outfile;
 
 /// A stream of members, in archive order.
 pub type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;

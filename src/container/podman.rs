@@ -8,11 +8,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::container::overlay::{self, Layer, WhiteoutStyle};
 use crate::error::{Context, Error, Result};
-use crate::member::{Body, Kind, Member, Meta, Nested};
-use crate::overlay::{self, Layer, WhiteoutStyle};
-use crate::pieces;
-use crate::walk::{self, Members, Naming, Skipped, Walk};
+use crate::export::member::{Body, Kind, Member, Meta, Nested};
+use crate::export::pieces;
+use crate::export::walk::{self, Members, Naming, Skipped, Walk};
 
 pub const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub const DELETED_FILES: &[u8] = b"deleted.files";

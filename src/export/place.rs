@@ -10,14 +10,14 @@ use std::path::Path;
 use rustix::fs::{Advice, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::digest;
 use crate::error::{Context, Error, Result};
-use crate::layout::BLOCK;
-use crate::member::SourceFile;
-use crate::mover::{End, Mover, Tail, shrunk, write_all_at};
-use crate::pieces::{Covered, Piece, Pieces};
+use crate::export::member::SourceFile;
+use crate::export::pieces::{Covered, Piece, Pieces};
+use crate::export::plan::BLOCK;
+use crate::export::walk::{Inode, type_name};
 use crate::progress::Progress;
-use crate::walk::{Inode, type_name};
+use crate::sys::mover::{End, Mover, Tail, shrunk, write_all_at};
+use crate::tar::manifest;
 
 /// The archive being written.
 pub struct Target<'a> {
@@ -231,9 +231,9 @@ impl<'a> Placer<'a> {
         let path = self.target.path;
         let mut manifest = Vec::with_capacity(len as usize);
         for covered in std::mem::take(&mut self.covered) {
-            let hash = digest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf)
+            let hash = manifest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf)
                 .at("read back", path)?;
-            manifest.extend(digest::line(&covered.name, &hash));
+            manifest.extend(manifest::line(&covered.name, &hash));
         }
         assert_eq!(manifest.len() as u64, len, "manifest length was planned");
         write_all_at(fd, &manifest, offset).at("write", path)?;

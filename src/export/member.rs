@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::walk::Members;
+use crate::export::walk::Members;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::compress::{self, Compression};
+use crate::container::podman::{ROOTFS_DIFF, bundle_name};
 use crate::error::{Context, Error, Result};
-use crate::member::Kind;
-use crate::podman::{ROOTFS_DIFF, bundle_name};
-use crate::reader::{Entry, Reader};
+use crate::export::member::Kind;
+use crate::tar::compress::{self, Compression};
+use crate::tar::reader::{Entry, Reader};
 
 const BLOCK: u64 = 512;
 /// The digest manifest's name (after `./`, if any): the archive's last member.

@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 
 use sha2::{Digest, Sha256};
 
-use crate::member::{Body, Kind, Member};
+use crate::export::member::{Body, Kind, Member};
 
 pub const MANIFEST_NAME: &str = "ckpt.sha256";
 
