@@ -35,7 +35,7 @@ use crate::error::{Context, Error, Result};
 use crate::export::{ExportStats, Exporter};
 use crate::import::Importer;
 use crate::import::extract::ImportStats;
-use crate::tar::compress;
+use crate::tar::archive;
 use crate::tar::reader::Reader;
 
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
@@ -615,9 +615,8 @@ struct Dumps {
 /// Reads `config.dump` and `spec.dump` from the archive; they come first in ckpt's archives
 /// and early in podman's, so the rest is not read.
 fn read_dumps(archive: &Path) -> Result<Dumps> {
-    let file = File::open(archive).at("open", archive)?;
-    let input = compress::decompress(Box::new(file), archive)?;
-    let mut reader = Reader::from_stream(input, archive);
+    let mut opened = archive::open(archive)?;
+    let mut reader = Reader::open(&mut opened, archive);
     let mut found: BTreeMap<&[u8], Value> = BTreeMap::new();
     while found.len() < 2 {
         let Some(entry) = reader.next_entry()? else { break };

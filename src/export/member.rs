@@ -1,52 +1,11 @@
 //! What goes into an archive: one member's name, metadata and where its data comes from.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::export::walk::Members;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Regular,
-    Directory,
-    Symlink(Vec<u8>),
-    /// A second or later name of an inode; holds the first name.
-    HardLink(Vec<u8>),
-    CharDevice,
-    BlockDevice,
-    Fifo,
-}
-
-/// The inode metadata an archive member carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Meta {
-    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-}
-
-impl Meta {
-    pub fn from_std(meta: &std::fs::Metadata) -> Meta {
-        let rdev = meta.rdev();
-        Meta {
-            mode: meta.mode() & 0o7777,
-            uid: u64::from(meta.uid()),
-            gid: u64::from(meta.gid()),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-            dev_major: rustix::fs::major(rdev),
-            dev_minor: rustix::fs::minor(rdev),
-        }
-    }
-}
+use crate::tar::meta::{Kind, Meta};
 
 /// A regular file to be archived, with what the walk saw of it so that a change while it is
 /// being archived can be detected.
@@ -78,6 +37,9 @@ impl std::fmt::Debug for Nested {
         f.debug_struct("Nested").field("len", &self.len).field("path", &self.path).finish_non_exhaustive()
     }
 }
+
+/// Archive members one at a time, in archive order.
+pub type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;
 
 #[derive(Debug)]
 pub enum Body {

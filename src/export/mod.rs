@@ -1,5 +1,7 @@
 //! Export: walk a tree, plan the archive, place it into a file that appears only when complete.
 
+pub mod bundle;
+pub mod layer;
 pub mod member;
 pub mod pieces;
 pub mod place;
@@ -16,9 +18,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::FileType;
 
-use self::walk::{Members, Naming, Skipped, Walk};
+use self::member::Members;
+use self::walk::{Naming, Skipped, Walk};
 use crate::container::overlay::WhiteoutStyle;
-use crate::container::podman::{self, Rootfs};
+use crate::container::podman::Rootfs;
 use crate::error::{Context, Error, Result};
 use crate::export::pieces::{Counts, Pieces};
 use crate::export::place::{Placer, Target};
@@ -216,7 +219,7 @@ impl Exporter {
     fn pieces(&self, src: &Path, align: u64, skipped: &Skipped) -> Result<Pieces<'static>> {
         let bundle = self.bundle || self.rootfs.is_some();
         let (members, rootfs_bytes) = if bundle {
-            podman::bundle_members(src, self.rootfs.as_ref(), self.whiteouts, align, skipped)?
+            bundle::members(src, self.rootfs.as_ref(), self.whiteouts, align, skipped)?
         } else {
             (Box::new(Walk::new(src, Naming::DotSlash, skipped.clone())?) as Members, 0)
         };
@@ -226,7 +229,7 @@ impl Exporter {
         }
         let manifest_name = self.digest.then(|| {
             let prefix = if bundle { "" } else { "./" };
-            format!("{prefix}{}", manifest::MANIFEST_NAME).into_bytes()
+            [prefix.as_bytes(), manifest::NAME].concat()
         });
         Ok(Pieces::new(members, align, manifest_name))
     }

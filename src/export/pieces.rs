@@ -2,10 +2,11 @@
 //! at a time, so an export holds a window of members rather than the whole tree.
 
 use crate::error::{Error, Result};
-use crate::export::member::{Body, Kind, Member, Meta, SourceFile};
+use crate::export::member::Members;
+use crate::export::member::{Body, Member, SourceFile};
 use crate::export::plan::{Planner, encode_headers};
-use crate::export::walk::Members;
 use crate::tar::manifest;
+use crate::tar::meta::{Kind, Meta};
 
 /// A part of the archive and where it goes. Offsets only grow.
 pub enum Piece {

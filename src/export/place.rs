@@ -13,10 +13,10 @@ use rustix::io::Errno;
 use crate::error::{Context, Error, Result};
 use crate::export::member::SourceFile;
 use crate::export::pieces::{Covered, Piece, Pieces};
-use crate::export::plan::BLOCK;
 use crate::export::walk::{Inode, type_name};
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, shrunk, write_all_at};
+use crate::tar::BLOCK;
 use crate::tar::manifest;
 
 /// The archive being written.
@@ -231,8 +231,9 @@ impl<'a> Placer<'a> {
         let path = self.target.path;
         let mut manifest = Vec::with_capacity(len as usize);
         for covered in std::mem::take(&mut self.covered) {
-            let hash = manifest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf)
-                .at("read back", path)?;
+            let hash =
+                manifest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf, &mut |_| {})
+                    .at("read back", path)?;
             manifest.extend(manifest::line(&covered.name, &hash));
         }
         assert_eq!(manifest.len() as u64, len, "manifest length was planned");

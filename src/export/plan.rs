@@ -9,10 +9,9 @@
 //!          | pax header | pax records+comment | ustar header | file data ... | pad to 512 |
 //! ```
 
-use crate::export::member::{Body, Kind, Member, Meta};
-use crate::tar::pax;
-
-pub const BLOCK: u64 = 512;
+use crate::export::member::{Body, Member};
+use crate::tar::meta::{Kind, Meta};
+use crate::tar::{BLOCK, must_align, pax, round_up};
 
 /// Largest value that fits an 8-byte octal header field (uid, gid, mode).
 const MAX_OCTAL_8: u64 = 0o7777777;
@@ -80,7 +79,7 @@ impl Planner {
 fn needs_alignment(member: &Member, align: u64) -> bool {
     align > BLOCK
         && match &member.body {
-            Body::File(f) => f.size >= align,
+            Body::File(f) => must_align(f.size, align),
             Body::Archive(_) => true,
             _ => false,
         }
@@ -106,10 +105,6 @@ fn pax_layout(start: u64, records: usize, aligned: bool, align: u64) -> (u64, us
         }
         blocks += 1;
     }
-}
-
-pub fn round_up(n: u64, to: u64) -> u64 {
-    n.div_ceil(to) * to
 }
 
 /// The header blocks of a placed member: the pax extended header (if any) and the ustar header.
@@ -171,7 +166,7 @@ fn pax_records(member: &Member) -> Vec<u8> {
         pax::push_record(&mut out, b"gid", gid.to_string().as_bytes());
     }
     if mtime_nsec != 0 || mtime < 0 || mtime as u64 > MAX_OCTAL_12 {
-        pax::push_record(&mut out, b"mtime", format_pax_time(mtime, mtime_nsec).as_bytes());
+        pax::push_record(&mut out, b"mtime", pax::format_time(mtime, mtime_nsec).as_bytes());
     }
     for (name, value) in &member.xattrs {
         let mut key = b"SCHILY.xattr.".to_vec();
@@ -186,18 +181,6 @@ fn pax_records(member: &Member) -> Vec<u8> {
         pax::push_record(&mut out, &key, value);
     }
     out
-}
-
-/// Seconds and nanoseconds as a pax time: a decimal number, negative before the epoch.
-pub fn format_pax_time(sec: i64, nsec: u32) -> String {
-    if sec < 0 && nsec > 0 {
-        // sec + nsec/1e9 is negative; write its magnitude.
-        format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec)
-    } else if nsec == 0 {
-        sec.to_string()
-    } else {
-        format!("{sec}.{nsec:09}")
-    }
 }
 
 /// Splits a name into the ustar prefix and name fields, or None if it does not fit.
@@ -320,8 +303,8 @@ mod tests {
 
     #[test]
     fn pax_times_before_the_epoch() {
-        assert_eq!(format_pax_time(-2, 500_000_000), "-1.500000000");
-        assert_eq!(format_pax_time(3, 7), "3.000000007");
-        assert_eq!(format_pax_time(-4, 0), "-4");
+        assert_eq!(pax::format_time(-2, 500_000_000), "-1.500000000");
+        assert_eq!(pax::format_time(3, 7), "3.000000007");
+        assert_eq!(pax::format_time(-4, 0), "-4");
     }
 }

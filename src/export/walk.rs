@@ -20,11 +20,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Context, Error, Result};
-use crate::export::member::{Body, Kind, Member, Meta, SourceFile};
+use crate::export::member::{Body, Member, SourceFile};
 use crate::sys::outfile;
-
-/// A stream of members, in archive order.
-pub type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;
+use crate::tar::meta::{Kind, Meta};
 
 /// Entries that cannot be archived (sockets), shared between the walkers of one export and
 /// reported once it ends.

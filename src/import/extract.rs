@@ -24,13 +24,13 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::container::overlay::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::container::overlay::{self, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Context, Error, Result};
-use crate::export::member::{Kind, Meta};
-use crate::export::plan::round_up;
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, write_all_at};
+use crate::tar::meta::{Kind, Meta};
 use crate::tar::reader::{Entry, Reader};
+use crate::tar::round_up;
 
 /// statfs(2)'s f_type of Btrfs.
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
@@ -369,7 +369,7 @@ fn node_type(kind: &Kind) -> FileType {
 fn layer_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)], mode: LayerMode) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut kept = Vec::new();
     for (name, value) in xattrs {
-        let key = name.strip_prefix(b"trusted.overlay.").or_else(|| name.strip_prefix(b"user.overlay."));
+        let key = overlay::private_xattr_key(name);
         match (key, mode) {
             (None, _) => kept.push((name.clone(), value.clone())),
             (Some(b"opaque"), LayerMode::Overlay { opaque_xattr }) if value == b"y" => {

@@ -6,7 +6,6 @@ pub mod extract;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +14,10 @@ use std::time::Instant;
 use crate::container::overlay;
 use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
-use crate::export::member::Kind;
 use crate::import::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
 use crate::progress::{Progress, ProgressHandle};
-use crate::tar::compress::{self, Compression};
+use crate::tar::archive::{self, Opened};
+use crate::tar::meta::Kind;
 use crate::tar::reader::Reader;
 
 /// Restores archives into directories.
@@ -121,30 +120,10 @@ impl Importer {
     pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
         let started = Instant::now();
         let layer = self.rootfs.as_ref().map(layer_target).transpose()?;
-        let stdin;
-        let file;
-        let input: Box<dyn Read>;
-        let mut seekable = None;
-        if archive == Path::new("-") {
-            stdin = std::io::stdin();
-            input = Box::new(stdin.lock());
-        } else {
-            file = File::open(archive).at("open", archive)?;
-            let meta = file.metadata().at("fstat", archive)?;
-            if meta.is_dir() {
-                return Err(Error::invalid(archive, "is a directory, not an archive"));
-            }
-            let mut magic = [0u8; 4];
-            let n = if meta.is_file() { file.read_at(&mut magic, 0).at("read", archive)? } else { 0 };
-            if meta.is_file() && Compression::detect(&magic[..n]).is_none() {
-                seekable = Some((&file, meta.len()));
-            }
-            input = Box::new(&file);
-        }
-        let mut stream = None;
-        let mut reader = match seekable {
-            Some((file, len)) => Reader::from_file(file, 0, len, archive),
-            None => Reader::from_stream(stream.insert(compress::decompress(input, archive)?), archive),
+        let mut opened = archive::open(archive)?;
+        let (mut reader, seekable) = match &mut opened {
+            Opened::File(file, len) => (Reader::from_file(file, 0, *len, archive), Some((&*file, *len))),
+            Opened::Stream(stream) => (Reader::from_stream(stream, archive), None),
         };
         let progress = self.progress.as_ref().map(|p| p.0.clone());
         if let Some(progress) = &progress {
@@ -167,7 +146,7 @@ impl Importer {
         }
         let mut stats = result?;
         drop(reader);
-        if let Some(stream) = &mut stream {
+        if let Opened::Stream(stream) = &mut opened {
             stream.finish(archive)?;
         }
         stats.seconds = started.elapsed().as_secs_f64();
@@ -234,12 +213,8 @@ impl Importer {
             let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
             match layer_extractor.as_deref_mut() {
-                Some(layer) if name == podman::ROOTFS_DIFF && entry.kind == Some(Kind::Regular) => {
-                    let end = entry.data_offset + entry.size;
-                    let mut inner = match reader.file() {
-                        Some(file) => Reader::from_file(file, entry.data_offset, end, archive),
-                        None => Reader::from_stream(&mut *reader, archive),
-                    };
+                Some(layer) if podman::is_rootfs_diff(&entry) => {
+                    let mut inner = reader.nested(&entry);
                     while let Some(member) = inner.next_entry()? {
                         layer.extract(&member, &mut inner)?;
                     }
@@ -275,7 +250,7 @@ fn prefetch_headers(file: &File, len: u64, archive: &Path, done: &AtomicBool) {
         }
         match reader.next_entry() {
             Ok(Some(entry)) => {
-                if podman::bundle_name(&entry.name) == podman::ROOTFS_DIFF && stack.len() == 1 {
+                if podman::is_rootfs_diff(&entry) && stack.len() == 1 {
                     let end = entry.data_offset.saturating_add(entry.size).min(len);
                     stack.push(Reader::from_file(file, entry.data_offset, end, archive));
                 }
@@ -288,11 +263,11 @@ fn prefetch_headers(file: &File, len: u64, archive: &Path, done: &AtomicBool) {
 }
 
 fn layer_target(rootfs: &Rootfs) -> Result<LayerTarget> {
-    const TRUSTED_OPAQUE: &[u8] = b"trusted.overlay.opaque";
     Ok(match rootfs {
-        Rootfs::Diff { upper, .. } => {
-            LayerTarget { dir: upper.clone(), mode: LayerMode::Overlay { opaque_xattr: TRUSTED_OPAQUE } }
-        }
+        Rootfs::Diff { upper, .. } => LayerTarget {
+            dir: upper.clone(),
+            mode: LayerMode::Overlay { opaque_xattr: overlay::TRUSTED_OPAQUE },
+        },
         Rootfs::Mount(path) => match overlay::find_overlay(path)? {
             Some(mount) => {
                 let mode = LayerMode::Overlay { opaque_xattr: mount.opaque_xattr() };

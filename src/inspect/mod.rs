@@ -5,21 +5,23 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::container::podman::{ROOTFS_DIFF, bundle_name};
+use crate::container::podman::{bundle_name, is_rootfs_diff};
 use crate::error::{Context, Error, Result};
-use crate::export::member::Kind;
-use crate::tar::compress::{self, Compression};
+use crate::tar::archive::{self, Opened};
+use crate::tar::compress;
+use crate::tar::manifest;
+use crate::tar::meta::Kind;
 use crate::tar::reader::{Entry, Reader};
 
 const BLOCK: u64 = 512;
 /// The digest manifest's name (after `./`, if any): the archive's last member.
-pub const MANIFEST: &[u8] = b"ckpt.sha256";
 /// A manifest larger than this is not one (about 10 million lines).
 const MAX_MANIFEST: u64 = 1 << 30;
 const CHUNK: usize = 1 << 20;
@@ -175,35 +177,6 @@ impl Default for ListOptions {
     }
 }
 
-/// An opened archive: a plain file read in place, or a (decompressed) stream.
-enum Source {
-    File(File, u64),
-    Stream(Box<compress::Decompressed<'static>>),
-}
-
-fn open(archive: &Path) -> Result<Source> {
-    if archive == Path::new("-") {
-        return Ok(Source::Stream(Box::new(compress::decompress(Box::new(io::stdin()), archive)?)));
-    }
-    let file = File::open(archive).at("open", archive)?;
-    let meta = file.metadata().at("fstat", archive)?;
-    if meta.is_dir() {
-        return Err(Error::invalid(archive, "is a directory, not an archive"));
-    }
-    if meta.is_file() {
-        let mut magic = [0u8; 4];
-        let n = file.read_at(&mut magic, 0).at("read", archive)?;
-        if Compression::detect(&magic[..n]).is_none() {
-            return Ok(Source::File(file, meta.len()));
-        }
-    }
-    Ok(Source::Stream(Box::new(compress::decompress(Box::new(file), archive)?)))
-}
-
-fn is_nested_archive(entry: &Entry) -> bool {
-    entry.kind == Some(Kind::Regular) && bundle_name(&entry.name) == ROOTFS_DIFF
-}
-
 /// Calls `each` for every member of `archive` (`-` for standard input; gzip and zstd are
 /// detected), reading headers only: the data of a plain file is skipped by offset.
 pub fn list(
@@ -211,41 +184,29 @@ pub fn list(
     options: &ListOptions,
     each: &mut dyn FnMut(&ListEntry) -> Result<()>,
 ) -> Result<()> {
-    let file;
-    let mut stream = None;
-    let mut reader = match open(archive)? {
-        Source::File(f, len) => {
-            file = f;
-            Reader::from_file(&file, 0, len, archive)
-        }
-        Source::Stream(s) => Reader::from_stream(stream.insert(s), archive),
-    };
+    let mut opened = archive::open(archive)?;
+    let mut reader = Reader::open(&mut opened, archive);
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, entry.data_offset, entry.header_offset, options.align))?;
-        if !(options.nested && is_nested_archive(&entry)) {
+        if !(options.nested && is_rootfs_diff(&entry)) {
             continue;
         }
-        let end = entry.data_offset + entry.size;
-        // Offsets of a file are absolute already; a stream's restart at 0.
-        let (mut inner, base) = match reader.file() {
-            Some(file) => (Reader::from_file(file, entry.data_offset, end, archive), 0),
-            None => (Reader::from_stream(&mut reader, archive), entry.data_offset),
-        };
+        let mut inner = reader.nested(&entry);
         while let Some(member) = inner.next_entry()? {
             let line = ListEntry::new(
                 &member,
                 Some(&entry.name),
-                base + member.data_offset,
-                base + member.header_offset,
+                member.data_offset,
+                member.header_offset,
                 options.align,
             );
             each(&line)?;
         }
     }
     drop(reader);
-    match &mut stream {
-        Some(stream) => stream.finish(archive),
-        None => Ok(()),
+    match &mut opened {
+        Opened::Stream(stream) => stream.finish(archive),
+        Opened::File(..) => Ok(()),
     }
 }
 
@@ -410,9 +371,9 @@ struct Covered {
 pub fn verify(archive: &Path, align: u64, progress: &mut dyn FnMut(VerifyProgress)) -> Result<VerifyReport> {
     let started = Instant::now();
     let mut report = VerifyReport { align, ..VerifyReport::default() };
-    match open(archive)? {
-        Source::File(file, len) => verify_file(&file, len, archive, &mut report, progress)?,
-        Source::Stream(stream) => verify_stream(stream, archive, &mut report, progress)?,
+    match archive::open(archive)? {
+        Opened::File(file, len) => verify_file(&file, len, archive, &mut report, progress)?,
+        Opened::Stream(stream) => verify_stream(stream, archive, &mut report, progress)?,
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -568,9 +529,9 @@ fn verify_file(
                 digest: None,
             });
         }
-        if is_nested_archive(&entry) {
-            let inner_end = entry.data_offset + entry.size;
-            let mut inner = Reader::from_file(file, entry.data_offset, inner_end, archive);
+        if is_rootfs_diff(&entry) {
+            let inner_end = entry.data_offset.saturating_add(entry.size);
+            let mut inner = reader.nested(&entry);
             let mut inner_last: Option<Vec<u8>> = None;
             let mut pos = entry.data_offset;
             let inner_complete = loop {
@@ -611,20 +572,15 @@ fn verify_file(
     let mut text = vec![0u8; manifest.size as usize];
     file.read_exact_at(&mut text, manifest.data_offset).at("read", archive)?;
     let total: u64 = covered.iter().map(|c| c.size).sum();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     let mut done = 0;
     for c in &mut covered {
-        let mut hasher = Sha256::new();
-        let mut pos = 0;
-        while pos < c.size {
-            let want = (c.size - pos).min(CHUNK as u64) as usize;
-            file.read_exact_at(&mut buf[..want], c.data_offset + pos).at("read", archive)?;
-            hasher.update(&buf[..want]);
-            pos += want as u64;
-            done += want as u64;
+        let mut hashed = |n| {
+            done += n;
             progress(VerifyProgress { phase: "data", done, total: Some(total) });
-        }
-        c.digest = Some(hasher.finalize().into());
+        };
+        let digest = manifest::hash_range(file.as_fd(), c.data_offset, c.size, &mut buf, &mut hashed);
+        c.digest = Some(digest.at("read", archive)?);
     }
     report.bytes_hashed = done;
     compare(report, &manifest, &text, &covered);
@@ -677,7 +633,7 @@ fn verify_stream(
                 last = Some(entry.name);
                 continue;
             }
-            let digest = if is_nested_archive(&entry) {
+            let digest = if is_rootfs_diff(&entry) {
                 let mut inner_tap = Tap { inner: &mut reader, count: 0, hasher: Some(Sha256::new()) };
                 let mut inner_end = 0;
                 let mut inner_last: Option<Vec<u8>> = None;
@@ -703,7 +659,7 @@ fn verify_stream(
                 io::copy(&mut inner_tap, &mut io::sink()).map_err(|e| read_error(archive, &entry, e))?;
                 inner_tap.hasher.take().expect("hashing").finalize().into()
             } else {
-                let keep = bundle_name(&entry.name) == MANIFEST && entry.size <= MAX_MANIFEST;
+                let keep = bundle_name(&entry.name) == manifest::NAME && entry.size <= MAX_MANIFEST;
                 let mut text = Vec::new();
                 let mut hasher = Sha256::new();
                 loop {
@@ -799,7 +755,7 @@ fn consumed_blocks<R: Read>(
 /// Removes the manifest (the last member, regular, named `ckpt.sha256`) from `covered`.
 fn take_manifest(covered: &mut Vec<Covered>, last: Option<&[u8]>) -> Option<Covered> {
     let last = last?;
-    if bundle_name(last) != MANIFEST {
+    if bundle_name(last) != manifest::NAME {
         return None;
     }
     match covered.last() {
@@ -811,7 +767,7 @@ fn take_manifest(covered: &mut Vec<Covered>, last: Option<&[u8]>) -> Option<Cove
 /// A `ckpt.sha256` that is not the last member is not the archive's manifest (members after
 /// it would be unchecked): a problem, since whoever wrote it meant its digests to be checked.
 fn misplaced_manifest(report: &mut VerifyReport, covered: &[Covered]) {
-    if let Some(c) = covered.iter().find(|c| bundle_name(&c.name) == MANIFEST) {
+    if let Some(c) = covered.iter().find(|c| bundle_name(&c.name) == manifest::NAME) {
         report.problem(
             &c.name,
             Some(c.data_offset),
@@ -820,57 +776,8 @@ fn misplaced_manifest(report: &mut VerifyReport, covered: &[Covered]) {
     }
 }
 
-/// Parses `sha256sum` output: `HASH  NAME` (or `HASH *NAME`), a leading `\` marking a name
-/// with `\\` and `\n` escapes.
-/// A manifest line: the member name and its digest.
-type ManifestLine = (Vec<u8>, [u8; 32]);
-
-fn parse_manifest(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
-    let mut out = Vec::new();
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let bad = |why: &str| format!("line {}: {why}", i + 1);
-        let (escaped, line) = match line.strip_prefix(b"\\") {
-            Some(rest) => (true, rest),
-            None => (false, line),
-        };
-        if line.len() < 66 || !matches!(&line[64..66], b"  " | b" *") {
-            return Err(bad("not `SHA256  NAME`"));
-        }
-        let mut hash = [0u8; 32];
-        for (j, pair) in line[..64].chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|_| bad("bad hex digest"))?;
-            hash[j] = u8::from_str_radix(hex, 16).map_err(|_| bad("bad hex digest"))?;
-        }
-        let raw = &line[66..];
-        let name = if escaped {
-            let mut name = Vec::with_capacity(raw.len());
-            let mut bytes = raw.iter();
-            while let Some(&b) = bytes.next() {
-                if b != b'\\' {
-                    name.push(b);
-                    continue;
-                }
-                match bytes.next() {
-                    Some(b'\\') => name.push(b'\\'),
-                    Some(b'n') => name.push(b'\n'),
-                    Some(b'r') => name.push(b'\r'),
-                    _ => return Err(bad("bad escape in the name")),
-                }
-            }
-            name
-        } else {
-            raw.to_vec()
-        };
-        out.push((name, hash));
-    }
-    Ok(out)
-}
-
 fn compare(report: &mut VerifyReport, manifest: &Covered, text: &[u8], covered: &[Covered]) {
-    let lines = match parse_manifest(text) {
+    let lines = match manifest::parse(text) {
         Ok(lines) => lines,
         Err(why) => {
             report.problem(
@@ -896,7 +803,11 @@ fn compare(report: &mut VerifyReport, manifest: &Covered, text: &[u8], covered: 
             Some(expected) if expected != digest => report.problem(
                 &c.name,
                 Some(c.data_offset),
-                format!("sha256 mismatch: data is {}, manifest says {}", hex(&digest), hex(&expected)),
+                format!(
+                    "sha256 mismatch: data is {}, manifest says {}",
+                    manifest::hex(&digest),
+                    manifest::hex(&expected)
+                ),
             ),
             Some(_) => report.digests_checked += 1,
         }
@@ -910,10 +821,6 @@ fn compare(report: &mut VerifyReport, manifest: &Covered, text: &[u8], covered: 
             );
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -943,17 +850,5 @@ mod tests {
         assert_eq!(escape(b"./a b"), "./a b");
         assert_eq!(escape("ünï".as_bytes()), "ünï");
         assert_eq!(escape(b"a\nb\\c\x01\xff"), "a\\nb\\\\c\\x01\\xff");
-    }
-
-    #[test]
-    fn manifests() {
-        let h = "ab".repeat(32);
-        let text = format!("{h}  ./a b\n\\{h}  ./x\\\\y\\nz\n{h} *bin\n");
-        let parsed = parse_manifest(text.as_bytes()).unwrap();
-        let names: Vec<&[u8]> = parsed.iter().map(|(n, _)| n.as_slice()).collect();
-        assert_eq!(names, [&b"./a b"[..], b"./x\\y\nz", b"bin"]);
-        assert!(parsed.iter().all(|(_, d)| *d == [0xab; 32]));
-        assert!(parse_manifest(b"xyz  a\n").is_err());
-        assert!(parse_manifest(format!("{}  a\n", "zz".repeat(32)).as_bytes()).is_err());
     }
 }

@@ -6,9 +6,11 @@ use std::os::fd::BorrowedFd;
 
 use sha2::{Digest, Sha256};
 
-use crate::export::member::{Body, Kind, Member};
+use crate::export::member::{Body, Member};
+use crate::tar::meta::Kind;
 
-pub const MANIFEST_NAME: &str = "ckpt.sha256";
+/// The manifest's member name, at the top of the archive.
+pub const NAME: &[u8] = b"ckpt.sha256";
 
 /// The members a manifest covers: the top-level members that carry data.
 pub fn covered(member: &Member) -> bool {
@@ -46,17 +48,75 @@ pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
     if escaped {
         line.push(b'\\');
     }
-    for byte in hash {
-        line.extend_from_slice(format!("{byte:02x}").as_bytes());
-    }
+    line.extend_from_slice(hex(hash).as_bytes());
     line.extend_from_slice(b"  ");
     line.extend_from_slice(&name);
     line.push(b'\n');
     line
 }
 
-/// Hashes `len` bytes of `fd` from `offset`.
-pub fn hash_range(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<[u8; 32]> {
+/// A digest in lowercase hex, as `sha256sum` prints it.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses `sha256sum` output: `HASH  NAME` (or `HASH *NAME`), a leading `\` marking a name
+/// with `\\` and `\n` escapes.
+/// A manifest line: the member name and its digest.
+type ManifestLine = (Vec<u8>, [u8; 32]);
+
+pub fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| format!("line {}: {why}", i + 1);
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        if line.len() < 66 || !matches!(&line[64..66], b"  " | b" *") {
+            return Err(bad("not `SHA256  NAME`"));
+        }
+        let mut hash = [0u8; 32];
+        for (j, pair) in line[..64].chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).map_err(|_| bad("bad hex digest"))?;
+            hash[j] = u8::from_str_radix(hex, 16).map_err(|_| bad("bad hex digest"))?;
+        }
+        let raw = &line[66..];
+        let name = if escaped {
+            let mut name = Vec::with_capacity(raw.len());
+            let mut bytes = raw.iter();
+            while let Some(&b) = bytes.next() {
+                if b != b'\\' {
+                    name.push(b);
+                    continue;
+                }
+                match bytes.next() {
+                    Some(b'\\') => name.push(b'\\'),
+                    Some(b'n') => name.push(b'\n'),
+                    Some(b'r') => name.push(b'\r'),
+                    _ => return Err(bad("bad escape in the name")),
+                }
+            }
+            name
+        } else {
+            raw.to_vec()
+        };
+        out.push((name, hash));
+    }
+    Ok(out)
+}
+
+/// Hashes `len` bytes of `fd` from `offset`, telling `hashed` how many bytes each read added.
+pub fn hash_range(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+    hashed: &mut dyn FnMut(u64),
+) -> io::Result<[u8; 32]> {
     if buf.is_empty() {
         buf.resize(1 << 20, 0);
     }
@@ -69,6 +129,7 @@ pub fn hash_range(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut Vec<u8>) 
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 done += n as u64;
+                hashed(n as u64);
             }
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -91,5 +152,17 @@ mod tests {
         for name in [&b"./a b"[..], b"./x\\y\nz", b"\\", b"\n\n", b""] {
             assert_eq!(line_len(name), line(name, &hash).len() as u64, "{name:?}");
         }
+    }
+
+    #[test]
+    fn manifests() {
+        let h = "ab".repeat(32);
+        let text = format!("{h}  ./a b\n\\{h}  ./x\\\\y\\nz\n{h} *bin\n");
+        let parsed = parse(text.as_bytes()).unwrap();
+        let names: Vec<&[u8]> = parsed.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(names, [&b"./a b"[..], b"./x\\y\nz", b"bin"]);
+        assert!(parsed.iter().all(|(_, d)| *d == [0xab; 32]));
+        assert!(parse(b"xyz  a\n").is_err());
+        assert!(parse(format!("{}  a\n", "zz".repeat(32)).as_bytes()).is_err());
     }
 }

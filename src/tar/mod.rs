@@ -2,7 +2,24 @@
 //! compressed wrappings, and the `ckpt.sha256` manifest format. Nothing here knows about
 //! files on disk or containers.
 
+pub mod archive;
 pub mod compress;
 pub mod manifest;
+pub mod meta;
 pub mod pax;
 pub mod reader;
+
+/// A tar block: headers, and the padding after each member's data, are whole blocks.
+pub const BLOCK: u64 = 512;
+
+/// `n` rounded up to a multiple of `to`.
+pub fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// ckpt's alignment rule: the data of a regular file of `size` bytes starts on a multiple of
+/// `align` when it holds at least one whole aligned block, the part a clone can share (a
+/// nested archive's data always does). Export lays archives out by it; verify checks it.
+pub fn must_align(size: u64, align: u64) -> bool {
+    size >= align
+}

@@ -128,6 +128,53 @@ impl<'a> Records<'a> {
     }
 }
 
+/// A decimal number as pax records and GNU sparse maps write it: digits only, no sign.
+pub fn parse_decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Seconds and nanoseconds as a pax time: a decimal number, negative before the epoch.
+pub fn format_time(sec: i64, nsec: u32) -> String {
+    if sec < 0 && nsec > 0 {
+        // sec + nsec/1e9 is negative; write its magnitude.
+        format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec)
+    } else if nsec == 0 {
+        sec.to_string()
+    } else {
+        format!("{sec}.{nsec:09}")
+    }
+}
+
+/// A pax time: `[-]SECONDS[.FRACTION]`.
+pub fn parse_time(value: &[u8]) -> Option<(i64, u32)> {
+    let (negative, value) = match value.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (secs, frac) = match value.iter().position(|&b| b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &[][..]),
+    };
+    let secs = i64::try_from(parse_decimal(secs)?).ok()?;
+    if !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut nsec = 0u32;
+    for i in 0..9 {
+        nsec = nsec * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'));
+    }
+    if negative && nsec > 0 {
+        Some((-secs - 1, 1_000_000_000 - nsec))
+    } else if negative {
+        Some((-secs, 0))
+    } else {
+        Some((secs, nsec))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::export::member::{Kind, Meta};
-use crate::export::plan::BLOCK;
+use crate::tar::BLOCK;
+use crate::tar::archive::Opened;
+use crate::tar::meta::{Kind, Meta};
 use crate::tar::pax;
 
 /// Largest pax extended header accepted (xattr values are at most 64 KiB each on Linux).
@@ -101,6 +102,27 @@ impl<'a> Reader<'a> {
 
     pub fn from_stream(stream: impl Read + 'a, archive: &Path) -> Reader<'a> {
         Reader::new(Input::Stream(Box::new(stream)), 0, archive)
+    }
+
+    /// Reads an opened archive: in place when it is a plain file, else front to back.
+    pub fn open(opened: &'a mut Opened, archive: &Path) -> Reader<'a> {
+        match opened {
+            Opened::File(file, len) => Reader::from_file(file, 0, *len, archive),
+            Opened::Stream(stream) => Reader::from_stream(stream, archive),
+        }
+    }
+
+    /// Reads the archive held in the data of `entry`, the member just read: in place when
+    /// this archive is a file, else from this stream. Offsets stay those of the outer archive.
+    pub fn nested(&mut self, entry: &Entry) -> Reader<'_> {
+        let archive = self.archive.clone();
+        let end = entry.data_offset.saturating_add(entry.size);
+        match self.input {
+            Input::File { file, end: outer_end } => {
+                Reader::new(Input::File { file, end: end.min(outer_end) }, entry.data_offset, &archive)
+            }
+            Input::Stream(_) => Reader::new(Input::Stream(Box::new(self)), entry.data_offset, &archive),
+        }
     }
 
     fn new(input: Input<'a>, start: u64, archive: &Path) -> Reader<'a> {
@@ -240,7 +262,7 @@ impl<'a> Reader<'a> {
     fn read_extension(&mut self, len: u64) -> io::Result<Vec<u8>> {
         let mut data = vec![0u8; len as usize];
         self.read_exact(&mut data)?;
-        let next = crate::export::plan::round_up(self.pos, BLOCK);
+        let next = crate::tar::round_up(self.pos, BLOCK);
         self.skip_to(next)?;
         Ok(data)
     }
@@ -615,7 +637,7 @@ impl<'a> Reader<'a> {
                     line.push(byte);
                     continue;
                 }
-                let n = parse_decimal(&line).ok_or_else(|| bad(self))?;
+                let n = pax::parse_decimal(&line).ok_or_else(|| bad(self))?;
                 line.clear();
                 if wanted.is_none() {
                     let count =
@@ -782,7 +804,7 @@ impl PaxFields {
             b"size" => self.size = self.decimal(value, "size", |n| i64::try_from(n).is_ok()),
             b"uid" => self.uid = self.decimal(value, "uid", id_in_range),
             b"gid" => self.gid = self.decimal(value, "gid", id_in_range),
-            b"mtime" => match parse_pax_time(value) {
+            b"mtime" => match pax::parse_time(value) {
                 Some(time) => self.mtime = Some(time),
                 None => self.fail(format!("bad pax mtime record {}", shown(value))),
             },
@@ -823,7 +845,7 @@ impl PaxFields {
 
     /// A decimal record value that `fits`; anything else is an error, never a wrap.
     fn decimal(&mut self, value: &[u8], what: &str, fits: impl Fn(u64) -> bool) -> Option<u64> {
-        match parse_decimal(value) {
+        match pax::parse_decimal(value) {
             Some(n) if fits(n) => Some(n),
             Some(n) => {
                 self.fail(format!("pax {what} {n} is out of range"));
@@ -870,7 +892,7 @@ fn parse_map_list(value: &[u8]) -> Option<Vec<(u64, u64)>> {
     if value.is_empty() {
         return Some(Vec::new());
     }
-    let numbers: Vec<u64> = value.split(|&b| b == b',').map(parse_decimal).collect::<Option<_>>()?;
+    let numbers: Vec<u64> = value.split(|&b| b == b',').map(pax::parse_decimal).collect::<Option<_>>()?;
     if !numbers.len().is_multiple_of(2) || numbers.len() / 2 > MAX_FRAGMENTS {
         return None;
     }
@@ -970,40 +992,6 @@ fn parse_mtime(field: &[u8]) -> Option<i64> {
     parse_number(field).and_then(|n| i64::try_from(n).ok())
 }
 
-fn parse_decimal(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// A pax time: `[-]SECONDS[.FRACTION]`.
-fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
-    let (negative, value) = match value.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, value),
-    };
-    let (secs, frac) = match value.iter().position(|&b| b == b'.') {
-        Some(dot) => (&value[..dot], &value[dot + 1..]),
-        None => (value, &[][..]),
-    };
-    let secs = i64::try_from(parse_decimal(secs)?).ok()?;
-    if !frac.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut nsec = 0u32;
-    for i in 0..9 {
-        nsec = nsec * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'));
-    }
-    if negative && nsec > 0 {
-        Some((-secs - 1, 1_000_000_000 - nsec))
-    } else if negative {
-        Some((-secs, 0))
-    } else {
-        Some((secs, nsec))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1065,13 +1053,13 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(parse_pax_time(b"12.5"), Some((12, 500_000_000)));
-        assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500_000_000)));
-        assert_eq!(parse_pax_time(b"7"), Some((7, 0)));
-        assert_eq!(parse_pax_time(b"1.0000000019"), Some((1, 1)));
-        assert_eq!(parse_pax_time(b"x"), None);
-        assert_eq!(parse_pax_time(b"1.x"), None);
+        assert_eq!(pax::parse_time(b"12.5"), Some((12, 500_000_000)));
+        assert_eq!(pax::parse_time(b"-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(pax::parse_time(b"7"), Some((7, 0)));
+        assert_eq!(pax::parse_time(b"1.0000000019"), Some((1, 1)));
+        assert_eq!(pax::parse_time(b"x"), None);
+        assert_eq!(pax::parse_time(b"1.x"), None);
         let (s, n) = (-3i64, 250_000_000u32);
-        assert_eq!(parse_pax_time(crate::export::plan::format_pax_time(s, n).as_bytes()), Some((s, n)));
+        assert_eq!(pax::parse_time(pax::format_time(s, n).as_bytes()), Some((s, n)));
     }
 }

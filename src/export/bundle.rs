@@ -1,0 +1,157 @@
+//! A checkpoint bundle as archive members, in the layout podman and CRI-O use: the leading
+//! dumps, the bundle members podman's own export takes, and the rootfs changes as a nested
+//! `rootfs-diff.tar` with `deleted.files`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::container::overlay::{self, WhiteoutStyle};
+use crate::container::podman::{BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP};
+use crate::error::{Context, Error, Result};
+use crate::export::layer::Layer;
+use crate::export::member::{Body, Member, Members, Nested};
+use crate::export::pieces;
+use crate::export::walk::{self, Naming, Skipped, Walk};
+use crate::tar::meta::{Kind, Meta};
+
+/// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
+/// `align`, and the bytes of file data in the rootfs changes.
+pub(crate) fn members(
+    bundle: &Path,
+    rootfs: Option<&Rootfs>,
+    style: WhiteoutStyle,
+    align: u64,
+    skipped: &Skipped,
+) -> Result<(Members<'static>, u64)> {
+    let inventory = bundle.join("checkpoint/inventory.img");
+    if !std::fs::symlink_metadata(&inventory).is_ok_and(|m| m.is_file()) {
+        return Err(Error::invalid(
+            inventory,
+            "missing: not a checkpoint bundle (CRIU writes inventory.img)",
+        ));
+    }
+    let leading = leading_members(bundle)?;
+    let (trailing, rootfs_bytes) = match rootfs {
+        Some(rootfs) => {
+            for name in [ROOTFS_DIFF, DELETED_FILES] {
+                let path = bundle.join(OsStr::from_bytes(name));
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    return Err(Error::invalid(
+                        path,
+                        "the bundle already holds the rootfs changes; remove it or leave out the rootfs option",
+                    ));
+                }
+            }
+            rootfs_members(rootfs, style, align, skipped)?
+        }
+        None => (Vec::new(), 0),
+    };
+    // The walk takes what it is not told to omit: omit every other top-level name.
+    let mut omit: Vec<Vec<u8>> = LEADING.iter().map(|n| n.to_vec()).collect();
+    for entry in std::fs::read_dir(bundle).at("read directory", bundle)? {
+        let name = entry.at("read directory", bundle)?.file_name().into_vec();
+        if !BUNDLE_MEMBERS.contains(&name.as_slice()) && !omit.contains(&name) {
+            log::debug!(
+                "{}: not a checkpoint member, left out",
+                bundle.join(OsStr::from_bytes(&name)).display()
+            );
+            omit.push(name);
+        }
+    }
+    let omit: Vec<&[u8]> = omit.iter().map(Vec::as_slice).collect();
+    let rest = Walk::new(bundle, Naming::Bare, skipped.clone())?.omit(&omit);
+    let members = leading.into_iter().map(Ok).chain(rest).chain(trailing.into_iter().map(Ok));
+    Ok((Box::new(members), rootfs_bytes))
+}
+
+/// `config.dump` and `spec.dump`. Podman writes both only when it exports a checkpoint
+/// itself; after `podman container checkpoint --keep` the bundle has neither. `spec.dump` is
+/// the container's `config.json` as podman saves it, so it is taken from there when missing;
+/// `config.dump` (libpod's own container record) cannot be made by anyone but podman and is
+/// left out with a warning: `podman container restore --import` needs it.
+fn leading_members(bundle: &Path) -> Result<Vec<Member>> {
+    let mut members = Vec::with_capacity(LEADING.len());
+    for name in LEADING {
+        let path = bundle.join(OsStr::from_bytes(name));
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => members.push(walk::describe(&path, name.to_vec(), &meta)?),
+            Ok(_) => return Err(Error::invalid(path, "not a regular file")),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("lstat", path, e)),
+            Err(_) if name == SPEC_DUMP => {
+                let config = bundle.join("config.json");
+                match std::fs::symlink_metadata(&config) {
+                    Ok(meta) if meta.is_file() => {
+                        let data = std::fs::read(&config).at("read", &config)?;
+                        let described = walk::describe(&config, name.to_vec(), &meta)?;
+                        let meta = Meta { mode: 0o600, ..described.meta };
+                        members.push(Member { body: Body::Bytes(data), meta, ..described });
+                    }
+                    _ => return Err(Error::invalid(path, "missing, and no config.json to take it from")),
+                }
+            }
+            Err(_) => log::warn!(
+                "{}: missing (podman writes it only when it exports a checkpoint): the archive \
+                 cannot be restored with podman container restore --import",
+                path.display()
+            ),
+        }
+    }
+    Ok(members)
+}
+
+/// `rootfs-diff.tar` and, with podman's whiteouts, `deleted.files`; and the bytes of file data
+/// in the layer.
+fn rootfs_members(
+    rootfs: &Rootfs,
+    style: WhiteoutStyle,
+    align: u64,
+    skipped: &Skipped,
+) -> Result<(Vec<Member>, u64)> {
+    let (upper, lowers) = match rootfs {
+        Rootfs::Diff { upper, lowers } => (upper.clone(), lowers.clone()),
+        Rootfs::Mount(path) => {
+            let mount = overlay::find_overlay(path)?.ok_or_else(|| {
+                Error::invalid(
+                    path,
+                    "not an overlay mount point; name the layer's diff dir with --rootfs-diff",
+                )
+            })?;
+            (mount.upper, mount.lowers)
+        }
+    };
+    // The nested archive's header, which announces its length, comes before its members, and
+    // deleted.files after them lists what the whole layer deletes: a first pass over the layer
+    // finds both without holding its members.
+    let mut layer = Layer::new(&upper, &lowers, style, skipped.clone())?;
+    let (len, bytes) = pieces::archive_len(&mut layer, align)?;
+    let deleted = layer.deleted();
+    // The nested archive's header takes its owner and time from the upper dir.
+    let meta = std::fs::metadata(&upper).at("stat", &upper)?;
+    let header_meta =
+        Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 };
+    let path = upper.clone();
+    let second_pass = move || -> Result<Members<'static>> {
+        // What the first pass skipped has been reported, and its deletions listed.
+        Ok(Box::new(Layer::new(&upper, &lowers, style, Skipped::default())?.members_only()))
+    };
+    let mut members = vec![Member {
+        name: ROOTFS_DIFF.to_vec(),
+        meta: header_meta,
+        kind: Kind::Regular,
+        body: Body::Archive(Nested { len, path, members: Box::new(second_pass) }),
+        xattrs: Vec::new(),
+    }];
+    if !deleted.is_empty() {
+        let json = serde_json::to_vec(&deleted).expect("a list of strings serializes");
+        members.push(Member {
+            name: DELETED_FILES.to_vec(),
+            meta: header_meta,
+            kind: Kind::Regular,
+            body: Body::Bytes(json),
+            xattrs: Vec::new(),
+        });
+    }
+    Ok((members, bytes))
+}
