@@ -1,17 +1,5 @@
 //! `ckpt hook`: an OCI runtime hook. The runtime passes the container's state JSON on
-//! standard input; annotations on the container say what to do:
-//!
-//! | annotation | meaning |
-//! | --- | --- |
-//! | `io.ckpt.export=ARCHIVE` | when the container has stopped (`poststop`), archive its checkpoint bundle |
-//! | `io.ckpt.import=ARCHIVE` | while the container is being created (`prestart`, `createRuntime`), restore the archive into its bundle and rootfs |
-//! | `io.ckpt.bundle=DIR` | the checkpoint bundle (default: the state's `bundle`) |
-//! | `io.ckpt.rootfs=PATH` | the container's overlay mount (default: `root.path` of the bundle's `config.json`, when it is an overlay mount) |
-//! | `io.ckpt.rootfs-diff=DIR` | the layer's diff (upper) dir; wins over `io.ckpt.rootfs` |
-//! | `io.ckpt.lower=DIR:DIR` | the lower dirs of `io.ckpt.rootfs-diff`, topmost first (export) |
-//! | `io.ckpt.compress=gzip\|zstd` | compress the archive (export) |
-//! | `io.ckpt.digest=sha256` | add the `ckpt.sha256` digest manifest (export) |
-//! | `io.ckpt.overwrite=true` | replace existing entries (import) |
+//! standard input; annotations on the container say what to do: the table is is [`ANNOTATIONS`].
 //!
 //! `{id}` in a path is replaced by the container's id.
 
@@ -36,6 +24,24 @@ pub const LOWER: &str = "io.ckpt.lower";
 pub const COMPRESS: &str = "io.ckpt.compress";
 pub const DIGEST: &str = "io.ckpt.digest";
 pub const OVERWRITE: &str = "io.ckpt.overwrite";
+
+/// Every annotation the hook reads: its name, its value, and what it does. `ckpt hook
+/// --help` prints this; the README's table says the same at length.
+pub const ANNOTATIONS: [(&str, &str, &str); 9] = [
+    (EXPORT, "ARCHIVE", "once the container has stopped (poststop), archive its checkpoint bundle"),
+    (
+        IMPORT,
+        "ARCHIVE",
+        "while it is created (prestart, createRuntime), restore the archive into its bundle and layer",
+    ),
+    (BUNDLE, "DIR", "the checkpoint bundle, instead of the state's bundle"),
+    (ROOTFS, "PATH", "the container's overlay mount, when not root.path of the bundle's config.json"),
+    (ROOTFS_DIFF, "DIR", "the layer's diff (upper) dir; wins over io.ckpt.rootfs"),
+    (LOWER, "DIR:DIR", "the lower dirs of io.ckpt.rootfs-diff, topmost first (export)"),
+    (COMPRESS, "gzip|zstd", "compress the archive (export)"),
+    (DIGEST, "sha256", "add the ckpt.sha256 digest manifest (export)"),
+    (OVERWRITE, "true", "replace existing entries (import)"),
+];
 
 /// The largest state document read from standard input.
 pub const MAX_STATE: u64 = 16 << 20;
@@ -288,5 +294,14 @@ mod tests {
         )
         .unwrap();
         assert!(run_hook(&state, None).is_err());
+    }
+
+    #[test]
+    fn every_annotation_is_in_the_readme_table() {
+        let readme = include_str!("../README.md");
+        for (name, value, _) in ANNOTATIONS {
+            let row = format!("| `{name}={}` |", value.replace('|', "\\|"));
+            assert!(readme.contains(&row), "README.md has no row {row}");
+        }
     }
 }

@@ -15,7 +15,7 @@ pub use container::overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use container::podman::Rootfs;
 pub use error::{Error, Result};
 pub use export::{DEFAULT_ALIGN, DEFAULT_CLONE_MIN, ExportStats, Exporter};
-pub use hook::{HookOutcome, HookState, run_hook};
+pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;
 pub use import::extract::ImportStats;
 pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};

@@ -42,12 +42,7 @@ enum Command {
     Verify(VerifyArgs),
     /// OCI runtime hook: read the container state JSON on stdin and export or import its
     /// checkpoint as its io.ckpt.* annotations say.
-    ///
-    /// io.ckpt.export=ARCHIVE (acts at poststop), io.ckpt.import=ARCHIVE (acts at
-    /// prestart/createRuntime), io.ckpt.bundle=DIR, io.ckpt.rootfs=PATH,
-    /// io.ckpt.rootfs-diff=DIR, io.ckpt.lower=DIR:DIR, io.ckpt.compress=gzip|zstd,
-    /// io.ckpt.digest=sha256, io.ckpt.overwrite=true. Without an io.ckpt.export or
-    /// io.ckpt.import annotation it does nothing and exits 0.
+    #[command(long_about = hook_about())]
     Hook,
     /// Checkpoint and restore podman containers, moving their data by cloning.
     ///
@@ -65,6 +60,19 @@ enum Command {
         /// The command whose page to print (ckpt-COMMAND(1)).
         command: Option<String>,
     },
+}
+
+/// `ckpt hook --help`: the annotations, from the library's table.
+fn hook_about() -> String {
+    let mut about = String::from(
+        "OCI runtime hook: read the container state JSON on stdin and export or import its \
+         checkpoint as its io.ckpt.* annotations say ({id} in a path is the container's id):\n",
+    );
+    for (name, value, meaning) in ckpt::HOOK_ANNOTATIONS {
+        about.push_str(&format!("\n  {name}={value}\n      {meaning}"));
+    }
+    about.push_str("\n\nWithout io.ckpt.export or io.ckpt.import it does nothing and exits 0.");
+    about
 }
 
 #[derive(Subcommand)]

@@ -1,25 +1,10 @@
 //! What goes into an archive: one member's name, metadata and where its data comes from.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::error::Result;
+use crate::export::source::SourceFile;
 use crate::tar::meta::{Kind, Meta};
-
-/// A regular file to be archived, with what the walk saw of it so that a change while it is
-/// being archived can be detected.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    /// The full path, for messages; the file is opened by its name in `dir`.
-    pub path: PathBuf,
-    /// The directory that holds the file, as the walk opened it.
-    pub dir: Arc<OwnedFd>,
-    pub size: u64,
-    pub dev: u64,
-    pub ino: u64,
-    pub mtime: (i64, i64),
-}
 
 /// A tar archive nested inside this one, laid out so that its members' data is aligned in the
 /// outer file too. Its length was found by a first pass over its members, because the outer

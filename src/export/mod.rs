@@ -6,6 +6,7 @@ pub mod member;
 pub mod pieces;
 pub mod place;
 pub mod plan;
+pub mod source;
 pub mod stream;
 pub mod walk;
 

@@ -3,8 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::export::member::Members;
-use crate::export::member::{Body, Member, SourceFile};
+use crate::export::member::{Body, Member};
 use crate::export::plan::{Planner, encode_headers};
+use crate::export::source::SourceFile;
 use crate::tar::manifest;
 use crate::tar::meta::{Kind, Meta};
 

@@ -7,13 +7,11 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rustix::fs::{Advice, AtFlags, FileType, Mode, OFlags};
-use rustix::io::Errno;
+use rustix::fs::Advice;
 
-use crate::error::{Context, Error, Result};
-use crate::export::member::SourceFile;
+use crate::error::{Context, Result};
 use crate::export::pieces::{Covered, Piece, Pieces};
-use crate::export::walk::{Inode, type_name};
+use crate::export::source::{self, SourceFile};
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, shrunk, write_all_at};
 use crate::tar::BLOCK;
@@ -133,7 +131,7 @@ impl<'a> Placer<'a> {
     /// serves them in parallel instead of one synchronous read per file.
     fn clone_file(&mut self, source: &SourceFile, offset: u64) -> Result<(File, u64)> {
         let path = source.path.as_path();
-        let file = open_source(source)?;
+        let file = source::open(source)?;
         let block = self.target.block;
         let worth_it = offset.is_multiple_of(block)
             && source.size >= block.max(self.clone_min)
@@ -141,9 +139,9 @@ impl<'a> Placer<'a> {
         let cloned = if worth_it {
             let src = End { fd: file.as_fd(), dev: source.dev, offset: 0 };
             let dst = End { fd: self.target.file.as_fd(), dev: self.target.dev, offset };
-            self.mover
-                .clone_blocks(src, dst, source.size, block)
-                .map_err(|e| source_error(source, &file, transfer_error(e, path, self.target.path)))?
+            self.mover.clone_blocks(src, dst, source.size, block).map_err(|e| {
+                source::error_of(source, &file, source::transfer_error(e, path, self.target.path))
+            })?
         } else {
             0
         };
@@ -165,14 +163,14 @@ impl<'a> Placer<'a> {
             data.resize(rest as usize, 0);
             let read = file.read_exact_at(&mut data, cloned);
             let result = read.map_err(|e| {
-                transfer_error(
+                source::transfer_error(
                     if e.kind() == std::io::ErrorKind::UnexpectedEof { shrunk() } else { e },
                     path,
                     self.target.path,
                 )
             });
             let result = result
-                .map_err(|e| source_error(source, file, e))
+                .map_err(|e| source::error_of(source, file, e))
                 .and_then(|()| self.put(offset + cloned, &data));
             self.buf = data;
             result?;
@@ -186,9 +184,11 @@ impl<'a> Placer<'a> {
             } else {
                 self.mover.transfer(src, dst, rest, self.target.block, Tail::Copy)
             };
-            moved.map_err(|e| source_error(source, file, transfer_error(e, path, self.target.path)))?;
+            moved.map_err(|e| {
+                source::error_of(source, file, source::transfer_error(e, path, self.target.path))
+            })?;
         }
-        check_unchanged(source, file)?;
+        source::check_unchanged(source, file)?;
         if let Some(progress) = self.progress {
             progress.advance(source.size);
         }
@@ -239,74 +239,5 @@ impl<'a> Placer<'a> {
         assert_eq!(manifest.len() as u64, len, "manifest length was planned");
         write_all_at(fd, &manifest, offset).at("write", path)?;
         Ok(())
-    }
-}
-
-/// Opens a source file by its name in the directory the walk opened, never following a
-/// symlink. O_NONBLOCK keeps the open from waiting forever on a source that was swapped for a
-/// fifo (a regular file ignores the flag); what was opened is checked by [`check_unchanged`].
-pub(crate) fn open_source(source: &SourceFile) -> Result<File> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let name = source.path.file_name().expect("a walked path ends in the entry's name");
-    // O_NOATIME keeps archiving from dirtying inodes; only the owner (or root) may ask for it.
-    let opened = match rustix::fs::openat(&*source.dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rustix::fs::openat(&*source.dir, name, flags, Mode::empty()),
-        other => other,
-    };
-    opened.map(File::from).map_err(|e| {
-        // A failed open is most often the entry having become a symlink, socket or other.
-        let now = rustix::fs::statat(&*source.dir, name, AtFlags::SYMLINK_NOFOLLOW);
-        match now.ok().and_then(|st| changes(source, &Inode::from_stat(&st))) {
-            Some(changed) => changed_error(source, &changed),
-            None => Error::io("open", &source.path, e),
-        }
-    })
-}
-
-/// Fails when the opened `file` is no longer what the walk saw: another inode or file type, or
-/// another size or mtime (one fstat after all reads catches a change before or during them).
-pub(crate) fn check_unchanged(source: &SourceFile, file: &File) -> Result<()> {
-    let now = Inode::from_stat(&rustix::fs::fstat(file).at("fstat", &source.path)?);
-    match changes(source, &now) {
-        Some(changed) => Err(changed_error(source, &changed)),
-        None => Ok(()),
-    }
-}
-
-/// The error of a failed read of `source`: the change that caused it, if the file changed.
-pub(crate) fn source_error(source: &SourceFile, file: &File, error: Error) -> Error {
-    check_unchanged(source, file).err().unwrap_or(error)
-}
-
-/// What changed since the walk, e.g. "size 4096 -> 8192, mtime 1.000000000 -> 2.000000000".
-fn changes(source: &SourceFile, now: &Inode) -> Option<String> {
-    let mut changed = Vec::new();
-    if now.file_type != FileType::RegularFile {
-        changed.push(format!("type regular file -> {}", type_name(now.file_type)));
-    }
-    if (now.dev, now.ino) != (source.dev, source.ino) {
-        changed.push(format!("inode {}:{} -> {}:{}", source.dev, source.ino, now.dev, now.ino));
-    }
-    if now.size != source.size {
-        changed.push(format!("size {} -> {}", source.size, now.size));
-    }
-    if now.mtime != source.mtime {
-        let (was, is) = (source.mtime, now.mtime);
-        changed.push(format!("mtime {}.{:09} -> {}.{:09}", was.0, was.1, is.0, is.1));
-    }
-    (!changed.is_empty()).then(|| changed.join(", "))
-}
-
-fn changed_error(source: &SourceFile, changed: &str) -> Error {
-    Error::invalid(&source.path, format!("changed while being archived: {changed}"))
-}
-
-/// Names the side of a failed transfer: a short read is the source's fault, the rest is
-/// attributed to writing the archive.
-fn transfer_error(e: std::io::Error, source: &Path, target: &Path) -> Error {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::invalid(source, e.to_string())
-    } else {
-        Error::Copy { from: source.to_path_buf(), to: target.to_path_buf(), source: e }
     }
 }

@@ -250,7 +250,7 @@ fn ustar_header(member: &Member) -> tar::Header {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::member::SourceFile;
+    use crate::export::source::SourceFile;
 
     fn file(name: &[u8], size: u64, xattr_len: usize) -> Member {
         Member {

@@ -12,9 +12,8 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
-use crate::export::member::SourceFile;
 use crate::export::pieces::{Piece, Pieces};
-use crate::export::place::{check_unchanged, open_source, source_error};
+use crate::export::source::{self, SourceFile};
 use crate::progress::Progress;
 use crate::sys::mover::shrunk;
 use crate::tar::manifest;
@@ -128,19 +127,19 @@ impl<'a> Stream<'a> {
 
     fn file_data(&mut self, source: &SourceFile) -> Result<()> {
         let path = source.path.as_path();
-        let file = open_source(source)?;
+        let file = source::open(source)?;
         // Checked before anything is sent: data a reader has seen cannot be taken back.
-        check_unchanged(source, &file)?;
+        source::check_unchanged(source, &file)?;
         // Data that must be hashed goes through user space.
         let copied = match &self.sink {
             Sink::Fd(fd) if self.hasher.is_none() => send(*fd, &file, source.size)
-                .map_err(|e| source_error(source, &file, self.copy_error(e, path)))?,
+                .map_err(|e| source::error_of(source, &file, source::transfer_error(e, path, self.name)))?,
             _ => 0,
         };
         self.pos += copied;
         self.copy_through_buffer(&file, copied, source.size)
-            .map_err(|e| source_error(source, &file, self.copy_error(e, path)))?;
-        check_unchanged(source, &file)?;
+            .map_err(|e| source::error_of(source, &file, source::transfer_error(e, path, self.name)))?;
+        source::check_unchanged(source, &file)?;
         self.bytes_copied += source.size;
         if let Some(progress) = self.progress {
             progress.advance(source.size);
@@ -169,14 +168,6 @@ impl<'a> Stream<'a> {
             offset += n as u64;
         }
         Ok(())
-    }
-
-    fn copy_error(&self, e: io::Error, source: &Path) -> Error {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            Error::invalid(source, e.to_string())
-        } else {
-            Error::Copy { from: source.to_path_buf(), to: self.name.to_path_buf(), source: e }
-        }
     }
 }
 

@@ -20,7 +20,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Context, Error, Result};
-use crate::export::member::{Body, Member, SourceFile};
+use crate::export::member::{Body, Member};
+use crate::export::source::SourceFile;
 use crate::sys::outfile;
 use crate::tar::meta::{Kind, Meta};
 

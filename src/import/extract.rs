@@ -28,6 +28,7 @@ use crate::container::overlay::{self, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Context, Error, Result};
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, write_all_at};
+use crate::sys::temp;
 use crate::tar::meta::{Kind, Meta};
 use crate::tar::reader::{Entry, Reader};
 use crate::tar::round_up;
@@ -718,11 +719,7 @@ impl Extractor {
         for entry in entries {
             let Ok(entry) = entry else { break };
             let name = entry.file_name().to_bytes();
-            if let Some(pid) = temp_pid(name)
-                && pid != std::process::id()
-                && rustix::process::Pid::from_raw(pid as i32)
-                    .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
-            {
+            if temp::pid_of(name).is_some_and(temp::writer_gone) {
                 stale.push(name.to_vec());
             }
         }
@@ -768,7 +765,7 @@ impl Extractor {
                 Ok(fd) => (File::from(fd), None),
                 // No O_TMPFILE here (NFS, FUSE, older kernels): a hidden temporary name instead.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
-                    let temp = temp_name(name);
+                    let temp = temp::name_for(name);
                     let flags =
                         OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::RDWR | OFlags::CLOEXEC;
                     match rustix::fs::openat(
@@ -970,7 +967,7 @@ impl Extractor {
     /// does. The two are exchanged, so the name never stops existing, then the old entry,
     /// now under the temporary name, is removed.
     fn replace_by_dir(&mut self, parent: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<()> {
-        let temp = temp_name(name);
+        let temp = temp::name_for(name);
         let temp_os = OsStr::from_bytes(&temp);
         let name_os = OsStr::from_bytes(name);
         rustix::fs::mkdirat(parent, temp_os, Mode::from_bits_truncate(0o700))
@@ -1045,7 +1042,7 @@ impl Extractor {
         create: impl Fn(BorrowedFd<'_>, &OsStr) -> std::result::Result<(), Errno>,
     ) -> Result<()> {
         let joined = rel.joined();
-        let temp = temp_name(name);
+        let temp = temp::name_for(name);
         create(parent.as_fd(), OsStr::from_bytes(&temp)).at_with("create", || self.display(&joined))?;
         let result = self.set_node_meta(parent, &temp, entry, xattrs, &joined);
         let flags = if self.options.overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
@@ -1152,7 +1149,7 @@ impl Extractor {
                         Err(e) => Err(Error::io("rmdir", self.display(rel), e)),
                     }
                 } else {
-                    let temp = temp_name(name);
+                    let temp = temp::name_for(name);
                     let temp_os = OsStr::from_bytes(&temp);
                     link(parent.as_fd(), temp_os).at_with("create", || self.display(rel))?;
                     let renamed = rustix::fs::renameat(parent, temp_os, parent, OsStr::from_bytes(name))
@@ -1420,31 +1417,6 @@ fn gid(id: u64) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(id as u32)
 }
 
-/// A hidden temporary name beside `name`: `.NAME.ckpt-PID-N.tmp`, the pattern export's
-/// output files use too, so a later run (or `find -name '.*.ckpt-*.tmp'`) can tell them.
-fn temp_name(name: &[u8]) -> Vec<u8> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut temp = b".".to_vec();
-    temp.extend_from_slice(&name[..name.len().min(200)]);
-    temp.extend_from_slice(
-        format!(".ckpt-{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)).as_bytes(),
-    );
-    temp
-}
-
-/// The process ID in a temporary name of `temp_name`'s pattern.
-fn temp_pid(name: &[u8]) -> Option<u32> {
-    let rest = name.strip_prefix(b".")?.strip_suffix(b".tmp")?;
-    let at = rest.windows(6).rposition(|w| w == b".ckpt-")?;
-    let (pid, counter) = std::str::from_utf8(&rest[at + 6..]).ok()?.split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if at == 0 || !digits(pid) || !digits(counter) {
-        return None;
-    }
-    pid.parse().ok()
-}
-
 /// Up to `max` names in `dir` (not `.` and `..`).
 fn list_dir_batch(dir: BorrowedFd<'_>, max: usize) -> std::result::Result<Vec<Vec<u8>>, Errno> {
     let fd =
@@ -1498,22 +1470,6 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<(), E
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn temp_names_carry_their_process_id() {
-        let name = temp_name(b"config.dump");
-        assert_eq!(temp_pid(&name), Some(std::process::id()));
-        assert_eq!(temp_pid(b".a.ckpt-12-3.tmp"), Some(12));
-        for other in [
-            &b"a.ckpt-12-3.tmp"[..],
-            b".a.ckpt-12-3",
-            b".a.ckpt-x-3.tmp",
-            b".ckpt-12-3.tmp",
-            b".a.ckpt-12.tmp",
-        ] {
-            assert_eq!(temp_pid(other), None, "{}", String::from_utf8_lossy(other));
-        }
-    }
 
     #[test]
     fn deferred_directories_come_deepest_first() {

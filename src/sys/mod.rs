@@ -4,3 +4,4 @@
 pub mod clone;
 pub mod mover;
 pub mod outfile;
+pub mod temp;

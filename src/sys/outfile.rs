@@ -8,17 +8,16 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, RawDir, RenameFlags};
 use rustix::io::Errno;
-use rustix::process::Pid;
 
 use crate::error::{Context, Error, Result};
+use crate::sys::temp;
 
 /// The mode of every archive: it holds process memory (podman writes its archives 0600 too).
 const ARCHIVE_MODE: Mode = Mode::RUSR.union(Mode::WUSR);
@@ -260,25 +259,9 @@ impl Drop for OutFile {
     }
 }
 
-/// `.{name}.ckpt-{pid}-{n}.tmp`: hidden, and naming the process that writes it.
+/// A temporary name for `name` in its directory.
 pub(crate) fn temp_name_for(name: &OsStr) -> OsString {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut temp = OsString::from(".");
-    temp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
-    temp.push(format!(".ckpt-{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    temp
-}
-
-/// The pid in a name made by [`temp_name_for`].
-fn temp_pid(name: &[u8]) -> Option<Pid> {
-    let rest = name.strip_prefix(b".")?.strip_suffix(b".tmp")?;
-    let tag = rest.windows(6).rposition(|w| w == b".ckpt-")?;
-    let (pid, n) = rest[tag + 6..].split_at(rest[tag + 6..].iter().position(|&b| b == b'-')?);
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    if !digits(pid) || !digits(&n[1..]) {
-        return None;
-    }
-    Pid::from_raw(std::str::from_utf8(pid).ok()?.parse().ok()?)
+    OsString::from_vec(temp::name_for(name.as_bytes()))
 }
 
 /// Removes the temporary files that killed ckpt processes left in `dir` (which nothing else
@@ -291,7 +274,7 @@ pub(crate) fn remove_stale_temps(dir: &OwnedFd, dir_path: &Path) {
     let mut entries = RawDir::new(dir.as_fd(), &mut buf);
     while let Some(Ok(entry)) = entries.next() {
         let name = entry.file_name();
-        if temp_pid(name.to_bytes()).is_some_and(|pid| !alive(pid)) {
+        if temp::pid_of(name.to_bytes()).is_some_and(temp::writer_gone) {
             stale.push(name.to_owned());
         }
     }
@@ -308,32 +291,9 @@ pub(crate) fn remove_stale_temps(dir: &OwnedFd, dir_path: &Path) {
     }
 }
 
-fn alive(pid: Pid) -> bool {
-    // Only "no such process" means gone: EPERM is someone else's live process.
-    rustix::process::test_kill_process(pid) != Err(Errno::SRCH)
-}
-
 fn unlocked_regular_file(dir: &OwnedFd, name: &CStr) -> bool {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else { return false };
     rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
         && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temp_names_carry_the_pid() {
-        let name = temp_name_for(OsStr::new("out.ckpt-1-2.tmp.tar"));
-        assert_eq!(
-            temp_pid(name.as_bytes()).map(Pid::as_raw_nonzero).map(|p| p.get() as u32),
-            Some(std::process::id())
-        );
-        assert_eq!(temp_pid(b".a.tar.ckpt-12-x.tmp"), None);
-        assert_eq!(temp_pid(b".a.tar.ckpt--3.tmp"), None);
-        assert_eq!(temp_pid(b"a.tar.ckpt-12-3.tmp"), None);
-        assert_eq!(temp_pid(b".a.tar.ckpt-0-3.tmp"), None);
-    }
 }
