@@ -59,7 +59,7 @@ impl HookState {
     /// Parses the state JSON (`{"ociVersion", "id", "status", "pid", "bundle",
     /// "annotations"}`).
     pub fn parse(json: &[u8]) -> Result<HookState> {
-        let bad = |why: String| Error::invalid("<hook state on stdin>", why);
+        let bad = |why: String| Error::usage("hook state on stdin", why);
         let value: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| bad(format!("not JSON: {e}")))?;
         let text = |key: &str| -> Result<String> {
@@ -96,7 +96,7 @@ impl HookState {
             .read_to_end(&mut json)
             .map_err(|e| Error::io("read", "<hook state on stdin>", e))?;
         if json.len() as u64 > MAX_STATE {
-            return Err(Error::invalid("<hook state on stdin>", format!("more than {MAX_STATE} bytes")));
+            return Err(Error::usage("hook state on stdin", format!("more than {MAX_STATE} bytes")));
         }
         HookState::parse(&json)
     }
@@ -110,7 +110,7 @@ impl HookState {
         let Some(value) = self.annotation(key) else { return Ok(None) };
         let path = PathBuf::from(value.replace("{id}", &self.id));
         if !path.is_absolute() {
-            return Err(Error::invalid(&path, format!("annotation {key} must be an absolute path")));
+            return Err(Error::usage(format!("{key}={}", path.display()), "must be an absolute path"));
         }
         Ok(Some(path))
     }
@@ -186,7 +186,7 @@ fn config_root(bundle: &Path) -> Result<Option<PathBuf>> {
         Err(e) => return Err(Error::io("read", &config, e)),
     };
     let value: serde_json::Value = serde_json::from_slice(&data)
-        .map_err(|e| Error::invalid(&config, format!("not an OCI runtime spec: {e}")))?;
+        .map_err(|e| Error::unsuitable(&config, format!("not an OCI runtime spec: {e}")))?;
     let root = value.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs");
     Ok(Some(bundle.join(root)))
 }
@@ -212,13 +212,13 @@ fn export_checkpoint(
         Some("gzip") => Some(Compression::Gzip),
         Some("zstd") => Some(Compression::Zstd),
         Some(other) => {
-            return Err(Error::invalid(archive, format!("{COMPRESS}={other}: expected gzip, zstd or none")));
+            return Err(Error::usage(format!("{COMPRESS}={other}"), "expected gzip, zstd or none"));
         }
     });
     match state.annotation(DIGEST) {
         None | Some("" | "none") => {}
         Some("sha256") => exporter = exporter.digest(true),
-        Some(other) => return Err(Error::invalid(archive, format!("{DIGEST}={other}: expected sha256"))),
+        Some(other) => return Err(Error::usage(format!("{DIGEST}={other}"), "expected sha256")),
     }
     if let Some(progress) = progress {
         exporter = exporter.progress(progress);
@@ -235,7 +235,7 @@ fn import_checkpoint(state: &HookState, bundle: &Path, archive: &Path) -> Result
         None | Some("" | "false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(Error::invalid(archive, format!("{OVERWRITE}={other}: expected true or false")));
+            return Err(Error::usage(format!("{OVERWRITE}={other}"), "expected true or false"));
         }
     };
     // The new container's own userdata files (config.json, ctr.log, ...) are the runtime's.

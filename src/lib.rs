@@ -13,7 +13,7 @@ mod tar;
 
 pub use container::overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use container::podman::Rootfs;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use export::{DEFAULT_ALIGN, DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;

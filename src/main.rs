@@ -306,11 +306,13 @@ fn main() -> ExitCode {
         })
         .init();
     let progress = !cli.quiet && std::io::stderr().is_terminal();
+    // A hook's runtime treats any status but 0 and 1 as a broken hook.
+    let is_hook = matches!(cli.command, Command::Hook);
     match run(cli.command, progress) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ckpt: {e}");
-            ExitCode::FAILURE
+            if e.kind() == ckpt::ErrorKind::Usage && !is_hook { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -538,10 +540,9 @@ fn list(args: ListArgs) -> ckpt::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = ckpt::list(&args.archive, &options, &mut |entry| {
         let line = if args.json { entry.json().to_string() } else { entry.text_line() };
-        writeln!(out, "{line}").map_err(|e| ckpt::Error::io("write", "standard output", e))
+        writeln!(out, "{line}").map_err(|e| ckpt::Error::io("write", "/dev/stdout", e))
     });
-    let result =
-        result.and_then(|()| out.flush().map_err(|e| ckpt::Error::io("write", "standard output", e)));
+    let result = result.and_then(|()| out.flush().map_err(|e| ckpt::Error::io("write", "/dev/stdout", e)));
     match result {
         // `ckpt list x.tar | head` is not an error.
         Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(ExitCode::SUCCESS),
@@ -694,7 +695,7 @@ fn man(command: Option<&str>) -> ckpt::Result<ExitCode> {
         },
     };
     let mut out = Vec::new();
-    clap_mangen::Man::new(page).render(&mut out).map_err(|e| ckpt::Error::io("render", "man page", e))?;
-    std::io::stdout().write_all(&out).map_err(|e| ckpt::Error::io("write", "standard output", e))?;
+    clap_mangen::Man::new(page).render(&mut out).expect("rendering into memory cannot fail");
+    std::io::stdout().write_all(&out).map_err(|e| ckpt::Error::io("write", "/dev/stdout", e))?;
     Ok(ExitCode::SUCCESS)
 }

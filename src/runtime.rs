@@ -235,7 +235,7 @@ impl Podman {
         let (info, created) = match target {
             RestoreTarget::New { name } => {
                 let config = dumps.config.as_ref().ok_or_else(|| {
-                    Error::invalid(archive, "has no config.dump: which container to create is not known")
+                    Error::unsuitable(archive, "has no config.dump: which container to create is not known")
                 })?;
                 let id = self.create_like(archive, config, name.as_deref())?;
                 let made = self.prepare_new(&id, archive, &dumps);
@@ -297,7 +297,7 @@ impl Podman {
 
     /// Creates a container as `config` (the archive's `config.dump`) says; its ID.
     fn create_like(&self, archive: &Path, config: &Value, name: Option<&str>) -> Result<String> {
-        let bad = |why: String| Error::invalid(archive, format!("config.dump: {why}"));
+        let bad = |why: String| Error::unsuitable(archive, format!("config.dump: {why}"));
         if config.get("pod").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
             return Err(bad(
                 "the container was in a pod: restore it with podman container restore --import --pod".into(),
@@ -338,10 +338,10 @@ impl Podman {
         if let Some(old) = &dumps.spec {
             let config = info.bundle.join("config.json");
             let new: Value = serde_json::from_slice(&std::fs::read(&config).at("read", &config)?)
-                .map_err(|e| Error::invalid(&config, format!("not JSON: {e}")))?;
+                .map_err(|e| Error::unsuitable(&config, format!("not JSON: {e}")))?;
             let differences = spec_differences(old, &new);
             if !differences.is_empty() {
-                return Err(Error::invalid(
+                return Err(Error::unsuitable(
                     archive,
                     format!(
                         "the recreated container would not be the checkpointed one: its {} differ from spec.dump; \
@@ -367,7 +367,7 @@ impl Podman {
                 ));
             }
             None => {
-                return Err(Error::invalid(
+                return Err(Error::unsuitable(
                     archive,
                     "has no config.dump: whose checkpoint it is is not known",
                 ));
@@ -474,8 +474,10 @@ fn complete(stats: ImportStats, bundle: &Path) -> Result<ImportStats> {
 /// Builds the archive's checkpoint and rootfs changes beside the container's own, then swaps
 /// them in, so a failure leaves the container as it was.
 fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats> {
-    let layer =
-        info.upper.parent().ok_or_else(|| Error::invalid(&info.upper, "a layer's diff dir has a parent"))?;
+    let layer = info
+        .upper
+        .parent()
+        .ok_or_else(|| Error::unsuitable(&info.upper, "a layer's diff dir has a parent"))?;
     let new_upper = Scratch::create(layer, "diff")?;
     let new_bundle = Scratch::create(&info.bundle, "restore")?;
     let importer = Importer::new()
@@ -625,16 +627,16 @@ fn read_dumps(archive: &Path) -> Result<Dumps> {
             continue;
         };
         if entry.size > MAX_DUMP {
-            return Err(Error::invalid(archive, format!("{} of {} bytes", entry.name_lossy(), entry.size)));
+            return Err(Error::damaged(archive, format!("{} of {} bytes", entry.name_lossy(), entry.size)));
         }
         let mut data = Vec::with_capacity(entry.size as usize);
         (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
         let value = serde_json::from_slice(&data)
-            .map_err(|e| Error::invalid(archive, format!("{}: not JSON: {e}", entry.name_lossy())))?;
+            .map_err(|e| Error::damaged(archive, format!("{}: not JSON: {e}", entry.name_lossy())))?;
         found.insert(wanted, value);
     }
     if found.is_empty() {
-        return Err(Error::invalid(
+        return Err(Error::unsuitable(
             archive,
             "holds neither config.dump nor spec.dump: not a container checkpoint",
         ));

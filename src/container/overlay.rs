@@ -85,7 +85,7 @@ fn parse_overlay_options(options: &[u8]) -> Result<OverlayMount> {
         }
     }
     let upper = upper.ok_or_else(|| {
-        Error::invalid("/proc/self/mountinfo", "overlay mount has no upperdir (read-only overlay)")
+        Error::unsuitable("/proc/self/mountinfo", "overlay mount has no upperdir (read-only overlay)")
     })?;
     Ok(OverlayMount { upper, lowers, userxattr })
 }

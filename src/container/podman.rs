@@ -67,5 +67,5 @@ pub fn is_rootfs_diff(entry: &Entry) -> bool {
 /// Parses `deleted.files`: a JSON array of absolute paths.
 pub(crate) fn parse_deleted_files(data: &[u8], archive: &Path) -> Result<Vec<String>> {
     serde_json::from_slice(data)
-        .map_err(|e| Error::invalid(archive, format!("deleted.files is not a JSON list of paths: {e}")))
+        .map_err(|e| Error::damaged(archive, format!("deleted.files is not a JSON list of paths: {e}")))
 }

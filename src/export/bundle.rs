@@ -27,7 +27,7 @@ pub(crate) fn members(
 ) -> Result<(Members<'static>, u64)> {
     let inventory = bundle.join("checkpoint/inventory.img");
     if !std::fs::symlink_metadata(&inventory).is_ok_and(|m| m.is_file()) {
-        return Err(Error::invalid(
+        return Err(Error::unsuitable(
             inventory,
             "missing: not a checkpoint bundle (CRIU writes inventory.img)",
         ));
@@ -38,7 +38,7 @@ pub(crate) fn members(
             for name in [ROOTFS_DIFF, DELETED_FILES] {
                 let path = bundle.join(OsStr::from_bytes(name));
                 if std::fs::symlink_metadata(&path).is_ok() {
-                    return Err(Error::invalid(
+                    return Err(Error::unsuitable(
                         path,
                         "the bundle already holds the rootfs changes; remove it or leave out the rootfs option",
                     ));
@@ -77,7 +77,7 @@ fn leading_members(bundle: &Path) -> Result<Vec<Member>> {
         let path = bundle.join(OsStr::from_bytes(name));
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => members.push(walk::describe(&path, name.to_vec(), &meta)?),
-            Ok(_) => return Err(Error::invalid(path, "not a regular file")),
+            Ok(_) => return Err(Error::unsuitable(path, "not a regular file")),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("lstat", path, e)),
             Err(_) if name == SPEC_DUMP => {
                 let config = bundle.join("config.json");
@@ -88,7 +88,7 @@ fn leading_members(bundle: &Path) -> Result<Vec<Member>> {
                         let meta = Meta { mode: 0o600, ..described.meta };
                         members.push(Member { body: Body::Bytes(data), meta, ..described });
                     }
-                    _ => return Err(Error::invalid(path, "missing, and no config.json to take it from")),
+                    _ => return Err(Error::unsuitable(path, "missing, and no config.json to take it from")),
                 }
             }
             Err(_) => log::warn!(
@@ -113,7 +113,7 @@ fn rootfs_members(
         Rootfs::Diff { upper, lowers } => (upper.clone(), lowers.clone()),
         Rootfs::Mount(path) => {
             let mount = overlay::find_overlay(path)?.ok_or_else(|| {
-                Error::invalid(
+                Error::unsuitable(
                     path,
                     "not an overlay mount point; name the layer's diff dir with --rootfs-diff",
                 )

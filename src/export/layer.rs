@@ -76,7 +76,7 @@ impl Layer {
             || self.upper.join(OsStr::from_bytes(member.name.strip_suffix(b"/").unwrap_or(&member.name)));
         for key in [&b"metacopy"[..], b"redirect"] {
             if overlay_xattr(&member, key).is_some() {
-                return Err(Error::invalid(
+                return Err(Error::unsuitable(
                     path(),
                     format!(
                         "written by an overlay mounted with {}: its data or name lives in the lower layers; \
@@ -115,7 +115,7 @@ impl Layer {
                 WhiteoutStyle::Podman => {
                     let dir = member.name.strip_suffix(b"/").unwrap_or(&member.name);
                     if self.lowers.is_empty() {
-                        return Err(Error::invalid(
+                        return Err(Error::unsuitable(
                             path(),
                             "opaque directory: listing what it hides needs the lower dirs (--lower), \
                              or use --whiteouts oci",

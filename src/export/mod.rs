@@ -269,7 +269,10 @@ impl Exporter {
         name: &Path,
     ) -> Result<ExportStats> {
         if std::io::IsTerminal::is_terminal(&fd) {
-            return Err(Error::invalid(name, "refusing to write an archive to a terminal"));
+            return Err(Error::usage(
+                name.display().to_string(),
+                "refusing to write an archive to a terminal",
+            ));
         }
         // Standard output redirected into a file inside SRC: that file is the archive.
         let st = rustix::fs::fstat(fd).at("fstat", name)?;
@@ -372,7 +375,7 @@ const PIPE_SIZE: usize = 1 << 20;
 
 pub(crate) fn check_align(align: u64) -> Result<()> {
     if !align.is_power_of_two() || align < 512 {
-        return Err(Error::invalid(
+        return Err(Error::usage(
             format!("--align {align}"),
             "alignment must be a power of two of at least 512",
         ));

@@ -181,7 +181,7 @@ impl<'a> Pieces<'a> {
 }
 
 fn changed(path: &std::path::Path) -> Error {
-    Error::invalid(path, "changed while being archived (its listing differs from the first pass over it)")
+    Error::changed(path, "its listing differs from the first pass over it")
 }
 
 impl Iterator for Pieces<'_> {

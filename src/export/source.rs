@@ -83,14 +83,14 @@ fn changes(source: &SourceFile, now: &Inode) -> Option<String> {
 }
 
 fn changed_error(source: &SourceFile, changed: &str) -> Error {
-    Error::invalid(&source.path, format!("changed while being archived: {changed}"))
+    Error::changed(&source.path, changed)
 }
 
 /// Names the side of a failed transfer: a short read is the source's fault, the rest is
 /// attributed to writing the archive.
 pub(crate) fn transfer_error(e: std::io::Error, source: &Path, target: &Path) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::invalid(source, e.to_string())
+        Error::changed(source, e.to_string())
     } else {
         Error::Copy { from: source.to_path_buf(), to: target.to_path_buf(), source: e }
     }

@@ -204,7 +204,7 @@ impl Tree {
     fn new(root: &Path) -> Result<Tree> {
         let fd = match rustix::fs::open(root, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::invalid(root, "not a directory")),
+            Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::unsuitable(root, "not a directory")),
             Err(e) => return Err(Error::io("open", root, e)),
         };
         let inode = Inode::from_stat(&rustix::fs::fstat(&fd).at("fstat", root)?);
@@ -280,10 +280,7 @@ impl Tree {
         let fd = match rustix::fs::openat(&*dir, name, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOTDIR | Errno::LOOP) => {
-                return Err(Error::invalid(
-                    self.path(),
-                    "changed while being archived: a directory was replaced by another file type",
-                ));
+                return Err(Error::changed(self.path(), "a directory was replaced by another file type"));
             }
             Err(e) => return Err(Error::io("open directory", self.path(), e)),
         };
@@ -321,10 +318,9 @@ impl Tree {
                 self.levels.last_mut().expect("the parent level").dir = Some(Arc::new(fd));
                 return Ok(());
             }
-            Ok((_, now)) => Err(Error::invalid(
-                self.path_of(prefix),
-                format!("changed while being archived: moved (inode {} -> {})", id.1, now.ino),
-            )),
+            Ok((_, now)) => {
+                Err(Error::changed(self.path_of(prefix), format!("moved (inode {} -> {})", id.1, now.ino)))
+            }
             Err(e) => Err(Error::io("open directory", self.path_of(prefix), e)),
         };
         self.levels.clear();
@@ -441,9 +437,9 @@ pub fn describe(path: &Path, name: Vec<u8>, meta: &std::fs::Metadata) -> Result<
     };
     let dir = rustix::fs::open(dir_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .at("open directory", dir_path)?;
-    let file_name = path.file_name().ok_or_else(|| Error::invalid(path, "not a file name"))?;
+    let file_name = path.file_name().ok_or_else(|| Error::unsuitable(path, "not a file name"))?;
     let file_name =
-        std::ffi::CString::new(file_name.as_bytes()).map_err(|_| Error::invalid(path, "NUL in name"))?;
+        std::ffi::CString::new(file_name.as_bytes()).map_err(|_| Error::unsuitable(path, "NUL in name"))?;
     let dir = Arc::new(dir);
     describe_at(
         At::Entry(&dir, &file_name),
@@ -483,7 +479,7 @@ fn describe_at(
         (FileType::CharacterDevice, _) => Kind::CharDevice,
         (FileType::BlockDevice, _) => Kind::BlockDevice,
         (FileType::Fifo, _) => Kind::Fifo,
-        _ => return Err(Error::invalid(path(), "unknown file type")),
+        _ => return Err(Error::unsuitable(path(), "unknown file type")),
     };
     let source = match at {
         At::Dir(fd) => XattrSource::Fd(fd),

@@ -129,7 +129,7 @@ fn is_fatal(e: &Error, archive: &Path) -> bool {
                     .any(|fatal| fatal.raw_os_error() == code)
                 })
         }
-        Error::Refused { .. } | Error::Invalid { .. } => false,
+        _ => false,
     }
 }
 

@@ -221,7 +221,7 @@ impl Importer {
                 }
                 Some(_) if name == podman::DELETED_FILES && entry.kind == Some(Kind::Regular) => {
                     if entry.size > podman::MAX_DELETED_FILES {
-                        return Err(Error::invalid(
+                        return Err(Error::damaged(
                             archive,
                             format!("deleted.files of {} bytes", entry.size),
                         ));

@@ -110,7 +110,7 @@ impl Destination {
 fn stream(target: &Path, meta: &std::fs::Metadata, flags: OFlags) -> Result<Destination> {
     let file_type = meta.file_type();
     if file_type.is_dir() {
-        return Err(Error::invalid(target, "is a directory"));
+        return Err(Error::unsuitable(target, "is a directory"));
     }
     if !file_type.is_char_device() && !file_type.is_fifo() {
         let what = if file_type.is_block_device() { "block device" } else { "socket" };
@@ -122,7 +122,7 @@ fn stream(target: &Path, meta: &std::fs::Metadata, flags: OFlags) -> Result<Dest
             .at("open", target)?;
     let now = FileType::from_raw_mode(rustix::fs::fstat(&fd).at("fstat", target)?.st_mode);
     if now != FileType::CharacterDevice && now != FileType::Fifo {
-        return Err(Error::invalid(target, "changed while being opened: no longer a device or fifo"));
+        return Err(Error::unsuitable(target, "changed while being opened: no longer a device or fifo"));
     }
     Ok(Destination::Stream(File::from(fd)))
 }
@@ -162,7 +162,7 @@ impl OutFile {
     /// exists), after removing what killed exports left in its directory.
     fn create(target: &Path, existing: Option<&std::fs::Metadata>) -> Result<OutFile> {
         let name =
-            target.file_name().ok_or_else(|| Error::invalid(target, "not a file name"))?.to_os_string();
+            target.file_name().ok_or_else(|| Error::unsuitable(target, "not a file name"))?.to_os_string();
         let dir_path = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

@@ -26,7 +26,7 @@ pub fn open(archive: &Path) -> Result<Opened> {
     let file = File::open(archive).at("open", archive)?;
     let meta = file.metadata().at("fstat", archive)?;
     if meta.is_dir() {
-        return Err(Error::invalid(archive, "is a directory, not an archive"));
+        return Err(Error::unsuitable(archive, "is a directory, not an archive"));
     }
     if meta.is_file() {
         let mut magic = [0u8; 4];

@@ -105,7 +105,7 @@ pub fn stream_error(archive: &Path, e: io::Error) -> Error {
     if e.raw_os_error().is_some() {
         Error::io("read", archive, e)
     } else {
-        Error::invalid(archive, e.to_string())
+        Error::damaged(archive, e.to_string())
     }
 }
 
