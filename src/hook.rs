@@ -49,9 +49,13 @@ pub const MAX_STATE: u64 = 16 << 20;
 /// The OCI runtime state a hook receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookState {
+    /// The container's ID.
     pub id: String,
+    /// `creating`, `created`, `running` or `stopped`: which hook stage this is.
     pub status: String,
+    /// The container's bundle directory.
     pub bundle: PathBuf,
+    /// The container's annotations, in the state's order.
     pub annotations: Vec<(String, String)>,
 }
 
@@ -101,6 +105,7 @@ impl HookState {
         HookState::parse(&json)
     }
 
+    /// The value of annotation `key`, if the container has it.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
@@ -121,13 +126,20 @@ impl HookState {
 pub enum HookOutcome {
     /// Nothing was asked of this stage (the reason says why).
     Nothing(String),
+    /// The checkpoint bundle was archived.
     Exported {
+        /// The archive written.
         archive: PathBuf,
+        /// What the export did.
         stats: ExportStats,
     },
+    /// An archive was restored into the container.
     Imported {
+        /// The archive read.
         archive: PathBuf,
+        /// The bundle it was restored into.
         dest: PathBuf,
+        /// What the import did.
         stats: ImportStats,
     },
 }

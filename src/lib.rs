@@ -1,4 +1,33 @@
-#![doc = include_str!("../README.md")]
+//! Archive container checkpoints as ordinary tar files whose data is shared with the
+//! filesystem (reflinks on Btrfs and XFS), not copied.
+//!
+//! Every regular file's data starts on a filesystem-block boundary, so [`Exporter`] clones
+//! it from the source into the archive and [`Importer`] clones it from the archive into the
+//! destination; any tar reader still reads the archive. [`list`] and [`verify`] look into an
+//! archive without restoring it, [`run_hook`] is the OCI runtime hook, and [`Podman`]
+//! checkpoints and restores podman containers through podman's command line with the data
+//! moved by ckpt.
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! let stats = ckpt::Exporter::new()
+//!     .bundle_layout(true)
+//!     .rootfs(ckpt::Rootfs::Diff { upper: "/var/lib/containers/storage/overlay/L/diff".into(), lowers: vec![] })
+//!     .export(Path::new("/run/bundle"), Path::new("/var/lib/checkpoints/c.tar"))?;
+//! println!("{} of {} bytes shared", stats.bytes_cloned, stats.bytes);
+//! # Ok::<(), ckpt::Error>(())
+//! ```
+//!
+//! Errors name the operation and the path or member, and have an [`ErrorKind`] a caller can
+//! act on. README.md, beside this crate's `Cargo.toml`, covers usage, the archive layout,
+//! podman integration, performance and the architecture.
+#![warn(missing_docs)]
+
+/// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod container;
 mod error;

@@ -24,13 +24,16 @@ pub enum WhiteoutStyle {
 /// The directories behind an overlay mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayMount {
+    /// The upper (diff) dir: the container's own changes.
     pub upper: PathBuf,
+    /// The lower dirs, topmost first.
     pub lowers: Vec<PathBuf>,
     /// Mounted with `userxattr`: overlay xattrs live in `user.overlay.*`.
     pub userxattr: bool,
 }
 
 impl OverlayMount {
+    /// The xattr this mount marks opaque directories with.
     pub fn opaque_xattr(&self) -> &'static [u8] {
         if self.userxattr { USER_OPAQUE } else { TRUSTED_OPAQUE }
     }

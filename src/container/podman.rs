@@ -25,7 +25,13 @@ pub enum Rootfs {
     /// The container's overlay mount point: its upper and lower dirs are looked up.
     Mount(PathBuf),
     /// A layer's diff (upper) dir, with its lower dirs when known.
-    Diff { upper: PathBuf, lowers: Vec<PathBuf> },
+    Diff {
+        /// The diff dir.
+        upper: PathBuf,
+        /// Its lower dirs, topmost first (an export needs them to list what an opaque
+        /// directory hides).
+        lowers: Vec<PathBuf>,
+    },
 }
 
 /// The bundle members podman's own export takes (libpod `exportCheckpoint`), after the

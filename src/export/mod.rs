@@ -84,6 +84,7 @@ pub struct ExportStats {
     pub files: u64,
     /// Sum of the regular files' sizes.
     pub bytes: u64,
+    /// File bytes shared with the source (cloned).
     pub bytes_cloned: u64,
     /// File bytes placed by copying, holes kept on the copy path included.
     pub bytes_copied: u64,
@@ -91,7 +92,9 @@ pub struct ExportStats {
     pub archive_bytes: u64,
     /// The length of the tar archive itself (before compression).
     pub tar_bytes: u64,
+    /// The alignment the archive was laid out with.
     pub align: u64,
+    /// Wall-clock time of the export.
     pub seconds: f64,
     /// Entries that cannot be archived (sockets), left out with a warning.
     pub skipped: Vec<PathBuf>,
@@ -104,6 +107,8 @@ impl Default for Exporter {
 }
 
 impl Exporter {
+    /// An exporter with the defaults: data aligned to the output filesystem's block size
+    /// (at least [`DEFAULT_ALIGN`]), shared where possible, a plain directory tree.
     pub fn new() -> Exporter {
         Exporter {
             align: None,

@@ -64,6 +64,8 @@ struct LayerTarget {
 }
 
 impl Importer {
+    /// An importer with the defaults: data shared with the archive where possible, existing
+    /// entries left alone (reported as conflicts), every member restored.
     pub fn new() -> Importer {
         Importer {
             options: ExtractOptions { share: true, overwrite: false },

@@ -8,7 +8,9 @@ use crate::error::{Context, Error, Result};
 /// A compression format for whole archives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// gzip (flate2; multi-member streams are read whole).
     Gzip,
+    /// zstd (multithreaded when writing).
     Zstd,
 }
 
