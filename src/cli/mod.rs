@@ -1,0 +1,6 @@
+//! The `ckpt` binary's command line, over the library.
+
+pub(crate) mod args;
+mod bar;
+pub(crate) mod commands;
+mod summary;
