@@ -43,7 +43,7 @@ mod tar;
 pub use container::overlay::{OverlayMount, WhiteoutStyle, find_overlay};
 pub use container::podman::Rootfs;
 pub use error::{Error, ErrorKind, Result};
-pub use export::{DEFAULT_ALIGN, DEFAULT_CLONE_MIN, ExportStats, Exporter};
+pub use export::{DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;
 pub use import::extract::ImportStats;
@@ -52,4 +52,5 @@ pub use progress::Progress;
 pub use runtime::{
     CheckpointOptions, CheckpointReport, Podman, RestoreOptions, RestoreReport, RestoreTarget,
 };
+pub use tar::DEFAULT_ALIGN;
 pub use tar::compress::Compression;

@@ -49,6 +49,12 @@ pub struct Member {
 }
 
 impl Member {
+    /// Whether the digest manifest lists this member when it is at the top level: every
+    /// regular member, as verify checks (the manifest itself is not planned as a member).
+    pub fn in_manifest(&self) -> bool {
+        self.kind == Kind::Regular && matches!(self.body, Body::File(_) | Body::Bytes(_) | Body::Archive(_))
+    }
+
     /// The size the tar header announces.
     pub fn data_size(&self) -> u64 {
         match &self.body {

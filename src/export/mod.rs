@@ -31,10 +31,7 @@ use crate::progress::{Progress, ProgressHandle};
 use crate::sys::mover::{MoveStats, Mover};
 use crate::sys::outfile::{Destination, OutFile, Writing};
 use crate::tar::compress::{Compression, Encoder, OUTPUT_BUFFER};
-use crate::tar::manifest;
-
-/// The smallest alignment used by default: the page and block size of every common filesystem.
-pub const DEFAULT_ALIGN: u64 = 4096;
+use crate::tar::{DEFAULT_ALIGN, manifest};
 
 /// Files smaller than this are copied into the archive, not cloned, by default.
 ///

@@ -112,7 +112,7 @@ impl<'a> Pieces<'a> {
             self.counts.files += 1;
             self.counts.bytes += source.size;
         }
-        let covered = top && manifest::covered(&member);
+        let covered = top && member.in_manifest();
         if let Some(manifest) = self.manifest.as_mut().filter(|_| top) {
             if covered {
                 manifest.len += manifest::line_len(&member.name);

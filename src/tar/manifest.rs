@@ -6,16 +6,8 @@ use std::os::fd::BorrowedFd;
 
 use sha2::{Digest, Sha256};
 
-use crate::export::member::{Body, Member};
-use crate::tar::meta::Kind;
-
 /// The manifest's member name, at the top of the archive.
 pub const NAME: &[u8] = b"ckpt.sha256";
-
-/// The members a manifest covers: the top-level members that carry data.
-pub fn covered(member: &Member) -> bool {
-    member.kind == Kind::Regular && matches!(member.body, Body::File(_) | Body::Bytes(_) | Body::Archive(_))
-}
 
 /// `sha256sum` escapes names holding a backslash or newline, and marks such lines with a
 /// leading backslash.

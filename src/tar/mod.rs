@@ -9,6 +9,9 @@ pub mod meta;
 pub mod pax;
 pub mod reader;
 
+/// The smallest alignment used by default: the page and block size of every common filesystem.
+pub const DEFAULT_ALIGN: u64 = 4096;
+
 /// A tar block: headers, and the padding after each member's data, are whole blocks.
 pub const BLOCK: u64 = 512;
 
