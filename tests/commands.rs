@@ -4,9 +4,7 @@
 //! mismatches fail naming the member), the progress bar on a terminal (under `script`),
 //! `export --digest sha256`, `ckpt completions` and `ckpt man`.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};

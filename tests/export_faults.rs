@@ -3,8 +3,7 @@
 //! are swapped or changed while they are archived, trees deeper than PATH_MAX and huge
 //! directories, and the sizes `--json` reports.
 
-mod common;
-
+use crate::util;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -14,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    Arg, FsKind, Scratch, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, dir_names, parse_json, require_root,
-    scratch, sh, test_base_dir, under_ci,
+use crate::util::{
+    Arg, FsKind, Scratch, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, dir_names, parse_json, peak_rss_kib,
+    require_root, scratch, sh, test_base_dir,
 };
 
 fn stderr(out: &Output) -> String {
@@ -28,7 +27,7 @@ fn small_tree(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("a.txt"), b"hello\n").unwrap();
-    fs::write(src.join("sub/pages.img"), common::pseudo_random_bytes(7, 100_000)).unwrap();
+    fs::write(src.join("sub/pages.img"), util::pseudo_random_bytes(7, 100_000)).unwrap();
     std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
     src
 }
@@ -450,7 +449,7 @@ fn temporary_file_of_a_killed_export_is_removed_by_the_next_export() {
     for i in 0..8 {
         let mut f = fs::File::create(src.join(format!("f{i}"))).unwrap();
         for j in 0..32 {
-            f.write_all(&common::pseudo_random_bytes(i * 100 + j, 1 << 20)).unwrap();
+            f.write_all(&util::pseudo_random_bytes(i * 100 + j, 1 << 20)).unwrap();
         }
     }
     let outdir = plain.path("out");
@@ -657,7 +656,7 @@ fn source_that_grows_fails_naming_its_old_and_new_size() {
     let first = src.join("a-first");
     let mut f = fs::File::create(&first).unwrap();
     for j in 0..48 {
-        f.write_all(&common::pseudo_random_bytes(j, 1 << 20)).unwrap();
+        f.write_all(&util::pseudo_random_bytes(j, 1 << 20)).unwrap();
     }
     let victim = src.join("z-growing");
     fs::write(&victim, vec![1u8; 4 << 20]).unwrap();
@@ -686,16 +685,16 @@ fn source_touched_fails_naming_its_old_and_new_mtime() {
     fs::create_dir(&src).unwrap();
     let mut f = fs::File::create(src.join("a-first")).unwrap();
     for j in 0..48 {
-        f.write_all(&common::pseudo_random_bytes(j, 1 << 20)).unwrap();
+        f.write_all(&util::pseudo_random_bytes(j, 1 << 20)).unwrap();
     }
     let victim = src.join("z-touched");
     fs::write(&victim, vec![1u8; 4 << 20]).unwrap();
-    common::set_mtime(&victim, 1_500_000_000, 0);
+    util::set_mtime(&victim, 1_500_000_000, 0);
     let out = plain.path("out.tar");
     let run = {
         let victim = victim.clone();
         let _changer = Changer::start(move |i| {
-            common::set_mtime(&victim, 1_600_000_000 + i as i64, 1);
+            util::set_mtime(&victim, 1_600_000_000 + i as i64, 1);
             std::thread::sleep(Duration::from_millis(1));
         });
         std::thread::sleep(Duration::from_millis(20));
@@ -748,7 +747,7 @@ fn tree_3000_levels_deep_with_paths_beyond_path_max_is_archived() {
     let src = plain.path("src");
     fs::create_dir(&src).unwrap();
     let _cleanup = RemoveTree(src.clone());
-    let data = common::pseudo_random_bytes(3, 20_000);
+    let data = util::pseudo_random_bytes(3, 20_000);
     let bottom = deep_tree(&src, 3000, &data);
     assert!(bottom.len() > 15_000, "the path is {} bytes", bottom.len());
     let out = plain.path("deep.tar");
@@ -776,20 +775,6 @@ fn tree_3000_levels_deep_streams_to_stdout() {
     assert!(run.stdout == fs::read(&file_out).unwrap(), "stream and file differ");
 }
 
-/// Peak RSS in KiB of `ckpt ARGS`, which must succeed.
-fn peak_rss_kib(args: &[&Path]) -> Option<u64> {
-    const TIME: &str = "/usr/bin/time";
-    if !Path::new(TIME).exists() {
-        assert!(!under_ci(), "CI is set, refusing to skip: {TIME} is missing");
-        eprintln!("SKIPPING TEST: {TIME} is missing");
-        return None;
-    }
-    let out = Command::new(TIME).arg("-f").arg("%M").arg(ckpt_bin()).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Some(stderr.lines().last().unwrap().trim().parse().unwrap())
-}
-
 #[test]
 fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
@@ -803,7 +788,7 @@ fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
             fs::File::create(src.join(name(i))).unwrap();
         }
         let out = tmp.path().join(format!("{count}.tar"));
-        let Some(kib) = peak_rss_kib(&[Path::new("export"), &src, &out]) else { return };
+        let Some(kib) = peak_rss_kib(&[&"export", &src, &out]) else { return };
         rss.push(kib);
         assert_eq!(members(&out).len(), count + 1);
     }
@@ -822,7 +807,7 @@ fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
 // ---------------------------------------------------------------------------
 
 fn json_field(v: &serde_json::Value, key: &str) -> u64 {
-    common::json_u64(v, key)
+    util::json_u64(v, key)
 }
 
 #[test]
@@ -831,7 +816,7 @@ fn json_of_a_zstd_export_reports_the_compressed_bytes_written() {
     let src = small_tree(&plain.root);
     fs::write(src.join("zeros"), vec![0u8; 1 << 20]).unwrap();
     let out = plain.path("out.tar.zst");
-    let v = common::ckpt_json(&[&"export", &"--json", &"--compress", &"zstd", &src, &out]);
+    let v = util::ckpt_json(&[&"export", &"--json", &"--compress", &"zstd", &src, &out]);
     let on_disk = fs::metadata(&out).unwrap().len();
     assert_eq!(json_field(&v, "archive_bytes"), on_disk, "{v}");
     let tar = Command::new("zstd").arg("-dc").arg(&out).output().unwrap();
@@ -861,7 +846,7 @@ fn json_of_a_plain_export_reports_equal_archive_and_tar_bytes() {
     let plain = scratch(FsKind::Plain).unwrap();
     let src = small_tree(&plain.root);
     let out = plain.path("out.tar");
-    let v = common::ckpt_json(&[&"export", &"--json", &src, &out]);
+    let v = util::ckpt_json(&[&"export", &"--json", &src, &out]);
     let len = fs::metadata(&out).unwrap().len();
     assert_eq!((json_field(&v, "archive_bytes"), json_field(&v, "tar_bytes")), (len, len), "{v}");
 }

@@ -7,15 +7,13 @@
 //! DEST beside a canary file that must stay untouched. Tests that matter for permissions run
 //! ckpt as root and as `nobody` (setpriv), on a scratch directory nobody can write.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::util::*;
 
 // ---------------------------------------------------------------------------
 // A tiny pax writer
@@ -608,29 +606,8 @@ as_root_and_nobody!(
 // 8. Memory per deferred directory
 // ---------------------------------------------------------------------------
 
-/// Peak RSS in KiB of importing `archive` into `dest`.
-fn import_rss_kib(archive: &Path, dest: &Path) -> u64 {
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg(ckpt_bin())
-        .arg("import")
-        .arg(archive)
-        .arg(dest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    err.lines().last().unwrap_or_default().trim().parse().unwrap_or_else(|_| panic!("no RSS: {err}"))
-}
-
 #[test]
 fn deferred_directory_memory_does_not_grow_with_their_path_length() {
-    if !Path::new("/usr/bin/time").exists() {
-        assert!(!under_ci(), "CI is set, refusing to skip: /usr/bin/time is missing");
-        eprintln!("SKIPPING TEST: /usr/bin/time is missing");
-        return;
-    }
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
     // 3 KB of path above every directory: 30 levels of 100-byte names.
     let prefix: String = (0..30).map(|i| format!("{i:02}{}/", "p".repeat(98))).collect();
@@ -641,7 +618,8 @@ fn deferred_directory_memory_does_not_grow_with_their_path_length() {
         let archive = tmp.path().join(format!("{count}.tar"));
         fs::write(&archive, tar(&members)).unwrap();
         let dest = tmp.path().join(format!("dest-{count}"));
-        rss.push(import_rss_kib(&archive, &dest));
+        let Some(kib) = peak_rss_kib(&[&"import", &archive, &dest]) else { return };
+        rss.push(kib);
         assert_eq!(mode_of(&dest.join(format!("{prefix}{:06}", count - 1))), 0o750);
         fs::remove_file(&archive).unwrap();
     }

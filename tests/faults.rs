@@ -8,8 +8,7 @@
 //!
 //! The small filesystems are loop mounts (needs root; skipped otherwise unless CI is set).
 
-mod common;
-
+use crate::util;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::util::{
     FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, pseudo_random_bytes, scratch, scratch_sized,
 };
 
@@ -63,7 +62,7 @@ fn assert_complete_files(src: &Path, dest: &Path) -> usize {
         assert!(original.is_file(), "{} in DEST has no counterpart in the source", rel.display());
         let (a, b) = (fs::metadata(&original).unwrap().len(), entry.metadata().unwrap().len());
         assert_eq!(a, b, "{} is incomplete in DEST: {b} of {a} bytes", rel.display());
-        common::assert_same_bytes(&original, entry.path());
+        util::assert_same_bytes(&original, entry.path());
         n += 1;
     }
     n
@@ -160,7 +159,7 @@ fn export_enospc_leaves_no_partial_archive() {
             assert_eq!(dir_names(&outdir), vec!["archive.tar"], "{what}: stray files in OUT's directory");
             assert!(fs::read(&out).unwrap() == previous, "{what}: the previous OUT was changed");
             // Space is given back: the unnamed file is gone.
-            common::sync_fs(&small.root);
+            util::sync_fs(&small.root);
         }
         // Without a previous OUT: nothing appears.
         fs::remove_file(&out).unwrap();
@@ -254,7 +253,7 @@ fn export_fails_when_a_source_file_changes() {
     // Same size, new mtime.
     let path = victim.clone();
     let result = export_while(&src, &out, move |i| {
-        common::set_mtime(&path, 1_600_000_000 + i as i64, 1 + (i as i64 % 999_999_998));
+        util::set_mtime(&path, 1_600_000_000 + i as i64, 1 + (i as i64 % 999_999_998));
     });
     assert_eq!(result.status.code(), Some(1), "touched file\n{}", describe(&result));
     let err = stderr(&result);
@@ -317,7 +316,7 @@ fn import_enospc_leaves_only_complete_files() {
         );
         assert!(complete < 13, "everything fit?");
         fs::remove_dir_all(&dest).unwrap();
-        common::sync_fs(&small.root);
+        util::sync_fs(&small.root);
     }
 }
 

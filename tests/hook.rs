@@ -3,14 +3,10 @@
 //! overlay mount named in the bundle's config.json) and imports it back identically; without
 //! its annotations it does nothing; errors exit 1. The sample hooks.d files are checked too.
 
-mod common;
-
-use common::*;
-use std::ffi::CString;
+use crate::util::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -86,16 +82,6 @@ fn assert_checkpoint_restored(src: &Path, new_bundle: &Path) {
 
 fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn mknod_whiteout(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
-    assert_eq!(r, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
-}
-
-fn is_whiteout(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
 }
 
 /// Unmounts on drop (also when the test panics).

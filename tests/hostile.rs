@@ -12,8 +12,7 @@
 //! give an error naming the member and the archive offset, and leave no partial file under
 //! its final name. Inputs the fuzzer found (tests/fixtures-hostile/) are replayed as well.
 
-mod common;
-
+use crate::util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -22,128 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::raw_tar::{BLOCK, MTIME, base256, octal, set_checksum};
-use common::{FsKind, Scratch, ckpt_bin, scratch};
-
-// ---------------------------------------------------------------------------
-// A tiny tar writer
-// ---------------------------------------------------------------------------
-
-/// A ustar header (checksum set). `name` and `link` are cut to their 100-byte fields.
-fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; BLOCK] {
-    let mut b = [0u8; BLOCK];
-    let n = name.len().min(100);
-    b[..n].copy_from_slice(&name[..n]);
-    octal(&mut b[100..108], if typeflag == b'5' { 0o755 } else { 0o644 });
-    octal(&mut b[108..116], 0);
-    octal(&mut b[116..124], 0);
-    octal(&mut b[124..136], size);
-    octal(&mut b[136..148], MTIME);
-    b[156] = typeflag;
-    let l = link.len().min(100);
-    b[157..157 + l].copy_from_slice(&link[..l]);
-    b[257..263].copy_from_slice(b"ustar\0");
-    b[263..265].copy_from_slice(b"00");
-    b[265..269].copy_from_slice(b"root");
-    b[297..301].copy_from_slice(b"root");
-    octal(&mut b[329..337], 0);
-    octal(&mut b[337..345], 0);
-    set_checksum(&mut b);
-    b
-}
-
-/// One pax record, its length prefix counting its own digits.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len += 1;
-    }
-    let mut out = format!("{len} ").into_bytes();
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    assert_eq!(out.len(), len);
-    out
-}
-
-#[derive(Default)]
-struct Tar {
-    out: Vec<u8>,
-}
-
-impl Tar {
-    fn new() -> Tar {
-        Tar::default()
-    }
-
-    fn block(&mut self, block: [u8; BLOCK]) -> &mut Tar {
-        self.out.extend_from_slice(&block);
-        self
-    }
-
-    /// Appends data padded to a block boundary.
-    fn data(&mut self, data: &[u8]) -> &mut Tar {
-        self.out.extend_from_slice(data);
-        self.out.resize(self.out.len().div_ceil(BLOCK) * BLOCK, 0);
-        self
-    }
-
-    fn raw(&mut self, bytes: &[u8]) -> &mut Tar {
-        self.out.extend_from_slice(bytes);
-        self
-    }
-
-    fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'0', data.len() as u64, b"")).data(data)
-    }
-
-    fn dir(&mut self, name: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'5', 0, b""))
-    }
-
-    fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'2', 0, target.as_bytes()))
-    }
-
-    fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'1', 0, target.as_bytes()))
-    }
-
-    fn node(&mut self, name: &str, typeflag: u8, major: u64, minor: u64) -> &mut Tar {
-        let mut b = header(name.as_bytes(), typeflag, 0, b"");
-        octal(&mut b[329..337], major);
-        octal(&mut b[337..345], minor);
-        set_checksum(&mut b);
-        self.block(b)
-    }
-
-    /// A pax extended header ('x') holding exactly `data`.
-    fn pax_raw(&mut self, data: &[u8]) -> &mut Tar {
-        self.block(header(b"PaxHeaders/evil", b'x', data.len() as u64, b"")).data(data)
-    }
-
-    fn pax(&mut self, records: &[(&[u8], &[u8])]) -> &mut Tar {
-        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-        self.pax_raw(&data)
-    }
-
-    /// A GNU long name ('L') or long link target ('K') for the next member.
-    fn gnu_long(&mut self, typeflag: u8, value: &[u8]) -> &mut Tar {
-        let mut data = value.to_vec();
-        data.push(0);
-        self.block(header(b"././@LongLink", typeflag, data.len() as u64, b"")).data(&data)
-    }
-
-    fn end(&mut self) -> &mut Tar {
-        self.raw(&[0u8; 2 * BLOCK])
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.out.clone()
-    }
-}
+use crate::util::{
+    BLOCK, FsKind, Scratch, Tar, base256, ckpt_bin, header, pax_record, scratch, set_checksum,
+};
 
 // ---------------------------------------------------------------------------
 // Running ckpt under limits
@@ -327,9 +207,9 @@ impl Arena {
         fs::write(&canary_file, CANARY_FILE).unwrap();
         for p in [canary_dir.join("sub/g"), canary_dir.join("sub"), canary_dir.join("f"), canary_dir.clone()]
         {
-            common::set_mtime(&p, 1_000_000_000, 111);
+            util::set_mtime(&p, 1_000_000_000, 111);
         }
-        common::set_mtime(&canary_file, 1_000_000_000, 222);
+        util::set_mtime(&canary_file, 1_000_000_000, 222);
         let dest = work.join("dest");
         fs::create_dir(&dest).unwrap();
         Arena {
@@ -748,7 +628,7 @@ fn a_hardlink_to_an_outside_symlink_is_never_written_through() {
 #[test]
 fn a_file_member_never_writes_through_a_device_or_fifo() {
     // Device nodes need root (under CI its absence is a failure); the fifo half runs anyway.
-    let root = common::require_root("device node members");
+    let root = util::require_root("device node members");
     for overwrite in [false, true] {
         both_ways(|mut arena, via| {
             let flags: &[&str] = if overwrite { &["--overwrite"] } else { &[] };
@@ -893,7 +773,7 @@ fn bundle(inner: &[u8], deleted: &str) -> Vec<u8> {
 fn whiteouts_and_deletions_never_reach_outside_the_layer() {
     // --rootfs on a plain directory deletes; --rootfs-diff (an overlay upper dir) records
     // deletions as whiteout devices, which needs root (under CI its absence is a failure).
-    let root = common::require_root("whiteout devices");
+    let root = util::require_root("whiteout devices");
     let modes: &[&str] = if root { &["--rootfs", "--rootfs-diff"] } else { &["--rootfs"] };
     for &mode in modes {
         both_ways(|mut arena, via| {
@@ -1245,7 +1125,7 @@ fn malformed_cases() -> Vec<Malformed> {
     });
 
     // Compressed archives cut short in the middle of a member's data, and a corrupt gzip header.
-    let noise = common::pseudo_random_bytes(7, 400_000);
+    let noise = util::pseudo_random_bytes(7, 400_000);
     let mut t = good_prefix();
     t.file("big", &noise).end();
     let plain = t.bytes();

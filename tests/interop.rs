@@ -13,8 +13,7 @@
 //! A missing tool (go, python3, tar, bsdtar) skips the test with a message, except under a
 //! non-empty `CI` environment variable, where it is a failure.
 
-mod common;
-
+use crate::util;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -25,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{
+use crate::util::{
     FsKind, assert_trees_equal, ckpt_code, make_rich_tree, pseudo_random_bytes, scratch, set_mtime,
     set_xattr, under_ci,
 };
@@ -152,7 +151,7 @@ fn fresh(parent: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn plain() -> common::Scratch {
+fn plain() -> util::Scratch {
     scratch(FsKind::Plain).expect("a plain scratch directory is always available")
 }
 
@@ -582,7 +581,7 @@ fn unescape_gnu_xattr_names(dir: &Path) {
                 stack.push(e.unwrap().path());
             }
         }
-        for (name, value) in common::xattrs(&p) {
+        for (name, value) in util::xattrs(&p) {
             if !name.contains("%3D") && !name.contains("%25") {
                 continue;
             }
@@ -840,9 +839,9 @@ fn bsdtar_import(format: Option<&str>, without_sparse_file: bool) {
     let s = plain();
     let src = rich_source(&s.root);
     if without_sparse_file {
-        fs::remove_file(src.join(common::SPARSE_FILE)).unwrap();
+        fs::remove_file(src.join(util::SPARSE_FILE)).unwrap();
         // Put back an mtime with nanoseconds on the directory the removal changed.
-        let big = fs::symlink_metadata(src.join(common::BIG_FILE)).unwrap();
+        let big = fs::symlink_metadata(src.join(util::BIG_FILE)).unwrap();
         set_mtime(&src.join("data"), big.mtime() + 1, big.mtime_nsec());
     }
     let archive = s.root.join("bsd.tar");

@@ -21,16 +21,14 @@
 //! Every overlay mount is held by a guard that unmounts it before the scratch filesystem
 //! goes away, also when a test fails.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::util::*;
 
 /// The alignment ckpt must use on these filesystems (4096-byte blocks).
 const BLOCK: u64 = 4096;
@@ -116,11 +114,6 @@ fn lchown(path: &Path, uid: u32, gid: u32) {
 
 fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
-}
-
-/// True when `path` is an overlay whiteout: a character device 0:0.
-fn is_whiteout(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
 }
 
 /// Relative paths (no leading `./`, no trailing `/`) of every entry below `root`, root

@@ -8,9 +8,7 @@
 //! Every case runs on Btrfs and on XFS (`CASE::btrfs`, `CASE::xfs`), one at a time: podman
 //! and CRIU are slow enough under load that parallel containers make timings noisy.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
