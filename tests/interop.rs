@@ -25,41 +25,33 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use crate::util::{
-    FsKind, assert_trees_equal, ckpt_code, make_rich_tree, pseudo_random_bytes, scratch, set_mtime,
-    set_xattr, under_ci,
+    FsKind, assert_trees_equal, ckpt_code, have, make_rich_tree, pseudo_random_bytes, scratch, set_mtime,
+    set_xattr, skip_unless,
 };
 
 // ---------------------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------------------
 
-/// Reports a missing tool: a failure under CI, a skip (returns false) elsewhere.
-fn missing(what: &str) -> bool {
-    if under_ci() {
-        panic!("{what} is required under CI but is not available");
-    }
-    eprintln!("SKIP: {what} is not available");
-    false
-}
-
-fn runs(prog: &str, arg: &str) -> bool {
-    Command::new(prog).arg(arg).output().map(|o| o.status.success()).unwrap_or(false)
+/// True when `prog` runs (a silent probe: the caller decides whether its absence skips).
+fn runs(prog: &str) -> bool {
+    Command::new(prog).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn have_gnu_tar() -> bool {
-    let ok = Command::new("tar")
+    let gnu = Command::new("tar")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GNU tar"));
-    ok || missing("GNU tar")
+    skip_unless(gnu, "GNU tar is not installed")
 }
 
 fn have_bsdtar() -> bool {
-    runs("bsdtar", "--version") || missing("bsdtar (libarchive-tools)")
+    have("bsdtar")
 }
 
 fn have_python() -> bool {
-    runs("python3", "--version") || missing("python3")
+    have("python3")
 }
 
 fn interop_dir() -> PathBuf {
@@ -70,7 +62,7 @@ fn interop_dir() -> PathBuf {
 fn go_reader() -> Option<&'static Path> {
     static GO: OnceLock<Option<PathBuf>> = OnceLock::new();
     let built = GO.get_or_init(|| {
-        if !runs("go", "version") {
+        if !Command::new("go").arg("version").output().is_ok_and(|o| o.status.success()) {
             return None;
         }
         let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-go");
@@ -99,13 +91,7 @@ fn go_reader() -> Option<&'static Path> {
         fs::rename(&tmp, &exe).unwrap();
         Some(exe)
     });
-    match built {
-        Some(p) => Some(p.as_path()),
-        None => {
-            missing("go (golang-go)");
-            None
-        }
-    }
+    skip_unless(built.is_some(), "go (golang-go) is not installed").then(|| built.as_deref().unwrap())
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -669,7 +655,7 @@ fn rich_tree_python_tarfile_extracts() {
 /// Number of members: by Python's tarfile, or by GNU tar or bsdtar when Python is missing
 /// (outside CI only).
 fn member_count(archive: &Path) -> usize {
-    if runs("python3", "--version") {
+    if runs("python3") {
         return parse_listing(&list_py(archive)).len();
     }
     count_members(archive)
