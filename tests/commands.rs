@@ -30,8 +30,7 @@ fn make_tree(dir: &Path) {
     fs::set_permissions(dir.join("one"), fs::Permissions::from_mode(0o4755)).unwrap();
     std::os::unix::fs::symlink("sub/mid-10000", dir.join("link")).unwrap();
     fs::hard_link(dir.join("exact-4096"), dir.join("sub/hard")).unwrap();
-    let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    mkfifo(&dir.join("fifo"), 0o640);
     for (i, rel) in ["empty", "one", "small-4095", "exact-4096", "sub/mid-10000", "sub/deeper/big-1M", "link"]
         .iter()
         .enumerate()

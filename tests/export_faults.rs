@@ -164,7 +164,7 @@ fn export_to_a_null_device_node_writes_into_it_and_keeps_the_node() {
         ckpt_code(0, &args);
         let meta = fs::symlink_metadata(&null).unwrap();
         assert!(meta.file_type().is_char_device(), "{} is no longer a device", null.display());
-        assert_eq!((meta.ino(), meta.rdev()), (ino, libc::makedev(1, 3)), "the node was replaced");
+        assert_eq!((meta.ino(), meta.rdev()), (ino, rustix::fs::makedev(1, 3)), "the node was replaced");
     }
     assert_eq!(dir_names(&plain.root).len(), 2, "left: {:?}", dir_names(&plain.root));
 }
@@ -178,7 +178,7 @@ fn export_to_dev_null_as_nobody_succeeds_and_keeps_dev_null() {
     let Some(run) = ckpt_as_nobody(&[&"export", &src, &"/dev/null"]) else { return };
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     let meta = fs::symlink_metadata("/dev/null").unwrap();
-    assert!(meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3));
+    assert!(meta.file_type().is_char_device() && meta.rdev() == rustix::fs::makedev(1, 3));
 }
 
 /// Reads everything from the fifo at `path` on a thread.

@@ -78,11 +78,11 @@ fn kill_when(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
             return false;
         }
         if ready() {
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            child.kill().unwrap();
             let status = child.wait().unwrap();
             assert_eq!(
                 std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(libc::SIGKILL),
+                Some(rustix::process::Signal::KILL.as_raw()),
                 "ckpt was not killed: {status}"
             );
             return true;

@@ -41,16 +41,13 @@ struct Run {
     timed_out: bool,
     stdout: String,
     stderr: String,
-    /// Peak RSS per wait4: an upper bound only, as it counts the pages the forked child
-    /// shared with this (multi-threaded) test process before exec.
-    max_rss_kib: i64,
 }
 
 impl Run {
     fn show(&self) -> String {
         format!(
-            "exit code {:?}, signal {:?}, timed out {}, max RSS {} KiB\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.signal, self.timed_out, self.max_rss_kib, self.stdout, self.stderr
+            "exit code {:?}, signal {:?}, timed out {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.signal, self.timed_out, self.stdout, self.stderr
         )
     }
 
@@ -68,26 +65,15 @@ impl Run {
     }
 }
 
-/// Runs ckpt with `args` (stdin from `input`, or /dev/null), a timeout and a memory limit;
-/// reaps it with wait4 to learn its peak RSS.
-#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
+/// Runs ckpt with `args` (stdin from `input`, or /dev/null) under a timeout and, through
+/// prlimit(1), which execs it, an address-space limit.
 fn run_limited(args: &[&std::ffi::OsStr], input: Option<Vec<u8>>) -> Run {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(ckpt_bin());
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--as={MEMORY_LIMIT}")).arg(ckpt_bin()).args(args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: MEMORY_LIMIT, rlim_max: MEMORY_LIMIT };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn ckpt");
-    let pid = child.id() as libc::pid_t;
+    let mut child = cmd.spawn().expect("spawn prlimit ckpt");
     let writer = input.map(|data| {
         let mut stdin = child.stdin.take().unwrap();
         // ckpt may stop reading early (an error): a broken pipe is expected then.
@@ -109,31 +95,22 @@ fn run_limited(args: &[&std::ffi::OsStr], input: Option<Vec<u8>>) -> Run {
     });
     let started = Instant::now();
     let mut timed_out = false;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ckpt") {
+            break status;
         }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
         if started.elapsed() > TIMEOUT && !timed_out {
             timed_out = true;
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            child.kill().expect("kill ckpt");
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
     if let Some(w) = writer {
         w.join().unwrap();
     }
     let stdout = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
-    let (code, signal) = if libc::WIFEXITED(status) {
-        (Some(libc::WEXITSTATUS(status)), None)
-    } else {
-        (None, Some(libc::WTERMSIG(status)))
-    };
-    Run { code, signal, timed_out, stdout, stderr, max_rss_kib: usage.ru_maxrss }
+    Run { code: status.code(), signal: status.signal(), timed_out, stdout, stderr }
 }
 
 // ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 
 use crate::util;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -24,9 +24,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use rustix::fs::FileType;
+
 use crate::util::{
-    FsKind, assert_trees_equal, ckpt_code, have, make_rich_tree, pseudo_random_bytes, scratch, set_mtime,
-    set_xattr, skip_unless,
+    FsKind, assert_trees_equal, chmod, chown, ckpt_code, have, make_rich_tree, mkfifo, mknod,
+    pseudo_random_bytes, scratch, set_mtime, set_xattr, skip_unless,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -572,10 +574,8 @@ fn unescape_gnu_xattr_names(dir: &Path) {
                 continue;
             }
             let plain = name.replace("%3D", "\0").replace("%25", "%").replace('\0', "=");
-            let c = CString::new(name.as_str()).unwrap();
-            // SAFETY: valid NUL-terminated strings.
-            let r = unsafe { libc::lremovexattr(cpath(&p).as_ptr(), c.as_ptr()) };
-            assert_eq!(r, 0, "lremovexattr {} {name}", p.display());
+            rustix::fs::lremovexattr(&p, name.as_str())
+                .unwrap_or_else(|e| panic!("lremovexattr {} {name}: {e}", p.display()));
             set_xattr(&p, &plain, &value);
         }
     }
@@ -876,14 +876,14 @@ fn make_ustar_tree(dir: &Path) {
     let long_dir = dir.join("p".repeat(90));
     fs::create_dir(&long_dir).unwrap();
     fs::write(long_dir.join("q".repeat(60)), pseudo_random_bytes(3, 5000)).unwrap();
-    mknod(&dir.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-    mknod(&dir.join("loop"), libc::S_IFBLK | 0o660, libc::makedev(7, 200));
-    mknod(&dir.join("fifo"), libc::S_IFIFO | 0o640, 0);
+    mknod(&dir.join("null"), FileType::CharacterDevice, 0o666, 1, 3);
+    mknod(&dir.join("loop"), FileType::BlockDevice, 0o660, 7, 200);
+    mkfifo(&dir.join("fifo"), 0o640);
     // chown before chmod: chown clears setuid.
     chown(&dir.join("small"), 1234, 5678);
     chown(&dir.join("d"), 4000, 4001);
-    set_mode(&dir.join("small"), 0o4755);
-    set_mode(&dir.join("d/sub"), 0o3775);
+    chmod(&dir.join("small"), 0o4755);
+    chmod(&dir.join("d/sub"), 0o3775);
     for (i, p) in ["empty", "small", "d/big", "d/sub/page"].iter().enumerate() {
         set_mtime(&dir.join(p), 1_600_000_000 + i as i64 * 1000, 0);
     }
@@ -1021,25 +1021,6 @@ fn alignment_default_4k_and_64k() {
 // ---------------------------------------------------------------------------------------
 // (d) names and xattrs that put headers at every length and 512-byte phase
 // ---------------------------------------------------------------------------------------
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) {
-    // SAFETY: valid NUL-terminated path.
-    let r = unsafe { libc::mknod(cpath(p).as_ptr(), mode, dev) };
-    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn chown(p: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
-}
 
 /// The xattr value used for file `k`: every byte value, newlines and '=' included.
 fn xattr_value(len: usize, k: u64) -> Vec<u8> {

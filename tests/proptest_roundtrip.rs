@@ -180,7 +180,7 @@ fn build(tree: &Tree, root: &Path) {
     // Modes and times of files (hardlinked ones get the last spec's), then directories
     // deepest first, then the root. Without root, owner access is kept so that the tree can
     // be read and restored.
-    let (file_bits, dir_bits) = if unsafe { libc::geteuid() } == 0 { (0, 0) } else { (0o600, 0o700) };
+    let (file_bits, dir_bits) = if rustix::process::geteuid().is_root() { (0, 0) } else { (0o600, 0o700) };
     for (f, path) in tree.files.iter().zip(&files) {
         if let Some(path) = path {
             fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode | file_bits))

@@ -88,12 +88,12 @@ pub fn mkfifo(path: &Path, perm: u32) {
         .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
-fn chmod(path: &Path, mode: u32) {
+pub fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) {
+pub fn chown(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("lchown {uid}:{gid} {}: {e}", path.display()));
 }
