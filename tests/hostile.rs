@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -1006,11 +1007,16 @@ fn malformed_cases() -> Vec<Malformed> {
     }
 
     // An absurd pax size record.
-    for value in [&b"18446744073709551615"[..], b"18446744073709551616", b"-5", b"12x"] {
+    for (what, value) in [
+        ("pax size u64::MAX", &b"18446744073709551615"[..]),
+        ("pax size 2^64", b"18446744073709551616"),
+        ("pax size -5", b"-5"),
+        ("pax size 12x", b"12x"),
+    ] {
         let mut t = good_prefix();
         t.pax(&[(b"size", value)]).file("paxsize", b"evil\n").end();
         cases.push(Malformed {
-            what: "absurd pax size",
+            what,
             archive: t.bytes(),
             names: "paxsize".into(),
             codes: &[1],
@@ -1160,7 +1166,10 @@ fn malformed_cases() -> Vec<Malformed> {
     });
 
     // Extended headers that each fit the cap but together do not (local and global ones).
-    for typeflag in [b'x', b'g'] {
+    for (what, typeflag) in [
+        ("local extended headers adding up past the cap", b'x'),
+        ("global extended headers adding up past the cap", b'g'),
+    ] {
         let mut t = good_prefix();
         for part in 0..3 {
             let mut data = Vec::new();
@@ -1173,7 +1182,7 @@ fn malformed_cases() -> Vec<Malformed> {
         }
         t.file("after-many", b"evil\n").end();
         cases.push(Malformed {
-            what: "extended headers adding up past the cap",
+            what,
             archive: t.bytes(),
             names: "PaxHeaders/evil".into(),
             codes: &[1],
@@ -1278,79 +1287,156 @@ fn assert_only_complete_files(dest: &Path, complete: &[(&str, Vec<u8>)], what: &
     }
 }
 
-fn check_malformed(kind: FsKind, cases: &[Malformed]) {
-    // One filesystem for all cases (a loop mount per case would be slow).
+/// The malformed or odd case described as `what`; all are built once per test process.
+fn case(what: &str) -> &'static Malformed {
+    static CASES: OnceLock<Vec<Malformed>> = OnceLock::new();
+    let cases = CASES.get_or_init(|| malformed_cases().into_iter().chain(odd_cases()).collect());
+    cases.iter().find(|c| c.what == what).unwrap_or_else(|| panic!("no case {what:?}"))
+}
+
+/// Imports the case `what` from the file and from standard input, and lists and verifies it.
+fn check_malformed(kind: FsKind, what: &str) {
+    let case = case(what);
     let Some(scratch) = scratch(kind) else { return };
-    for (i, case) in cases.iter().enumerate() {
-        for via in [Via::File, Via::Stdin] {
-            let mut arena = Arena::in_dir(scratch.path(format!("case-{i}-{via:?}")));
-            let what = format!("{} via {via:?} on {kind:?}", case.what);
-            let run = arena.import(&case.archive, via, &[]);
-            // Shown with --nocapture: what ckpt said about each case.
-            eprintln!("{what}: {:?} {}", run.code, run.stderr.trim_end());
-            run.assert_code(case.codes, &what);
-            if case.codes != [0] {
-                assert!(run.stderr.contains("ckpt:"), "{what}: no error message\n{}", run.show());
-                assert!(
-                    run.stderr.contains(&case.names),
-                    "{what}: the error does not name {:?}\n{}",
-                    case.names,
-                    run.show()
-                );
-                if case.offset {
-                    assert!(run.stderr.contains("offset"), "{what}: no archive offset\n{}", run.show());
-                }
-            } else if !case.names.is_empty() && via == Via::File {
-                // Warnings that need a look past the end (a lone zero block) are given for files
-                // only: a stream's next block is not the reader's to consume.
-                assert!(
-                    run.stderr.contains(&case.names),
-                    "{what}: no warning about {:?}\n{}",
-                    case.names,
-                    run.show()
-                );
+    for via in [Via::File, Via::Stdin] {
+        let mut arena = Arena::in_dir(scratch.path(format!("case-{via:?}")));
+        let what = format!("{} via {via:?} on {kind:?}", case.what);
+        let run = arena.import(&case.archive, via, &[]);
+        // Shown with --nocapture: what ckpt said about each case.
+        eprintln!("{what}: {:?} {}", run.code, run.stderr.trim_end());
+        run.assert_code(case.codes, &what);
+        if case.codes != [0] {
+            assert!(run.stderr.contains("ckpt:"), "{what}: no error message\n{}", run.show());
+            assert!(
+                run.stderr.contains(&case.names),
+                "{what}: the error does not name {:?}\n{}",
+                case.names,
+                run.show()
+            );
+            if case.offset {
+                assert!(run.stderr.contains("offset"), "{what}: no archive offset\n{}", run.show());
             }
-            assert_only_complete_files(&arena.dest, &case.complete, &what, &run);
-            if via == Via::File {
-                // The same reader behind `list` (headers only) and `verify` (data too).
-                for command in ["list", "verify"] {
-                    let run = run_limited(&[command.as_ref(), arena.archive.as_os_str()], None);
-                    let broken = case.codes != [0];
-                    let codes: &[i32] = if broken {
-                        &[1]
-                    } else if command == "list" {
-                        &[0]
-                    } else {
-                        &[0, 1]
-                    };
-                    run.assert_code(codes, &format!("ckpt {command}: {what}"));
-                    if broken {
-                        assert!(
-                            run.stderr.contains(&case.names),
-                            "ckpt {command}: {what}: not named\n{}",
-                            run.show()
-                        );
-                    }
+        } else if !case.names.is_empty() && via == Via::File {
+            // Warnings that need a look past the end (a lone zero block) are given for files
+            // only: a stream's next block is not the reader's to consume.
+            assert!(
+                run.stderr.contains(&case.names),
+                "{what}: no warning about {:?}\n{}",
+                case.names,
+                run.show()
+            );
+        }
+        assert_only_complete_files(&arena.dest, &case.complete, &what, &run);
+        if via == Via::File {
+            // The same reader behind `list` (headers only) and `verify` (data too).
+            for command in ["list", "verify"] {
+                let run = run_limited(&[command.as_ref(), arena.archive.as_os_str()], None);
+                let broken = case.codes != [0];
+                let codes: &[i32] = if broken {
+                    &[1]
+                } else if command == "list" {
+                    &[0]
+                } else {
+                    &[0, 1]
+                };
+                run.assert_code(codes, &format!("ckpt {command}: {what}"));
+                if broken {
+                    assert!(
+                        run.stderr.contains(&case.names),
+                        "ckpt {command}: {what}: not named\n{}",
+                        run.show()
+                    );
                 }
             }
         }
     }
 }
 
-#[test]
-fn malformed_archives_fail_cleanly() {
-    check_malformed(FsKind::Plain, &malformed_cases());
+/// One test per malformed case, on a plain directory and on Btrfs, where files take the clone
+/// path (whole blocks of the archive shared, then truncated).
+macro_rules! malformed {
+    ($($test:ident: $what:literal;)*) => {
+        $(mod $test {
+            use super::*;
+
+            #[test]
+            fn on_a_plain_dir() {
+                check_malformed(FsKind::Plain, $what);
+            }
+
+            #[test]
+            fn on_btrfs() {
+                check_malformed(FsKind::Btrfs, $what);
+            }
+        })*
+
+        const MALFORMED_TESTED: &[&str] = &[$($what),*];
+    };
+}
+
+malformed! {
+    a_header_with_a_bad_checksum_is_refused: "bad checksum";
+    truncated_member_data_is_refused: "truncated data";
+    a_truncated_header_is_refused: "truncated header";
+    a_size_beyond_the_archive_is_refused: "size beyond the archive";
+    a_giant_pax_record_length_is_refused: "giant pax record length";
+    a_pax_header_of_1_tb_is_refused: "pax header of 1 TB";
+    a_gnu_long_name_of_1_gib_is_refused: "GNU long name of 1 GiB";
+    a_gnu_long_name_of_1_mib_is_refused: "GNU long name of 1 MiB";
+    a_nul_in_a_pax_path_is_refused: "NUL in pax path";
+    a_nul_in_a_pax_linkpath_is_refused: "NUL in pax linkpath";
+    a_bad_octal_digit_in_the_size_is_refused: "bad octal size";
+    a_bad_octal_digit_in_the_mode_is_refused: "bad octal mode";
+    a_bad_octal_digit_in_the_mtime_is_refused: "bad octal mtime";
+    a_base256_size_of_u64_max_is_refused: "base-256 size u64::MAX";
+    a_base256_size_of_2_to_the_62_is_refused: "base-256 size 2^62";
+    a_negative_base256_size_is_refused: "negative";
+    a_pax_size_of_u64_max_is_refused: "pax size u64::MAX";
+    a_pax_size_of_2_to_the_64_is_refused: "pax size 2^64";
+    a_pax_size_record_with_a_sign_is_refused: "pax size -5";
+    a_pax_size_record_with_trailing_garbage_is_refused: "pax size 12x";
+    a_pax_header_with_no_member_after_it_is_refused: "pax header at the end";
+    garbage_where_a_header_should_be_is_refused: "garbage header";
+    a_pax_sparse_1_0_member_without_a_size_is_refused: "pax sparse 1.0 without a size";
+    a_pax_sparse_map_longer_than_the_data_is_refused: "pax sparse map longer than the data";
+    pax_sparse_lengths_summing_past_2_to_the_64_are_refused: "pax sparse lengths summing past 2^64";
+    a_pax_sparse_real_size_past_2_to_the_63_is_refused: "pax sparse real size past 2^63";
+    a_pax_sparse_1_0_map_with_an_endless_number_is_refused: "pax sparse 1.0 map with an endless number";
+    a_gzip_stream_cut_in_a_members_data_is_refused: "truncated gzip";
+    a_zstd_stream_cut_in_a_members_data_is_refused: "truncated zstd";
+    a_corrupt_gzip_header_is_refused: "corrupt gzip header";
+    a_million_xattrs_on_one_member_are_refused: "a million xattrs";
+    an_archive_without_end_blocks_is_refused: "no end blocks";
+    local_extended_headers_adding_up_past_the_cap_are_refused: "local extended headers adding up past the cap";
+    global_extended_headers_adding_up_past_the_cap_are_refused: "global extended headers adding up past the cap";
+}
+
+/// One test per odd but acceptable case (every tar reads them the same way).
+macro_rules! odd {
+    ($($test:ident: $what:literal;)*) => {
+        $(#[test]
+        fn $test() {
+            check_malformed(FsKind::Plain, $what);
+        })*
+
+        const ODD_TESTED: &[&str] = &[$($what),*];
+    };
+}
+
+odd! {
+    a_lone_zero_block_at_the_end_is_accepted: "lone zero block at the end";
+    a_lone_zero_block_before_a_member_ends_the_archive_with_a_warning: "lone zero block before a member";
+    garbage_after_the_end_blocks_is_ignored: "garbage after the end";
+    valid_base256_numbers_are_read: "valid base-256 numbers";
+    a_million_unknown_pax_records_are_read_in_linear_time: "a million unknown pax records";
 }
 
 #[test]
-fn odd_archives_are_read_as_tar_reads_them() {
-    check_malformed(FsKind::Plain, &odd_cases());
-}
-
-#[test]
-fn malformed_archives_fail_cleanly_on_btrfs() {
-    // Files on Btrfs take the clone path (whole blocks of the archive shared, then truncated).
-    check_malformed(FsKind::Btrfs, &malformed_cases());
+fn every_malformed_and_odd_case_has_its_own_test() {
+    let named = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let whats = |cases: Vec<Malformed>| cases.into_iter().map(|c| c.what.to_string()).collect::<Vec<_>>();
+    assert_eq!(named(MALFORMED_TESTED), whats(malformed_cases()));
+    assert_eq!(named(ODD_TESTED), whats(odd_cases()));
 }
 
 /// A pax sparse 1.0 member of 600 MiB whose map never ends a line, in a (sparse) archive file:
