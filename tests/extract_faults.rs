@@ -632,14 +632,6 @@ fn deferred_directory_memory_does_not_grow_with_their_path_length() {
 // 9. podman's replaced directories in a layer
 // ---------------------------------------------------------------------------
 
-struct Overlay(PathBuf);
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A podman checkpoint archive: `inner` as rootfs-diff.tar, `deleted` as deleted.files.
 fn podman_archive(inner: &[M], deleted: &str) -> Vec<u8> {
     tar(&[
@@ -682,17 +674,7 @@ fn a_directory_podman_deletes_and_brings_back_becomes_opaque_in_the_layer() {
 
     let merged = a.work.join("merged");
     let workdir = a.work.join("ovl-work");
-    fs::create_dir_all(&merged).unwrap();
-    fs::create_dir_all(&workdir).unwrap();
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), workdir.display());
-    let mounted = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &options])
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(mounted.status.success(), "mount overlay: {}", describe(&mounted));
-    let guard = Overlay(merged.clone());
+    let guard = Mount::overlay(&[lower.clone()], &upper, &workdir, &merged);
     let mut names: Vec<_> = fs::read_dir(merged.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(

@@ -7,7 +7,7 @@ use crate::util::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Runs `ckpt hook` with `state` on stdin.
@@ -82,28 +82,6 @@ fn assert_checkpoint_restored(src: &Path, new_bundle: &Path) {
 
 fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Unmounts on drop (also when the test panics).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Mounted {
-    for d in [upper, work, merged] {
-        fs::create_dir_all(d).unwrap();
-    }
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    sh("mount", &[&"-t", &"overlay", &"overlay", &"-o", &options, &merged]);
-    Mounted(merged.to_path_buf())
 }
 
 /// poststop with io.ckpt.export: the archive appears (at `{id}` expanded), verifies with its
@@ -229,7 +207,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
     fs::write(lower.join("usr/bin/tool"), pseudo_random_bytes(7, 9000)).unwrap();
 
     let merged = s.path("c1/merged");
-    let _m1 = mount_overlay(&lower, &s.path("c1/upper"), &s.path("c1/work"), &merged);
+    let _m1 = Mount::overlay(&[lower.clone()], &s.path("c1/upper"), &s.path("c1/work"), &merged);
     fs::write(merged.join("etc/new.conf"), pseudo_random_bytes(8, 10_000)).unwrap();
     fs::remove_file(merged.join("etc/old.conf")).unwrap();
     fs::OpenOptions::new()
@@ -253,7 +231,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
 
     // A new container over the same image.
     let merged2 = s.path("c2/merged");
-    let _m2 = mount_overlay(&lower, &s.path("c2/upper"), &s.path("c2/work"), &merged2);
+    let _m2 = Mount::overlay(&[lower.clone()], &s.path("c2/upper"), &s.path("c2/work"), &merged2);
     let new_bundle = s.path("new-bundle");
     fs::create_dir_all(&new_bundle).unwrap();
     let annotations = serde_json::json!({

@@ -278,6 +278,8 @@ pub fn btrfs_shared_bytes(path: &Path) -> u64 {
 pub struct Extent {
     /// Logical offset in bytes.
     pub logical: u64,
+    /// Physical offset in bytes.
+    pub physical: u64,
     /// Length in bytes.
     pub length: u64,
     /// Flags as printed ("last,shared,eof").
@@ -285,8 +287,12 @@ pub struct Extent {
 }
 
 impl Extent {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.split(',').any(|f| f.trim() == flag)
+    }
+
     pub fn shared(&self) -> bool {
-        self.flags.split(',').any(|f| f.trim() == "shared")
+        self.has_flag("shared")
     }
 }
 
@@ -310,11 +316,18 @@ pub fn filefrag(file: &Path) -> Vec<Extent> {
         }
         // "   0:        0..     256:         24..       280:    257:             last,shared,eof"
         let parts: Vec<&str> = line.split(':').collect();
-        if parts.len() < 4 || parts[0].trim().parse::<u64>().is_err() || !parts[1].contains("..") {
+        if parts.len() < 5 || parts[0].trim().parse::<u64>().is_err() || !parts[1].contains("..") {
             continue;
         }
         let bs = block_size.expect("filefrag: extent before the block size line");
-        let logical: u64 = parts[1].split("..").next().unwrap().trim().parse().unwrap();
+        let start = |s: &str| -> u64 {
+            s.split("..")
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad filefrag line {line:?}"))
+        };
         let length: u64 =
             parts[3].trim().parse().unwrap_or_else(|_| panic!("bad filefrag extent line {line:?}"));
         let flags = parts[4..]
@@ -323,7 +336,12 @@ pub fn filefrag(file: &Path) -> Vec<Extent> {
             .filter(|s| s.chars().any(|c| c.is_ascii_alphabetic()))
             .collect::<Vec<_>>()
             .join(",");
-        extents.push(Extent { logical: logical * bs, length: length * bs, flags });
+        extents.push(Extent {
+            logical: start(parts[1]) * bs,
+            physical: start(parts[2]) * bs,
+            length: length * bs,
+            flags,
+        });
     }
     extents
 }
@@ -364,4 +382,62 @@ pub fn data_ranges(file: &Path) -> Vec<(u64, u64)> {
         pos = end;
     }
     out
+}
+
+/// A mount (overlay or tmpfs) that is undone on drop, also when the test panics: unmounted,
+/// retrying while busy, then lazily.
+pub struct Mount {
+    target: PathBuf,
+}
+
+impl Mount {
+    /// Mounts an overlay of `lowers` (uppermost first) and `upper` at `merged`, creating
+    /// `upper`, `work` and `merged` if needed.
+    pub fn overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> Mount {
+        for dir in [upper, work, merged] {
+            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
+        let lowerdir =
+            lowers.iter().map(|l| l.to_str().expect("UTF-8 path").to_string()).collect::<Vec<_>>().join(":");
+        let options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
+        let target = fs::canonicalize(merged).unwrap();
+        sh("mount", &[&"-t", &"overlay", &"overlay", &"-o", &options, &target]);
+        Mount { target }
+    }
+
+    /// Mounts a small tmpfs at `at` (created if needed).
+    pub fn tmpfs(at: &Path) -> Mount {
+        fs::create_dir_all(at).unwrap_or_else(|e| panic!("mkdir {}: {e}", at.display()));
+        let target = fs::canonicalize(at).unwrap();
+        sh("mount", &[&"-t", &"tmpfs", &"-o", &"size=16m", &"tmpfs", &target]);
+        Mount { target }
+    }
+
+    /// Where it is mounted (canonical).
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        for attempt in 0..20u64 {
+            if !is_mounted(&self.target) {
+                return;
+            }
+            let unmounted = Command::new("umount")
+                .arg(&self.target)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
+        }
+        eprintln!("umount {} kept failing; falling back to umount -l", self.target.display());
+        let _ = Command::new("umount").arg("-l").arg(&self.target).status();
+    }
 }
