@@ -8,14 +8,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    Arg, FsKind, Scratch, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, dir_names, parse_json, peak_rss_kib,
-    require_root, scratch, sh, test_base_dir,
+    Arg, FsKind, Scratch, as_nobody, ckpt, ckpt_bin, ckpt_code, ckpt_ok, dead_pid, describe, dir_names,
+    kill_when, parse_json, peak_rss_kib, require_root, scratch, sh, test_base_dir,
 };
 
 fn stderr(out: &Output) -> String {
@@ -59,9 +59,7 @@ fn ckpt_as_nobody(args: &[Arg]) -> Option<Output> {
     if !require_root("running ckpt as nobody") {
         return None;
     }
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", ckpt_bin()]);
-    Some(cmd.args(args.iter().map(|a| a.as_ref())).stdin(Stdio::null()).output().unwrap())
+    Some(as_nobody(ckpt_bin()).args(args.iter().map(|a| a.as_ref())).output().unwrap())
 }
 
 /// A directory `nobody` may write in, inside a Plain scratch area.
@@ -364,14 +362,6 @@ fn stdout_redirected_into_the_source_is_not_archived_into_itself() {
 // 5. Temporary names left by killed exports
 // ---------------------------------------------------------------------------
 
-/// A pid that is not running: a child that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
-
 fn temp_names(dir: &Path) -> Vec<String> {
     dir_names(dir)
         .into_iter()
@@ -422,23 +412,6 @@ fn locked_temporary_name_of_a_pid_unknown_here_is_kept() {
     holder.wait().unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     assert_eq!(fs::read(&locked).unwrap(), b"being written");
-}
-
-/// Kills `child` once `ready` holds (at most 60 s); false if the child ended first.
-fn kill_when(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if ready() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return true;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

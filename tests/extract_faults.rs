@@ -19,24 +19,7 @@ use crate::util::*;
 // A tiny pax writer
 // ---------------------------------------------------------------------------
 
-const BLOCK: usize = 512;
-const MTIME: i64 = 1_700_000_000;
-
-fn octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let digits = format!("{value:0width$o}");
-    field[..width].copy_from_slice(digits.as_bytes());
-    field[width] = 0;
-}
-
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len += 1;
-    }
-    [format!("{len} ").as_bytes(), key, b"=", value, b"\n"].concat()
-}
+const MTIME: i64 = crate::util::MTIME as i64;
 
 /// One member; names and link targets of any length go in pax records.
 #[derive(Clone)]
@@ -119,9 +102,7 @@ fn header(name: &[u8], typeflag: u8, size: u64, m: &M) -> [u8; BLOCK] {
     b[263..265].copy_from_slice(b"00");
     octal(&mut b[329..337], u64::from(m.dev.0));
     octal(&mut b[337..345], u64::from(m.dev.1));
-    b[148..156].fill(b' ');
-    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
-    b[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    set_checksum(&mut b);
     b
 }
 
@@ -199,11 +180,7 @@ impl Area {
     fn ckpt(&self, args: &[&dyn AsRef<OsStr>]) -> Output {
         let mut cmd = match self.who {
             As::Root => Command::new(ckpt_bin()),
-            As::Nobody => {
-                let mut cmd = Command::new("setpriv");
-                cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", ckpt_bin()]);
-                cmd
-            }
+            As::Nobody => as_nobody(ckpt_bin()),
         };
         let out = cmd.args(args.iter().map(|a| a.as_ref())).stdin(Stdio::null()).output().unwrap();
         self.check_canary();
@@ -511,14 +488,6 @@ fn set_id_bits_are_kept_with_the_owner_as_root() {
 // ---------------------------------------------------------------------------
 // 6. Stale temporary names
 // ---------------------------------------------------------------------------
-
-/// A process ID that no longer exists.
-fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
 
 as_root_and_nobody!(
     stale_temp_names_of_dead_processes_are_removed_by_the_next_import_as_root,

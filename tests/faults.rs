@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{
-    FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, pseudo_random_bytes, scratch, scratch_sized,
+    FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, kill_when, pseudo_random_bytes, scratch,
+    scratch_sized,
 };
 
 /// Writes `len` bytes of non-repeating data (seeded) to `path`, 1 MiB at a time.
@@ -66,30 +67,6 @@ fn assert_complete_files(src: &Path, dest: &Path) -> usize {
         n += 1;
     }
     n
-}
-
-/// Kills `child` with SIGKILL once `ready` says so (polled every 2 ms; at most 60 s), then
-/// reaps it. Returns false when the child finished before `ready` held.
-fn kill_when(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            eprintln!("ckpt finished ({status}) before it could be killed");
-            return false;
-        }
-        if ready() {
-            child.kill().unwrap();
-            let status = child.wait().unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(rustix::process::Signal::KILL.as_raw()),
-                "ckpt was not killed: {status}"
-            );
-            return true;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "ckpt made no progress in 60 s");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Largest size of a file open in process `pid` under `dir` (O_TMPFILE files show as

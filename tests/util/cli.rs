@@ -120,3 +120,43 @@ pub fn peak_rss_kib(args: &[Arg]) -> Option<u64> {
     let last = stderr.lines().last().unwrap_or_default();
     Some(last.trim().parse().unwrap_or_else(|_| panic!("no RSS from {TIME}: {stderr}")))
 }
+
+/// `setpriv` running `program` as `nobody` (uid and gid 65534, no supplementary groups).
+pub fn as_nobody(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(program).stdin(Stdio::null());
+    cmd
+}
+
+/// A process ID that no longer exists: a child that has exited and been reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("run true");
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Kills `child` with SIGKILL once `ready` says so (polled every 2 ms; at most 60 s), then
+/// reaps it. Returns false when the child finished before `ready` held.
+pub fn kill_when(child: &mut std::process::Child, mut ready: impl FnMut() -> bool) -> bool {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            eprintln!("ckpt finished ({status}) before it could be killed");
+            return false;
+        }
+        if ready() {
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(rustix::process::Signal::KILL.as_raw()),
+                "ckpt was not killed: {status}"
+            );
+            return true;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "ckpt made no progress in 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
