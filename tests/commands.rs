@@ -71,10 +71,6 @@ fn flip(file: &Path, offset: u64) {
     f.write_all_at(&b, offset).unwrap();
 }
 
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// A copy of the sample checkpoint bundle, with a large sparse CRIU pages image.
 fn make_bundle(dir: &Path) {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample-bundle");

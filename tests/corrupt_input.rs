@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     self, BLOCK, FsKind, Scratch, Tar, base256, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, have, octal,
-    pax_record, scratch, set_checksum,
+    pax_record, scratch, set_checksum, stderr_of,
 };
 
 /// A ustar header of `mode` (checksum set).
@@ -28,10 +28,6 @@ fn header(name: &[u8], typeflag: u8, mode: u64, size: u64) -> [u8; BLOCK] {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `ckpt ARGS` with standard input read from `stdin`.
 fn ckpt_stdin(args: &[&dyn AsRef<std::ffi::OsStr>], stdin: &Path) -> Output {

@@ -15,12 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     Arg, FsKind, Scratch, as_nobody, ckpt, ckpt_bin, ckpt_code, ckpt_ok, dead_pid, describe, dir_names,
-    kill_when, parse_json, peak_rss_kib, require_root, scratch, sh, test_base_dir,
+    kill_when, parse_json, peak_rss_kib, require_root, scratch, sh, stderr_of, test_base_dir,
 };
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A small source tree: a few files (one big enough to clone), a directory, a symlink.
 fn small_tree(dir: &Path) -> PathBuf {
@@ -287,7 +283,7 @@ fn export_to_a_block_device_is_refused_and_leaves_the_node() {
     // A loop device's numbers: refused before it is opened, so nothing is written to it.
     sh("mknod", &[&node, &"b", &"7", &"200"]);
     let run = ckpt_code(1, &[&"export", &src, &node]);
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("blk") && err.contains("block device"), "unclear error: {err}");
     assert!(fs::symlink_metadata(&node).unwrap().file_type().is_block_device());
 }
@@ -299,7 +295,7 @@ fn export_to_a_socket_is_refused_and_leaves_it() {
     let sock = plain.path("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let run = ckpt_code(1, &[&"export", &src, &sock]);
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("sock") && err.contains("socket"), "unclear error: {err}");
     assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
 }
@@ -309,7 +305,7 @@ fn export_to_a_directory_is_refused() {
     let plain = scratch(FsKind::Plain).unwrap();
     let src = small_tree(&plain.root);
     let run = ckpt_code(1, &[&"export", &src, &plain.root]);
-    assert!(stderr(&run).contains("is a directory"), "{}", describe(&run));
+    assert!(stderr_of(&run).contains("is a directory"), "{}", describe(&run));
 }
 
 // ---------------------------------------------------------------------------
@@ -334,7 +330,7 @@ fn archive_inside_the_source_is_not_archived_into_itself() {
             // Only an unnamed O_TMPFILE with no previous archive has nothing to leave out.
             if round == 1 || !env.is_empty() {
                 assert!(
-                    stderr(&run).contains("file is the archive; not dumped"),
+                    stderr_of(&run).contains("file is the archive; not dumped"),
                     "no warning: {}",
                     describe(&run)
                 );
@@ -455,7 +451,7 @@ fn temporary_file_of_a_killed_export_is_removed_by_the_next_export() {
         .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     assert!(temp_names(&outdir).is_empty(), "left: {:?}", temp_names(&outdir));
-    assert!(stderr(&run).contains("killed"), "the removal is not reported: {}", describe(&run));
+    assert!(stderr_of(&run).contains("killed"), "the removal is not reported: {}", describe(&run));
     assert_eq!(members(&out).len(), 9);
 }
 
@@ -550,7 +546,7 @@ fn source_swapped_for_a_fifo_fails_the_export_without_hanging() {
         });
         for _ in 0..60 {
             let run = ckpt_within(Duration::from_secs(30), &[&"export", &src, &out]);
-            let err = stderr(&run);
+            let err = stderr_of(&run);
             match run.status.code() {
                 Some(0) => fs::remove_file(&out).unwrap(),
                 Some(1) => {
@@ -606,7 +602,7 @@ fn directory_swapped_for_a_symlink_never_pulls_in_files_from_outside() {
         let run = ckpt_within(Duration::from_secs(30), &[&"export", &src, &out]);
         if run.status.code() != Some(0) {
             failed += 1;
-            assert!(stderr(&run).contains("sub"), "{}", describe(&run));
+            assert!(stderr_of(&run).contains("sub"), "{}", describe(&run));
             continue;
         }
         ok += 1;
@@ -645,7 +641,7 @@ fn source_that_grows_fails_naming_its_old_and_new_size() {
         ckpt(&[&"export", &"--no-clone", &src, &out])
     };
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     let re_ok = err.contains("z-growing: changed while being archived: size ") && err.contains(" -> ");
     assert!(re_ok, "the error does not say what changed: {err}");
     assert!(!out.exists());
@@ -674,7 +670,7 @@ fn source_touched_fails_naming_its_old_and_new_mtime() {
         ckpt(&[&"export", &"--no-clone", &src, &out])
     };
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("z-touched: changed while being archived: mtime 1"), "{err}");
     assert!(!err.contains("size "), "the size did not change: {err}");
 }

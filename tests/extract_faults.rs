@@ -222,10 +222,6 @@ impl Area {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn mode_of(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display())).mode() & 0o7777
 }
@@ -279,7 +275,7 @@ as_root_and_nobody!(
         a.import(&[file("d", b"a file\n"), file("s", b"x"), link("l", b'2', "somewhere")], &[], 0);
         let members = [dir("d").mode(0o750), file("d/inside", b"inside\n"), dir("s"), dir("l/")];
         let out = a.import(&members, &[], 1);
-        assert!(stderr(&out).contains("already exists"), "{}", describe(&out));
+        assert!(stderr_of(&out).contains("already exists"), "{}", describe(&out));
         assert_eq!(fs::read(a.path("d")).unwrap(), b"a file\n", "replaced without --overwrite");
 
         a.import(&members, &["--overwrite"], 0);
@@ -342,7 +338,7 @@ as_root_and_nobody!(
             dir("a/").mode(0o000).mtime(1_500_000_000),
         ];
         let out = a.import(&members, &[], 0);
-        assert!(!stderr(&out).contains("denied"), "{}", describe(&out));
+        assert!(!stderr_of(&out).contains("denied"), "{}", describe(&out));
         fs::set_permissions(a.path("a"), fs::Permissions::from_mode(0o755)).unwrap();
         let b = fs::metadata(a.path("a/b")).unwrap();
         assert_eq!((b.mode() & 0o7777, b.mtime()), (0o555, 1_600_000_000));
@@ -380,7 +376,7 @@ fn fails_alone(a: &Area, bad: Vec<M>, what: &[&str]) {
     members.push(file("top/after", b"after\n"));
     members.push(dir("last").mode(0o711).mtime(1_300_000_001));
     let out = a.import(&members, &[], 1);
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     for w in what {
         assert!(err.contains(w), "stderr lacks {w:?}: {}", describe(&out));
     }
@@ -420,7 +416,7 @@ fn an_unreadable_archive_ends_the_import_after_applying_directory_metadata() {
     let archive = a.write_archive("a.tar", &bytes);
     let out = a.ckpt(&[&"import", &archive, &a.dest]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(stderr(&out).contains("offset"), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("offset"), "{}", describe(&out));
     let d = fs::metadata(a.path("d")).unwrap();
     assert_eq!((d.mode() & 0o7777, d.mtime()), (0o711, 1_200_000_000));
 }
@@ -468,7 +464,7 @@ fn set_id_bits_are_dropped_when_the_owner_is_not_restored_as_nobody() {
         file("mine", b"x").mode(0o4755).owner(NOBODY, NOBODY),
     ];
     let out = a.import(&members, &[], 0);
-    assert!(stderr(&out).contains("not restored"), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("not restored"), "{}", describe(&out));
     assert_eq!(mode_of(&a.path("suid")), 0o755);
     assert_eq!(mode_of(&a.path("sgid")), 0o775);
     assert_eq!(mode_of(&a.path("sticky")), 0o1777);
@@ -681,6 +677,6 @@ fn a_5000_byte_name_fails_alone_and_is_named_on_stderr() {
     let Some(a) = Area::new(As::Root) else { return };
     let long = format!("top/{}", "x".repeat(5000));
     let out = a.import(&[dir("top"), file(&long, b"x"), file("top/ok", b"ok")], &[], 1);
-    assert!(stderr(&out).contains(&long), "{}", describe(&out));
+    assert!(stderr_of(&out).contains(&long), "{}", describe(&out));
     assert_eq!(fs::read(a.path("top/ok")).unwrap(), b"ok");
 }

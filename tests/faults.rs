@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::util::{
     FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, kill_when, pseudo_random_bytes, scratch,
-    scratch_sized,
+    scratch_sized, stderr_of,
 };
 
 /// Writes `len` bytes of non-repeating data (seeded) to `path`, 1 MiB at a time.
@@ -43,10 +43,6 @@ fn previous_out(work: &Path, out: &Path) -> Vec<u8> {
     ckpt_ok(&[&"export", &tiny, &out]);
     fs::remove_dir_all(&tiny).unwrap();
     fs::read(out).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts that every regular file below `dest` is complete: the same bytes as in `src`.
@@ -129,7 +125,7 @@ fn export_enospc_leaves_no_partial_archive() {
             let result = ckpt(&args);
             let what = format!("export {flags:?} to a full {kind:?}");
             assert_eq!(result.status.code(), Some(1), "{what}\n{}", describe(&result));
-            let err = stderr(&result);
+            let err = stderr_of(&result);
             eprintln!("{what}: {}", err.trim_end());
             assert!(err.contains("No space left on device"), "{what}: unclear error\n{err}");
             assert!(err.contains("archive.tar"), "{what}: the error does not name OUT\n{err}");
@@ -221,7 +217,7 @@ fn export_fails_when_a_source_file_changes() {
         f.write_all(&[0x5a; 4096]).unwrap();
     });
     assert_eq!(result.status.code(), Some(1), "growing file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("growing: {}", err.trim_end());
     assert!(err.contains("z-changing"), "the error does not name the file\n{err}");
     assert!(err.contains("changed") || err.contains("shrank"), "unclear error\n{err}");
@@ -233,7 +229,7 @@ fn export_fails_when_a_source_file_changes() {
         util::set_mtime(&path, 1_600_000_000 + i as i64, 1 + (i as i64 % 999_999_998));
     });
     assert_eq!(result.status.code(), Some(1), "touched file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("touched: {}", err.trim_end());
     assert!(err.contains("z-changing") && err.contains("changed"), "unclear error\n{err}");
     assert!(dir_names(&outdir).is_empty(), "left: {:?}", dir_names(&outdir));
@@ -245,7 +241,7 @@ fn export_fails_when_a_source_file_changes() {
         f.set_len((16 << 20) - i % 4096).unwrap();
     });
     assert_eq!(result.status.code(), Some(1), "shrinking file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("shrinking: {}", err.trim_end());
     assert!(err.contains("z-changing"), "the error does not name the file\n{err}");
     assert!(dir_names(&outdir).is_empty(), "left: {:?}", dir_names(&outdir));
@@ -285,11 +281,15 @@ fn import_enospc_leaves_only_complete_files() {
         args.push(&dest);
         let result = ckpt(&args);
         assert_eq!(result.status.code(), Some(1), "import {flags:?} into a full fs\n{}", describe(&result));
-        assert!(stderr(&result).contains("No space left on device"), "unclear error\n{}", describe(&result));
+        assert!(
+            stderr_of(&result).contains("No space left on device"),
+            "unclear error\n{}",
+            describe(&result)
+        );
         let complete = assert_complete_files(&src, &dest);
         eprintln!(
             "import {flags:?} into a full fs: {complete} complete files; {}",
-            stderr(&result).trim_end()
+            stderr_of(&result).trim_end()
         );
         assert!(complete < 13, "everything fit?");
         fs::remove_dir_all(&dest).unwrap();

@@ -80,10 +80,6 @@ fn assert_checkpoint_restored(src: &Path, new_bundle: &Path) {
     }
 }
 
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// poststop with io.ckpt.export: the archive appears (at `{id}` expanded), verifies with its
 /// digests, and restores the bundle identically, by `ckpt import` and by the hook at
 /// prestart with io.ckpt.import.

@@ -68,10 +68,6 @@ fn exec_sh(pm: &Podman, name: &str, script: &str) -> String {
     pm.ok(&[&"exec", &name, &"/bin/sh", &"-c", &script])
 }
 
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Member names of `archive`, nested rootfs-diff.tar members as `rootfs-diff.tar/NAME`.
 fn members(archive: &Path) -> Vec<String> {
     ckpt_ok(&[&"list", &"--json", &"--nested", &archive])

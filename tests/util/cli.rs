@@ -8,6 +8,11 @@ use std::process::{Command, Output, Stdio};
 /// `ckpt(&[&"export", &src, &out])`.
 pub type Arg<'a> = &'a dyn AsRef<OsStr>;
 
+/// A command's stderr (lossy UTF-8).
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Human-readable exit status, stdout and stderr of a finished command.
 pub fn describe(out: &Output) -> String {
     format!(
