@@ -639,7 +639,7 @@ fn a_directory_podman_deletes_and_brings_back_becomes_opaque_in_the_layer() {
 
     let merged = a.work.join("merged");
     let workdir = a.work.join("ovl-work");
-    let guard = Mount::overlay(&[lower.clone()], &upper, &workdir, &merged);
+    let guard = Mount::overlay(std::slice::from_ref(&lower), &upper, &workdir, &merged);
     let mut names: Vec<_> = fs::read_dir(merged.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(

@@ -203,7 +203,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
     fs::write(lower.join("usr/bin/tool"), pseudo_random_bytes(7, 9000)).unwrap();
 
     let merged = s.path("c1/merged");
-    let _m1 = Mount::overlay(&[lower.clone()], &s.path("c1/upper"), &s.path("c1/work"), &merged);
+    let _m1 = Mount::overlay(std::slice::from_ref(&lower), &s.path("c1/upper"), &s.path("c1/work"), &merged);
     fs::write(merged.join("etc/new.conf"), pseudo_random_bytes(8, 10_000)).unwrap();
     fs::remove_file(merged.join("etc/old.conf")).unwrap();
     fs::OpenOptions::new()
@@ -227,7 +227,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
 
     // A new container over the same image.
     let merged2 = s.path("c2/merged");
-    let _m2 = Mount::overlay(&[lower.clone()], &s.path("c2/upper"), &s.path("c2/work"), &merged2);
+    let _m2 = Mount::overlay(std::slice::from_ref(&lower), &s.path("c2/upper"), &s.path("c2/work"), &merged2);
     let new_bundle = s.path("new-bundle");
     fs::create_dir_all(&new_bundle).unwrap();
     let annotations = serde_json::json!({
