@@ -5,8 +5,6 @@
 //! Archives are written byte by byte by the small tar writer below (or by `ckpt export`), in
 //! memory, so nothing depends on a tar library's idea of what is allowed.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -14,85 +12,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::raw_tar::{BLOCK, MTIME, base256, octal, set_checksum};
-use common::{FsKind, Scratch, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, scratch, under_ci};
+use crate::util::{
+    self, BLOCK, FsKind, Scratch, Tar, base256, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, have, octal,
+    pax_record, scratch, set_checksum, stderr_of,
+};
 
-// ---------------------------------------------------------------------------
-// A tiny tar writer
-// ---------------------------------------------------------------------------
-
-/// A ustar header with its checksum set.
+/// A ustar header of `mode` (checksum set).
 fn header(name: &[u8], typeflag: u8, mode: u64, size: u64) -> [u8; BLOCK] {
-    let mut b = [0u8; BLOCK];
-    b[..name.len()].copy_from_slice(name);
+    let mut b = util::header(name, typeflag, size, b"");
     octal(&mut b[100..108], mode);
-    octal(&mut b[108..116], 0);
-    octal(&mut b[116..124], 0);
-    octal(&mut b[124..136], size);
-    octal(&mut b[136..148], MTIME);
-    b[156] = typeflag;
-    b[257..263].copy_from_slice(b"ustar\0");
-    b[263..265].copy_from_slice(b"00");
-    octal(&mut b[329..337], 0);
-    octal(&mut b[337..345], 0);
     set_checksum(&mut b);
     b
-}
-
-/// One pax record; the length prefix counts its own digits.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len.to_string().len() + body != len {
-        len += 1;
-    }
-    [len.to_string().as_bytes(), b" ", key, b"=", value, b"\n"].concat()
-}
-
-#[derive(Default)]
-struct Tar(Vec<u8>);
-
-impl Tar {
-    fn block(&mut self, block: [u8; BLOCK]) -> &mut Tar {
-        self.0.extend_from_slice(&block);
-        self
-    }
-
-    fn data(&mut self, data: &[u8]) -> &mut Tar {
-        self.0.extend_from_slice(data);
-        self.0.resize(self.0.len().next_multiple_of(BLOCK), 0);
-        self
-    }
-
-    fn extended(&mut self, typeflag: u8, records: &[u8]) -> &mut Tar {
-        self.block(header(b"PaxHeader", typeflag, 0o644, records.len() as u64)).data(records)
-    }
-
-    fn pax(&mut self, records: &[u8]) -> &mut Tar {
-        self.extended(b'x', records)
-    }
-
-    fn file(&mut self, name: &str, content: &[u8]) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'0', 0o644, content.len() as u64)).data(content)
-    }
-
-    fn end(&mut self) -> &mut Tar {
-        self.0.extend_from_slice(&[0; 2 * BLOCK]);
-        self
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0.clone()
-    }
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `ckpt ARGS` with standard input read from `stdin`.
 fn ckpt_stdin(args: &[&dyn AsRef<std::ffi::OsStr>], stdin: &Path) -> Output {
@@ -101,16 +36,6 @@ fn ckpt_stdin(args: &[&dyn AsRef<std::ffi::OsStr>], stdin: &Path) -> Output {
         .stdin(fs::File::open(stdin).unwrap())
         .output()
         .unwrap_or_else(|e| panic!("cannot run ckpt: {e}"))
-}
-
-/// True when `tool` runs; otherwise skips (false), or fails under CI.
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    if !ok {
-        assert!(!under_ci(), "CI is set, refusing to skip: {tool} is not installed");
-        eprintln!("SKIPPING TEST: {tool} is not installed");
-    }
-    ok
 }
 
 fn compress(tool: &str, data: &[u8]) -> Vec<u8> {
@@ -284,8 +209,8 @@ fn garbage_after_the_end_blocks_inside_a_compressed_stream_is_accepted() {
         return;
     }
     let s = scratch(FsKind::Plain).unwrap();
-    let mut tar = Tar::default();
-    tar.file("a", b"complete\n").end().0.extend_from_slice(&[0xa5; 3000]);
+    let mut tar = Tar::new();
+    tar.file("a", b"complete\n").end().raw(&[0xa5; 3000]);
     let archive = s.path("garbage.tar.gz");
     fs::write(&archive, compress("gzip", &tar.bytes())).unwrap();
     let dest = s.path("dest");
@@ -329,10 +254,10 @@ fn a_plain_archive_with_one_end_block_still_imports() {
 
 /// A setuid root-owned-looking file whose pax records say `records`.
 fn setuid_file_with(records: &[u8]) -> Vec<u8> {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
-    let offset = t.0.len();
-    t.pax(records).block(header(b"evil", b'0', 0o4755, 5)).data(b"evil\n").end();
+    let offset = t.len();
+    t.pax_raw(records).block(header(b"evil", b'0', 0o4755, 5)).data(b"evil\n").end();
     assert_eq!(offset, 1024);
     t.bytes()
 }
@@ -394,7 +319,7 @@ pax_number_rejected! {
 
 #[test]
 fn a_global_pax_uid_beyond_u32_is_rejected_for_the_next_member() {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
     t.extended(b'g', &pax_record(b"uid", b"4294967296"));
     t.block(header(b"evil", b'0', 0o4755, 5)).data(b"evil\n").end();
@@ -403,7 +328,7 @@ fn a_global_pax_uid_beyond_u32_is_rejected_for_the_next_member() {
 
 #[test]
 fn a_base256_uid_beyond_u32_is_rejected() {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
     let mut h = header(b"evil", b'0', 0o4755, 5);
     base256(&mut h[108..116], 1 << 32);
@@ -414,7 +339,7 @@ fn a_base256_uid_beyond_u32_is_rejected() {
 
 #[test]
 fn a_base256_gid_beyond_u32_is_rejected() {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
     let mut h = header(b"evil", b'0', 0o2755, 5);
     base256(&mut h[116..124], (1 << 32) + 7);
@@ -426,11 +351,11 @@ fn a_base256_gid_beyond_u32_is_rejected() {
 #[test]
 fn a_valid_pax_uid_overrides_a_placeholder_in_the_header() {
     let s = scratch(FsKind::Plain).unwrap();
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     let mut h = header(b"big-uid", b'0', 0o644, 3);
     base256(&mut h[108..116], 1 << 40);
     set_checksum(&mut h);
-    t.pax(&pax_record(b"uid", b"4294967294")).block(h).data(b"ok\n").end();
+    t.pax_raw(&pax_record(b"uid", b"4294967294")).block(h).data(b"ok\n").end();
     let path = s.path("a.tar");
     fs::write(&path, t.bytes()).unwrap();
     let out = ckpt_ok(&[&"list", &"--json", &path]);
@@ -440,7 +365,7 @@ fn a_valid_pax_uid_overrides_a_placeholder_in_the_header() {
 
 /// A device member whose header holds these numbers.
 fn device(major: u64, minor: u64) -> Vec<u8> {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
     let mut h = header(b"dev", b'4', 0o600, 0);
     base256(&mut h[329..337], major);
@@ -468,7 +393,7 @@ fn a_device_major_beyond_u32_is_rejected() {
 
 #[test]
 fn a_mode_beyond_the_file_type_bits_is_rejected() {
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n");
     let mut h = header(b"evil", b'0', 0, 5);
     base256(&mut h[100..108], 0o1_000_000 | 0o4755);
@@ -504,7 +429,7 @@ fn list_within(archive: &[u8], limit: Duration) -> Vec<serde_json::Value> {
 fn three_thousand_consecutive_pax_headers_list_in_under_two_seconds() {
     // 4 MB of extended headers for one member, each with records ckpt reads: an xattr and
     // distinct keys in the sparse namespace.
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     for i in 0..3000 {
         let mut records = pax_record(b"path", format!("name-{i}").as_bytes());
         records.extend(pax_record(format!("SCHILY.xattr.user.{i}").as_bytes(), b"v"));
@@ -512,10 +437,10 @@ fn three_thousand_consecutive_pax_headers_list_in_under_two_seconds() {
             records.extend(pax_record(format!("GNU.sparse.x{i}.{j}").as_bytes(), b"1"));
         }
         records.extend(pax_record(b"comment", &vec![b' '; 1000 - records.len() - 12]));
-        t.pax(&records);
+        t.pax_raw(&records);
     }
     t.file("placeholder", b"data\n").end();
-    assert!(t.0.len() > 3 << 20);
+    assert!(t.len() > 3 << 20);
     let lines = list_within(&t.bytes(), Duration::from_secs(2));
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["name"], "name-2999");
@@ -529,8 +454,8 @@ fn many_records_replacing_one_xattr_list_in_under_two_seconds() {
     for i in 0..300_000u32 {
         records.extend(pax_record(b"SCHILY.xattr.user.same", i.to_string().as_bytes()));
     }
-    let mut t = Tar::default();
-    t.pax(&records).file("one", b"x\n").end();
+    let mut t = Tar::new();
+    t.pax_raw(&records).file("one", b"x\n").end();
     let lines = list_within(&t.bytes(), Duration::from_secs(2));
     assert_eq!(lines[0]["xattrs"], serde_json::json!(["user.same"]));
 }
@@ -544,7 +469,7 @@ fn a_global_header_of_many_xattrs_lists_300_members_in_under_five_seconds() {
         records.extend(pax_record(format!("SCHILY.xattr.user.{i}").as_bytes(), b""));
         i += 1;
     }
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.extended(b'g', &records);
     for m in 0..300 {
         t.file(&format!("m{m}"), b"x\n");
@@ -563,7 +488,7 @@ fn global_headers_with_more_than_64_kib_of_xattrs_are_rejected() {
     for i in 0..100 {
         records.extend(pax_record(format!("SCHILY.xattr.user.{i}").as_bytes(), &[b'v'; 1000]));
     }
-    let mut t = Tar::default();
+    let mut t = Tar::new();
     t.file("good", b"complete\n").extended(b'g', &records).file("next", b"x\n").end();
     assert_member_rejected(
         &t.bytes(),
@@ -603,7 +528,7 @@ fn an_empty_gzip_stream_fails_import_list_and_verify() {
 fn verify_fails_when_ckpt_sha256_is_not_the_last_member() {
     let s = scratch(FsKind::Plain).unwrap();
     let data = fs::read(exported(&s, &["--digest", "sha256"])).unwrap();
-    let mut t = Tar(data[..data.len() - 1024].to_vec());
+    let mut t = Tar::from_bytes(data[..data.len() - 1024].to_vec());
     t.file("./appended", b"after the manifest\n").end();
     let archive = s.path("appended.tar");
     fs::write(&archive, t.bytes()).unwrap();

@@ -3,32 +3,27 @@
 //! are swapped or changed while they are archived, trees deeper than PATH_MAX and huge
 //! directories, and the sizes `--json` reports.
 
-mod common;
-
+use crate::util;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    Arg, FsKind, Scratch, ckpt, ckpt_bin, ckpt_code, ckpt_ok, describe, dir_names, parse_json, require_root,
-    scratch, sh, test_base_dir, under_ci,
+use crate::util::{
+    Arg, FsKind, Scratch, as_nobody, ckpt, ckpt_bin, ckpt_code, ckpt_ok, dead_pid, describe, dir_names,
+    kill_when, parse_json, peak_rss_kib, require_root, scratch, sh, stderr_of, test_base_dir,
 };
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A small source tree: a few files (one big enough to clone), a directory, a symlink.
 fn small_tree(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("a.txt"), b"hello\n").unwrap();
-    fs::write(src.join("sub/pages.img"), common::pseudo_random_bytes(7, 100_000)).unwrap();
+    fs::write(src.join("sub/pages.img"), util::pseudo_random_bytes(7, 100_000)).unwrap();
     std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
     src
 }
@@ -60,9 +55,7 @@ fn ckpt_as_nobody(args: &[Arg]) -> Option<Output> {
     if !require_root("running ckpt as nobody") {
         return None;
     }
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", ckpt_bin()]);
-    Some(cmd.args(args.iter().map(|a| a.as_ref())).stdin(Stdio::null()).output().unwrap())
+    Some(as_nobody(ckpt_bin()).args(args.iter().map(|a| a.as_ref())).output().unwrap())
 }
 
 /// A directory `nobody` may write in, inside a Plain scratch area.
@@ -165,7 +158,7 @@ fn export_to_a_null_device_node_writes_into_it_and_keeps_the_node() {
         ckpt_code(0, &args);
         let meta = fs::symlink_metadata(&null).unwrap();
         assert!(meta.file_type().is_char_device(), "{} is no longer a device", null.display());
-        assert_eq!((meta.ino(), meta.rdev()), (ino, libc::makedev(1, 3)), "the node was replaced");
+        assert_eq!((meta.ino(), meta.rdev()), (ino, rustix::fs::makedev(1, 3)), "the node was replaced");
     }
     assert_eq!(dir_names(&plain.root).len(), 2, "left: {:?}", dir_names(&plain.root));
 }
@@ -179,7 +172,7 @@ fn export_to_dev_null_as_nobody_succeeds_and_keeps_dev_null() {
     let Some(run) = ckpt_as_nobody(&[&"export", &src, &"/dev/null"]) else { return };
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     let meta = fs::symlink_metadata("/dev/null").unwrap();
-    assert!(meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3));
+    assert!(meta.file_type().is_char_device() && meta.rdev() == rustix::fs::makedev(1, 3));
 }
 
 /// Reads everything from the fifo at `path` on a thread.
@@ -290,7 +283,7 @@ fn export_to_a_block_device_is_refused_and_leaves_the_node() {
     // A loop device's numbers: refused before it is opened, so nothing is written to it.
     sh("mknod", &[&node, &"b", &"7", &"200"]);
     let run = ckpt_code(1, &[&"export", &src, &node]);
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("blk") && err.contains("block device"), "unclear error: {err}");
     assert!(fs::symlink_metadata(&node).unwrap().file_type().is_block_device());
 }
@@ -302,7 +295,7 @@ fn export_to_a_socket_is_refused_and_leaves_it() {
     let sock = plain.path("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let run = ckpt_code(1, &[&"export", &src, &sock]);
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("sock") && err.contains("socket"), "unclear error: {err}");
     assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
 }
@@ -312,7 +305,7 @@ fn export_to_a_directory_is_refused() {
     let plain = scratch(FsKind::Plain).unwrap();
     let src = small_tree(&plain.root);
     let run = ckpt_code(1, &[&"export", &src, &plain.root]);
-    assert!(stderr(&run).contains("is a directory"), "{}", describe(&run));
+    assert!(stderr_of(&run).contains("is a directory"), "{}", describe(&run));
 }
 
 // ---------------------------------------------------------------------------
@@ -337,7 +330,7 @@ fn archive_inside_the_source_is_not_archived_into_itself() {
             // Only an unnamed O_TMPFILE with no previous archive has nothing to leave out.
             if round == 1 || !env.is_empty() {
                 assert!(
-                    stderr(&run).contains("file is the archive; not dumped"),
+                    stderr_of(&run).contains("file is the archive; not dumped"),
                     "no warning: {}",
                     describe(&run)
                 );
@@ -364,14 +357,6 @@ fn stdout_redirected_into_the_source_is_not_archived_into_itself() {
 // ---------------------------------------------------------------------------
 // 5. Temporary names left by killed exports
 // ---------------------------------------------------------------------------
-
-/// A pid that is not running: a child that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
 
 fn temp_names(dir: &Path) -> Vec<String> {
     dir_names(dir)
@@ -425,23 +410,6 @@ fn locked_temporary_name_of_a_pid_unknown_here_is_kept() {
     assert_eq!(fs::read(&locked).unwrap(), b"being written");
 }
 
-/// Kills `child` once `ready` holds (at most 60 s); false if the child ended first.
-fn kill_when(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if ready() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return true;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn temporary_file_of_a_killed_export_is_removed_by_the_next_export() {
     let plain = scratch(FsKind::Plain).unwrap();
@@ -450,7 +418,7 @@ fn temporary_file_of_a_killed_export_is_removed_by_the_next_export() {
     for i in 0..8 {
         let mut f = fs::File::create(src.join(format!("f{i}"))).unwrap();
         for j in 0..32 {
-            f.write_all(&common::pseudo_random_bytes(i * 100 + j, 1 << 20)).unwrap();
+            f.write_all(&util::pseudo_random_bytes(i * 100 + j, 1 << 20)).unwrap();
         }
     }
     let outdir = plain.path("out");
@@ -483,7 +451,7 @@ fn temporary_file_of_a_killed_export_is_removed_by_the_next_export() {
         .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
     assert!(temp_names(&outdir).is_empty(), "left: {:?}", temp_names(&outdir));
-    assert!(stderr(&run).contains("killed"), "the removal is not reported: {}", describe(&run));
+    assert!(stderr_of(&run).contains("killed"), "the removal is not reported: {}", describe(&run));
     assert_eq!(members(&out).len(), 9);
 }
 
@@ -578,7 +546,7 @@ fn source_swapped_for_a_fifo_fails_the_export_without_hanging() {
         });
         for _ in 0..60 {
             let run = ckpt_within(Duration::from_secs(30), &[&"export", &src, &out]);
-            let err = stderr(&run);
+            let err = stderr_of(&run);
             match run.status.code() {
                 Some(0) => fs::remove_file(&out).unwrap(),
                 Some(1) => {
@@ -634,7 +602,7 @@ fn directory_swapped_for_a_symlink_never_pulls_in_files_from_outside() {
         let run = ckpt_within(Duration::from_secs(30), &[&"export", &src, &out]);
         if run.status.code() != Some(0) {
             failed += 1;
-            assert!(stderr(&run).contains("sub"), "{}", describe(&run));
+            assert!(stderr_of(&run).contains("sub"), "{}", describe(&run));
             continue;
         }
         ok += 1;
@@ -657,7 +625,7 @@ fn source_that_grows_fails_naming_its_old_and_new_size() {
     let first = src.join("a-first");
     let mut f = fs::File::create(&first).unwrap();
     for j in 0..48 {
-        f.write_all(&common::pseudo_random_bytes(j, 1 << 20)).unwrap();
+        f.write_all(&util::pseudo_random_bytes(j, 1 << 20)).unwrap();
     }
     let victim = src.join("z-growing");
     fs::write(&victim, vec![1u8; 4 << 20]).unwrap();
@@ -673,7 +641,7 @@ fn source_that_grows_fails_naming_its_old_and_new_size() {
         ckpt(&[&"export", &"--no-clone", &src, &out])
     };
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     let re_ok = err.contains("z-growing: changed while being archived: size ") && err.contains(" -> ");
     assert!(re_ok, "the error does not say what changed: {err}");
     assert!(!out.exists());
@@ -686,23 +654,23 @@ fn source_touched_fails_naming_its_old_and_new_mtime() {
     fs::create_dir(&src).unwrap();
     let mut f = fs::File::create(src.join("a-first")).unwrap();
     for j in 0..48 {
-        f.write_all(&common::pseudo_random_bytes(j, 1 << 20)).unwrap();
+        f.write_all(&util::pseudo_random_bytes(j, 1 << 20)).unwrap();
     }
     let victim = src.join("z-touched");
     fs::write(&victim, vec![1u8; 4 << 20]).unwrap();
-    common::set_mtime(&victim, 1_500_000_000, 0);
+    util::set_mtime(&victim, 1_500_000_000, 0);
     let out = plain.path("out.tar");
     let run = {
         let victim = victim.clone();
         let _changer = Changer::start(move |i| {
-            common::set_mtime(&victim, 1_600_000_000 + i as i64, 1);
+            util::set_mtime(&victim, 1_600_000_000 + i as i64, 1);
             std::thread::sleep(Duration::from_millis(1));
         });
         std::thread::sleep(Duration::from_millis(20));
         ckpt(&[&"export", &"--no-clone", &src, &out])
     };
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
-    let err = stderr(&run);
+    let err = stderr_of(&run);
     assert!(err.contains("z-touched: changed while being archived: mtime 1"), "{err}");
     assert!(!err.contains("size "), "the size did not change: {err}");
 }
@@ -748,7 +716,7 @@ fn tree_3000_levels_deep_with_paths_beyond_path_max_is_archived() {
     let src = plain.path("src");
     fs::create_dir(&src).unwrap();
     let _cleanup = RemoveTree(src.clone());
-    let data = common::pseudo_random_bytes(3, 20_000);
+    let data = util::pseudo_random_bytes(3, 20_000);
     let bottom = deep_tree(&src, 3000, &data);
     assert!(bottom.len() > 15_000, "the path is {} bytes", bottom.len());
     let out = plain.path("deep.tar");
@@ -776,20 +744,6 @@ fn tree_3000_levels_deep_streams_to_stdout() {
     assert!(run.stdout == fs::read(&file_out).unwrap(), "stream and file differ");
 }
 
-/// Peak RSS in KiB of `ckpt ARGS`, which must succeed.
-fn peak_rss_kib(args: &[&Path]) -> Option<u64> {
-    const TIME: &str = "/usr/bin/time";
-    if !Path::new(TIME).exists() {
-        assert!(!under_ci(), "CI is set, refusing to skip: {TIME} is missing");
-        eprintln!("SKIPPING TEST: {TIME} is missing");
-        return None;
-    }
-    let out = Command::new(TIME).arg("-f").arg("%M").arg(ckpt_bin()).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Some(stderr.lines().last().unwrap().trim().parse().unwrap())
-}
-
 #[test]
 fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
@@ -803,7 +757,7 @@ fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
             fs::File::create(src.join(name(i))).unwrap();
         }
         let out = tmp.path().join(format!("{count}.tar"));
-        let Some(kib) = peak_rss_kib(&[Path::new("export"), &src, &out]) else { return };
+        let Some(kib) = peak_rss_kib(&[&"export", &src, &out]) else { return };
         rss.push(kib);
         assert_eq!(members(&out).len(), count + 1);
     }
@@ -822,7 +776,7 @@ fn memory_for_one_huge_directory_grows_by_little_more_than_its_names() {
 // ---------------------------------------------------------------------------
 
 fn json_field(v: &serde_json::Value, key: &str) -> u64 {
-    common::json_u64(v, key)
+    util::json_u64(v, key)
 }
 
 #[test]
@@ -831,7 +785,7 @@ fn json_of_a_zstd_export_reports_the_compressed_bytes_written() {
     let src = small_tree(&plain.root);
     fs::write(src.join("zeros"), vec![0u8; 1 << 20]).unwrap();
     let out = plain.path("out.tar.zst");
-    let v = common::ckpt_json(&[&"export", &"--json", &"--compress", &"zstd", &src, &out]);
+    let v = util::ckpt_json(&[&"export", &"--json", &"--compress", &"zstd", &src, &out]);
     let on_disk = fs::metadata(&out).unwrap().len();
     assert_eq!(json_field(&v, "archive_bytes"), on_disk, "{v}");
     let tar = Command::new("zstd").arg("-dc").arg(&out).output().unwrap();
@@ -861,7 +815,7 @@ fn json_of_a_plain_export_reports_equal_archive_and_tar_bytes() {
     let plain = scratch(FsKind::Plain).unwrap();
     let src = small_tree(&plain.root);
     let out = plain.path("out.tar");
-    let v = common::ckpt_json(&[&"export", &"--json", &src, &out]);
+    let v = util::ckpt_json(&[&"export", &"--json", &src, &out]);
     let len = fs::metadata(&out).unwrap().len();
     assert_eq!((json_field(&v, "archive_bytes"), json_field(&v, "tar_bytes")), (len, len), "{v}");
 }

@@ -7,38 +7,19 @@
 //! DEST beside a canary file that must stay untouched. Tests that matter for permissions run
 //! ckpt as root and as `nobody` (setpriv), on a scratch directory nobody can write.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::util::*;
 
 // ---------------------------------------------------------------------------
 // A tiny pax writer
 // ---------------------------------------------------------------------------
 
-const BLOCK: usize = 512;
-const MTIME: i64 = 1_700_000_000;
-
-fn octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let digits = format!("{value:0width$o}");
-    field[..width].copy_from_slice(digits.as_bytes());
-    field[width] = 0;
-}
-
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len += 1;
-    }
-    [format!("{len} ").as_bytes(), key, b"=", value, b"\n"].concat()
-}
+const MTIME: i64 = crate::util::MTIME as i64;
 
 /// One member; names and link targets of any length go in pax records.
 #[derive(Clone)]
@@ -121,9 +102,7 @@ fn header(name: &[u8], typeflag: u8, size: u64, m: &M) -> [u8; BLOCK] {
     b[263..265].copy_from_slice(b"00");
     octal(&mut b[329..337], u64::from(m.dev.0));
     octal(&mut b[337..345], u64::from(m.dev.1));
-    b[148..156].fill(b' ');
-    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
-    b[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    set_checksum(&mut b);
     b
 }
 
@@ -201,11 +180,7 @@ impl Area {
     fn ckpt(&self, args: &[&dyn AsRef<OsStr>]) -> Output {
         let mut cmd = match self.who {
             As::Root => Command::new(ckpt_bin()),
-            As::Nobody => {
-                let mut cmd = Command::new("setpriv");
-                cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", ckpt_bin()]);
-                cmd
-            }
+            As::Nobody => as_nobody(ckpt_bin()),
         };
         let out = cmd.args(args.iter().map(|a| a.as_ref())).stdin(Stdio::null()).output().unwrap();
         self.check_canary();
@@ -245,10 +220,6 @@ impl Area {
     fn path(&self, rel: &str) -> PathBuf {
         self.dest.join(rel)
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -304,7 +275,7 @@ as_root_and_nobody!(
         a.import(&[file("d", b"a file\n"), file("s", b"x"), link("l", b'2', "somewhere")], &[], 0);
         let members = [dir("d").mode(0o750), file("d/inside", b"inside\n"), dir("s"), dir("l/")];
         let out = a.import(&members, &[], 1);
-        assert!(stderr(&out).contains("already exists"), "{}", describe(&out));
+        assert!(stderr_of(&out).contains("already exists"), "{}", describe(&out));
         assert_eq!(fs::read(a.path("d")).unwrap(), b"a file\n", "replaced without --overwrite");
 
         a.import(&members, &["--overwrite"], 0);
@@ -367,7 +338,7 @@ as_root_and_nobody!(
             dir("a/").mode(0o000).mtime(1_500_000_000),
         ];
         let out = a.import(&members, &[], 0);
-        assert!(!stderr(&out).contains("denied"), "{}", describe(&out));
+        assert!(!stderr_of(&out).contains("denied"), "{}", describe(&out));
         fs::set_permissions(a.path("a"), fs::Permissions::from_mode(0o755)).unwrap();
         let b = fs::metadata(a.path("a/b")).unwrap();
         assert_eq!((b.mode() & 0o7777, b.mtime()), (0o555, 1_600_000_000));
@@ -405,7 +376,7 @@ fn fails_alone(a: &Area, bad: Vec<M>, what: &[&str]) {
     members.push(file("top/after", b"after\n"));
     members.push(dir("last").mode(0o711).mtime(1_300_000_001));
     let out = a.import(&members, &[], 1);
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     for w in what {
         assert!(err.contains(w), "stderr lacks {w:?}: {}", describe(&out));
     }
@@ -445,7 +416,7 @@ fn an_unreadable_archive_ends_the_import_after_applying_directory_metadata() {
     let archive = a.write_archive("a.tar", &bytes);
     let out = a.ckpt(&[&"import", &archive, &a.dest]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(stderr(&out).contains("offset"), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("offset"), "{}", describe(&out));
     let d = fs::metadata(a.path("d")).unwrap();
     assert_eq!((d.mode() & 0o7777, d.mtime()), (0o711, 1_200_000_000));
 }
@@ -493,7 +464,7 @@ fn set_id_bits_are_dropped_when_the_owner_is_not_restored_as_nobody() {
         file("mine", b"x").mode(0o4755).owner(NOBODY, NOBODY),
     ];
     let out = a.import(&members, &[], 0);
-    assert!(stderr(&out).contains("not restored"), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("not restored"), "{}", describe(&out));
     assert_eq!(mode_of(&a.path("suid")), 0o755);
     assert_eq!(mode_of(&a.path("sgid")), 0o775);
     assert_eq!(mode_of(&a.path("sticky")), 0o1777);
@@ -513,14 +484,6 @@ fn set_id_bits_are_kept_with_the_owner_as_root() {
 // ---------------------------------------------------------------------------
 // 6. Stale temporary names
 // ---------------------------------------------------------------------------
-
-/// A process ID that no longer exists.
-fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
 
 as_root_and_nobody!(
     stale_temp_names_of_dead_processes_are_removed_by_the_next_import_as_root,
@@ -608,29 +571,8 @@ as_root_and_nobody!(
 // 8. Memory per deferred directory
 // ---------------------------------------------------------------------------
 
-/// Peak RSS in KiB of importing `archive` into `dest`.
-fn import_rss_kib(archive: &Path, dest: &Path) -> u64 {
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg(ckpt_bin())
-        .arg("import")
-        .arg(archive)
-        .arg(dest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    err.lines().last().unwrap_or_default().trim().parse().unwrap_or_else(|_| panic!("no RSS: {err}"))
-}
-
 #[test]
 fn deferred_directory_memory_does_not_grow_with_their_path_length() {
-    if !Path::new("/usr/bin/time").exists() {
-        assert!(!under_ci(), "CI is set, refusing to skip: /usr/bin/time is missing");
-        eprintln!("SKIPPING TEST: /usr/bin/time is missing");
-        return;
-    }
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
     // 3 KB of path above every directory: 30 levels of 100-byte names.
     let prefix: String = (0..30).map(|i| format!("{i:02}{}/", "p".repeat(98))).collect();
@@ -641,7 +583,8 @@ fn deferred_directory_memory_does_not_grow_with_their_path_length() {
         let archive = tmp.path().join(format!("{count}.tar"));
         fs::write(&archive, tar(&members)).unwrap();
         let dest = tmp.path().join(format!("dest-{count}"));
-        rss.push(import_rss_kib(&archive, &dest));
+        let Some(kib) = peak_rss_kib(&[&"import", &archive, &dest]) else { return };
+        rss.push(kib);
         assert_eq!(mode_of(&dest.join(format!("{prefix}{:06}", count - 1))), 0o750);
         fs::remove_file(&archive).unwrap();
     }
@@ -653,14 +596,6 @@ fn deferred_directory_memory_does_not_grow_with_their_path_length() {
 // ---------------------------------------------------------------------------
 // 9. podman's replaced directories in a layer
 // ---------------------------------------------------------------------------
-
-struct Overlay(PathBuf);
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
 
 /// A podman checkpoint archive: `inner` as rootfs-diff.tar, `deleted` as deleted.files.
 fn podman_archive(inner: &[M], deleted: &str) -> Vec<u8> {
@@ -704,17 +639,7 @@ fn a_directory_podman_deletes_and_brings_back_becomes_opaque_in_the_layer() {
 
     let merged = a.work.join("merged");
     let workdir = a.work.join("ovl-work");
-    fs::create_dir_all(&merged).unwrap();
-    fs::create_dir_all(&workdir).unwrap();
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), workdir.display());
-    let mounted = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &options])
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(mounted.status.success(), "mount overlay: {}", describe(&mounted));
-    let guard = Overlay(merged.clone());
+    let guard = Mount::overlay(std::slice::from_ref(&lower), &upper, &workdir, &merged);
     let mut names: Vec<_> = fs::read_dir(merged.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(
@@ -752,6 +677,6 @@ fn a_5000_byte_name_fails_alone_and_is_named_on_stderr() {
     let Some(a) = Area::new(As::Root) else { return };
     let long = format!("top/{}", "x".repeat(5000));
     let out = a.import(&[dir("top"), file(&long, b"x"), file("top/ok", b"ok")], &[], 1);
-    assert!(stderr(&out).contains(&long), "{}", describe(&out));
+    assert!(stderr_of(&out).contains(&long), "{}", describe(&out));
     assert_eq!(fs::read(a.path("top/ok")).unwrap(), b"ok");
 }

@@ -8,18 +8,18 @@
 //!
 //! The small filesystems are loop mounts (needs root; skipped otherwise unless CI is set).
 
-mod common;
-
+use crate::util;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{
-    FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, pseudo_random_bytes, scratch, scratch_sized,
+use crate::util::{
+    FsKind, ckpt, ckpt_bin, ckpt_ok, describe, dir_names, kill_when, pseudo_random_bytes, scratch,
+    scratch_sized, stderr_of,
 };
 
 /// Writes `len` bytes of non-repeating data (seeded) to `path`, 1 MiB at a time.
@@ -45,10 +45,6 @@ fn previous_out(work: &Path, out: &Path) -> Vec<u8> {
     fs::read(out).unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Asserts that every regular file below `dest` is complete: the same bytes as in `src`.
 /// Returns how many there were.
 fn assert_complete_files(src: &Path, dest: &Path) -> usize {
@@ -63,34 +59,10 @@ fn assert_complete_files(src: &Path, dest: &Path) -> usize {
         assert!(original.is_file(), "{} in DEST has no counterpart in the source", rel.display());
         let (a, b) = (fs::metadata(&original).unwrap().len(), entry.metadata().unwrap().len());
         assert_eq!(a, b, "{} is incomplete in DEST: {b} of {a} bytes", rel.display());
-        common::assert_same_bytes(&original, entry.path());
+        util::assert_same_bytes(&original, entry.path());
         n += 1;
     }
     n
-}
-
-/// Kills `child` with SIGKILL once `ready` says so (polled every 2 ms; at most 60 s), then
-/// reaps it. Returns false when the child finished before `ready` held.
-fn kill_when(child: &mut Child, mut ready: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            eprintln!("ckpt finished ({status}) before it could be killed");
-            return false;
-        }
-        if ready() {
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-            let status = child.wait().unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(libc::SIGKILL),
-                "ckpt was not killed: {status}"
-            );
-            return true;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "ckpt made no progress in 60 s");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Largest size of a file open in process `pid` under `dir` (O_TMPFILE files show as
@@ -153,14 +125,14 @@ fn export_enospc_leaves_no_partial_archive() {
             let result = ckpt(&args);
             let what = format!("export {flags:?} to a full {kind:?}");
             assert_eq!(result.status.code(), Some(1), "{what}\n{}", describe(&result));
-            let err = stderr(&result);
+            let err = stderr_of(&result);
             eprintln!("{what}: {}", err.trim_end());
             assert!(err.contains("No space left on device"), "{what}: unclear error\n{err}");
             assert!(err.contains("archive.tar"), "{what}: the error does not name OUT\n{err}");
             assert_eq!(dir_names(&outdir), vec!["archive.tar"], "{what}: stray files in OUT's directory");
             assert!(fs::read(&out).unwrap() == previous, "{what}: the previous OUT was changed");
             // Space is given back: the unnamed file is gone.
-            common::sync_fs(&small.root);
+            util::sync_fs(&small.root);
         }
         // Without a previous OUT: nothing appears.
         fs::remove_file(&out).unwrap();
@@ -245,7 +217,7 @@ fn export_fails_when_a_source_file_changes() {
         f.write_all(&[0x5a; 4096]).unwrap();
     });
     assert_eq!(result.status.code(), Some(1), "growing file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("growing: {}", err.trim_end());
     assert!(err.contains("z-changing"), "the error does not name the file\n{err}");
     assert!(err.contains("changed") || err.contains("shrank"), "unclear error\n{err}");
@@ -254,10 +226,10 @@ fn export_fails_when_a_source_file_changes() {
     // Same size, new mtime.
     let path = victim.clone();
     let result = export_while(&src, &out, move |i| {
-        common::set_mtime(&path, 1_600_000_000 + i as i64, 1 + (i as i64 % 999_999_998));
+        util::set_mtime(&path, 1_600_000_000 + i as i64, 1 + (i as i64 % 999_999_998));
     });
     assert_eq!(result.status.code(), Some(1), "touched file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("touched: {}", err.trim_end());
     assert!(err.contains("z-changing") && err.contains("changed"), "unclear error\n{err}");
     assert!(dir_names(&outdir).is_empty(), "left: {:?}", dir_names(&outdir));
@@ -269,7 +241,7 @@ fn export_fails_when_a_source_file_changes() {
         f.set_len((16 << 20) - i % 4096).unwrap();
     });
     assert_eq!(result.status.code(), Some(1), "shrinking file\n{}", describe(&result));
-    let err = stderr(&result);
+    let err = stderr_of(&result);
     eprintln!("shrinking: {}", err.trim_end());
     assert!(err.contains("z-changing"), "the error does not name the file\n{err}");
     assert!(dir_names(&outdir).is_empty(), "left: {:?}", dir_names(&outdir));
@@ -309,15 +281,19 @@ fn import_enospc_leaves_only_complete_files() {
         args.push(&dest);
         let result = ckpt(&args);
         assert_eq!(result.status.code(), Some(1), "import {flags:?} into a full fs\n{}", describe(&result));
-        assert!(stderr(&result).contains("No space left on device"), "unclear error\n{}", describe(&result));
+        assert!(
+            stderr_of(&result).contains("No space left on device"),
+            "unclear error\n{}",
+            describe(&result)
+        );
         let complete = assert_complete_files(&src, &dest);
         eprintln!(
             "import {flags:?} into a full fs: {complete} complete files; {}",
-            stderr(&result).trim_end()
+            stderr_of(&result).trim_end()
         );
         assert!(complete < 13, "everything fit?");
         fs::remove_dir_all(&dest).unwrap();
-        common::sync_fs(&small.root);
+        util::sync_fs(&small.root);
     }
 }
 

@@ -3,15 +3,11 @@
 //! overlay mount named in the bundle's config.json) and imports it back identically; without
 //! its annotations it does nothing; errors exit 1. The sample hooks.d files are checked too.
 
-mod common;
-
-use common::*;
-use std::ffi::CString;
+use crate::util::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Runs `ckpt hook` with `state` on stdin.
@@ -82,42 +78,6 @@ fn assert_checkpoint_restored(src: &Path, new_bundle: &Path) {
     for name in ["config.dump", "spec.dump", "network.status", "stats-dump"] {
         assert!(!new_bundle.join(name).exists(), "{name} was restored into the new bundle");
     }
-}
-
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn mknod_whiteout(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
-    assert_eq!(r, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
-}
-
-fn is_whiteout(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
-}
-
-/// Unmounts on drop (also when the test panics).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Mounted {
-    for d in [upper, work, merged] {
-        fs::create_dir_all(d).unwrap();
-    }
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    sh("mount", &[&"-t", &"overlay", &"overlay", &"-o", &options, &merged]);
-    Mounted(merged.to_path_buf())
 }
 
 /// poststop with io.ckpt.export: the archive appears (at `{id}` expanded), verifies with its
@@ -243,7 +203,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
     fs::write(lower.join("usr/bin/tool"), pseudo_random_bytes(7, 9000)).unwrap();
 
     let merged = s.path("c1/merged");
-    let _m1 = mount_overlay(&lower, &s.path("c1/upper"), &s.path("c1/work"), &merged);
+    let _m1 = Mount::overlay(std::slice::from_ref(&lower), &s.path("c1/upper"), &s.path("c1/work"), &merged);
     fs::write(merged.join("etc/new.conf"), pseudo_random_bytes(8, 10_000)).unwrap();
     fs::remove_file(merged.join("etc/old.conf")).unwrap();
     fs::OpenOptions::new()
@@ -267,7 +227,7 @@ fn hook_finds_overlay_rootfs_in_config_json() {
 
     // A new container over the same image.
     let merged2 = s.path("c2/merged");
-    let _m2 = mount_overlay(&lower, &s.path("c2/upper"), &s.path("c2/work"), &merged2);
+    let _m2 = Mount::overlay(std::slice::from_ref(&lower), &s.path("c2/upper"), &s.path("c2/work"), &merged2);
     let new_bundle = s.path("new-bundle");
     fs::create_dir_all(&new_bundle).unwrap();
     let annotations = serde_json::json!({

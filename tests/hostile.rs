@@ -12,138 +12,19 @@
 //! give an error naming the member and the archive offset, and leave no partial file under
 //! its final name. Inputs the fuzzer found (tests/fixtures-hostile/) are replayed as well.
 
-mod common;
-
+use crate::util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::raw_tar::{BLOCK, MTIME, base256, octal, set_checksum};
-use common::{FsKind, Scratch, ckpt_bin, scratch};
-
-// ---------------------------------------------------------------------------
-// A tiny tar writer
-// ---------------------------------------------------------------------------
-
-/// A ustar header (checksum set). `name` and `link` are cut to their 100-byte fields.
-fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; BLOCK] {
-    let mut b = [0u8; BLOCK];
-    let n = name.len().min(100);
-    b[..n].copy_from_slice(&name[..n]);
-    octal(&mut b[100..108], if typeflag == b'5' { 0o755 } else { 0o644 });
-    octal(&mut b[108..116], 0);
-    octal(&mut b[116..124], 0);
-    octal(&mut b[124..136], size);
-    octal(&mut b[136..148], MTIME);
-    b[156] = typeflag;
-    let l = link.len().min(100);
-    b[157..157 + l].copy_from_slice(&link[..l]);
-    b[257..263].copy_from_slice(b"ustar\0");
-    b[263..265].copy_from_slice(b"00");
-    b[265..269].copy_from_slice(b"root");
-    b[297..301].copy_from_slice(b"root");
-    octal(&mut b[329..337], 0);
-    octal(&mut b[337..345], 0);
-    set_checksum(&mut b);
-    b
-}
-
-/// One pax record, its length prefix counting its own digits.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len += 1;
-    }
-    let mut out = format!("{len} ").into_bytes();
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    assert_eq!(out.len(), len);
-    out
-}
-
-#[derive(Default)]
-struct Tar {
-    out: Vec<u8>,
-}
-
-impl Tar {
-    fn new() -> Tar {
-        Tar::default()
-    }
-
-    fn block(&mut self, block: [u8; BLOCK]) -> &mut Tar {
-        self.out.extend_from_slice(&block);
-        self
-    }
-
-    /// Appends data padded to a block boundary.
-    fn data(&mut self, data: &[u8]) -> &mut Tar {
-        self.out.extend_from_slice(data);
-        self.out.resize(self.out.len().div_ceil(BLOCK) * BLOCK, 0);
-        self
-    }
-
-    fn raw(&mut self, bytes: &[u8]) -> &mut Tar {
-        self.out.extend_from_slice(bytes);
-        self
-    }
-
-    fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'0', data.len() as u64, b"")).data(data)
-    }
-
-    fn dir(&mut self, name: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'5', 0, b""))
-    }
-
-    fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'2', 0, target.as_bytes()))
-    }
-
-    fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.block(header(name.as_bytes(), b'1', 0, target.as_bytes()))
-    }
-
-    fn node(&mut self, name: &str, typeflag: u8, major: u64, minor: u64) -> &mut Tar {
-        let mut b = header(name.as_bytes(), typeflag, 0, b"");
-        octal(&mut b[329..337], major);
-        octal(&mut b[337..345], minor);
-        set_checksum(&mut b);
-        self.block(b)
-    }
-
-    /// A pax extended header ('x') holding exactly `data`.
-    fn pax_raw(&mut self, data: &[u8]) -> &mut Tar {
-        self.block(header(b"PaxHeaders/evil", b'x', data.len() as u64, b"")).data(data)
-    }
-
-    fn pax(&mut self, records: &[(&[u8], &[u8])]) -> &mut Tar {
-        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-        self.pax_raw(&data)
-    }
-
-    /// A GNU long name ('L') or long link target ('K') for the next member.
-    fn gnu_long(&mut self, typeflag: u8, value: &[u8]) -> &mut Tar {
-        let mut data = value.to_vec();
-        data.push(0);
-        self.block(header(b"././@LongLink", typeflag, data.len() as u64, b"")).data(&data)
-    }
-
-    fn end(&mut self) -> &mut Tar {
-        self.raw(&[0u8; 2 * BLOCK])
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.out.clone()
-    }
-}
+use crate::util::{
+    BLOCK, FsKind, Scratch, Tar, base256, ckpt_bin, header, pax_record, scratch, set_checksum,
+};
 
 // ---------------------------------------------------------------------------
 // Running ckpt under limits
@@ -161,16 +42,13 @@ struct Run {
     timed_out: bool,
     stdout: String,
     stderr: String,
-    /// Peak RSS per wait4: an upper bound only, as it counts the pages the forked child
-    /// shared with this (multi-threaded) test process before exec.
-    max_rss_kib: i64,
 }
 
 impl Run {
     fn show(&self) -> String {
         format!(
-            "exit code {:?}, signal {:?}, timed out {}, max RSS {} KiB\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.signal, self.timed_out, self.max_rss_kib, self.stdout, self.stderr
+            "exit code {:?}, signal {:?}, timed out {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.signal, self.timed_out, self.stdout, self.stderr
         )
     }
 
@@ -188,26 +66,15 @@ impl Run {
     }
 }
 
-/// Runs ckpt with `args` (stdin from `input`, or /dev/null), a timeout and a memory limit;
-/// reaps it with wait4 to learn its peak RSS.
-#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
+/// Runs ckpt with `args` (stdin from `input`, or /dev/null) under a timeout and, through
+/// prlimit(1), which execs it, an address-space limit.
 fn run_limited(args: &[&std::ffi::OsStr], input: Option<Vec<u8>>) -> Run {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(ckpt_bin());
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--as={MEMORY_LIMIT}")).arg(ckpt_bin()).args(args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: MEMORY_LIMIT, rlim_max: MEMORY_LIMIT };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn ckpt");
-    let pid = child.id() as libc::pid_t;
+    let mut child = cmd.spawn().expect("spawn prlimit ckpt");
     let writer = input.map(|data| {
         let mut stdin = child.stdin.take().unwrap();
         // ckpt may stop reading early (an error): a broken pipe is expected then.
@@ -229,31 +96,22 @@ fn run_limited(args: &[&std::ffi::OsStr], input: Option<Vec<u8>>) -> Run {
     });
     let started = Instant::now();
     let mut timed_out = false;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ckpt") {
+            break status;
         }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
         if started.elapsed() > TIMEOUT && !timed_out {
             timed_out = true;
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            child.kill().expect("kill ckpt");
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
     if let Some(w) = writer {
         w.join().unwrap();
     }
     let stdout = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
-    let (code, signal) = if libc::WIFEXITED(status) {
-        (Some(libc::WEXITSTATUS(status)), None)
-    } else {
-        (None, Some(libc::WTERMSIG(status)))
-    };
-    Run { code, signal, timed_out, stdout, stderr, max_rss_kib: usage.ru_maxrss }
+    Run { code: status.code(), signal: status.signal(), timed_out, stdout, stderr }
 }
 
 // ---------------------------------------------------------------------------
@@ -327,9 +185,9 @@ impl Arena {
         fs::write(&canary_file, CANARY_FILE).unwrap();
         for p in [canary_dir.join("sub/g"), canary_dir.join("sub"), canary_dir.join("f"), canary_dir.clone()]
         {
-            common::set_mtime(&p, 1_000_000_000, 111);
+            util::set_mtime(&p, 1_000_000_000, 111);
         }
-        common::set_mtime(&canary_file, 1_000_000_000, 222);
+        util::set_mtime(&canary_file, 1_000_000_000, 222);
         let dest = work.join("dest");
         fs::create_dir(&dest).unwrap();
         Arena {
@@ -748,7 +606,7 @@ fn a_hardlink_to_an_outside_symlink_is_never_written_through() {
 #[test]
 fn a_file_member_never_writes_through_a_device_or_fifo() {
     // Device nodes need root (under CI its absence is a failure); the fifo half runs anyway.
-    let root = common::require_root("device node members");
+    let root = util::require_root("device node members");
     for overwrite in [false, true] {
         both_ways(|mut arena, via| {
             let flags: &[&str] = if overwrite { &["--overwrite"] } else { &[] };
@@ -893,7 +751,7 @@ fn bundle(inner: &[u8], deleted: &str) -> Vec<u8> {
 fn whiteouts_and_deletions_never_reach_outside_the_layer() {
     // --rootfs on a plain directory deletes; --rootfs-diff (an overlay upper dir) records
     // deletions as whiteout devices, which needs root (under CI its absence is a failure).
-    let root = common::require_root("whiteout devices");
+    let root = util::require_root("whiteout devices");
     let modes: &[&str] = if root { &["--rootfs", "--rootfs-diff"] } else { &["--rootfs"] };
     for &mode in modes {
         both_ways(|mut arena, via| {
@@ -1149,11 +1007,16 @@ fn malformed_cases() -> Vec<Malformed> {
     }
 
     // An absurd pax size record.
-    for value in [&b"18446744073709551615"[..], b"18446744073709551616", b"-5", b"12x"] {
+    for (what, value) in [
+        ("pax size u64::MAX", &b"18446744073709551615"[..]),
+        ("pax size 2^64", b"18446744073709551616"),
+        ("pax size -5", b"-5"),
+        ("pax size 12x", b"12x"),
+    ] {
         let mut t = good_prefix();
         t.pax(&[(b"size", value)]).file("paxsize", b"evil\n").end();
         cases.push(Malformed {
-            what: "absurd pax size",
+            what,
             archive: t.bytes(),
             names: "paxsize".into(),
             codes: &[1],
@@ -1245,7 +1108,7 @@ fn malformed_cases() -> Vec<Malformed> {
     });
 
     // Compressed archives cut short in the middle of a member's data, and a corrupt gzip header.
-    let noise = common::pseudo_random_bytes(7, 400_000);
+    let noise = util::pseudo_random_bytes(7, 400_000);
     let mut t = good_prefix();
     t.file("big", &noise).end();
     let plain = t.bytes();
@@ -1303,7 +1166,10 @@ fn malformed_cases() -> Vec<Malformed> {
     });
 
     // Extended headers that each fit the cap but together do not (local and global ones).
-    for typeflag in [b'x', b'g'] {
+    for (what, typeflag) in [
+        ("local extended headers adding up past the cap", b'x'),
+        ("global extended headers adding up past the cap", b'g'),
+    ] {
         let mut t = good_prefix();
         for part in 0..3 {
             let mut data = Vec::new();
@@ -1316,7 +1182,7 @@ fn malformed_cases() -> Vec<Malformed> {
         }
         t.file("after-many", b"evil\n").end();
         cases.push(Malformed {
-            what: "extended headers adding up past the cap",
+            what,
             archive: t.bytes(),
             names: "PaxHeaders/evil".into(),
             codes: &[1],
@@ -1421,79 +1287,156 @@ fn assert_only_complete_files(dest: &Path, complete: &[(&str, Vec<u8>)], what: &
     }
 }
 
-fn check_malformed(kind: FsKind, cases: &[Malformed]) {
-    // One filesystem for all cases (a loop mount per case would be slow).
+/// The malformed or odd case described as `what`; all are built once per test process.
+fn case(what: &str) -> &'static Malformed {
+    static CASES: OnceLock<Vec<Malformed>> = OnceLock::new();
+    let cases = CASES.get_or_init(|| malformed_cases().into_iter().chain(odd_cases()).collect());
+    cases.iter().find(|c| c.what == what).unwrap_or_else(|| panic!("no case {what:?}"))
+}
+
+/// Imports the case `what` from the file and from standard input, and lists and verifies it.
+fn check_malformed(kind: FsKind, what: &str) {
+    let case = case(what);
     let Some(scratch) = scratch(kind) else { return };
-    for (i, case) in cases.iter().enumerate() {
-        for via in [Via::File, Via::Stdin] {
-            let mut arena = Arena::in_dir(scratch.path(format!("case-{i}-{via:?}")));
-            let what = format!("{} via {via:?} on {kind:?}", case.what);
-            let run = arena.import(&case.archive, via, &[]);
-            // Shown with --nocapture: what ckpt said about each case.
-            eprintln!("{what}: {:?} {}", run.code, run.stderr.trim_end());
-            run.assert_code(case.codes, &what);
-            if case.codes != [0] {
-                assert!(run.stderr.contains("ckpt:"), "{what}: no error message\n{}", run.show());
-                assert!(
-                    run.stderr.contains(&case.names),
-                    "{what}: the error does not name {:?}\n{}",
-                    case.names,
-                    run.show()
-                );
-                if case.offset {
-                    assert!(run.stderr.contains("offset"), "{what}: no archive offset\n{}", run.show());
-                }
-            } else if !case.names.is_empty() && via == Via::File {
-                // Warnings that need a look past the end (a lone zero block) are given for files
-                // only: a stream's next block is not the reader's to consume.
-                assert!(
-                    run.stderr.contains(&case.names),
-                    "{what}: no warning about {:?}\n{}",
-                    case.names,
-                    run.show()
-                );
+    for via in [Via::File, Via::Stdin] {
+        let mut arena = Arena::in_dir(scratch.path(format!("case-{via:?}")));
+        let what = format!("{} via {via:?} on {kind:?}", case.what);
+        let run = arena.import(&case.archive, via, &[]);
+        // Shown with --nocapture: what ckpt said about each case.
+        eprintln!("{what}: {:?} {}", run.code, run.stderr.trim_end());
+        run.assert_code(case.codes, &what);
+        if case.codes != [0] {
+            assert!(run.stderr.contains("ckpt:"), "{what}: no error message\n{}", run.show());
+            assert!(
+                run.stderr.contains(&case.names),
+                "{what}: the error does not name {:?}\n{}",
+                case.names,
+                run.show()
+            );
+            if case.offset {
+                assert!(run.stderr.contains("offset"), "{what}: no archive offset\n{}", run.show());
             }
-            assert_only_complete_files(&arena.dest, &case.complete, &what, &run);
-            if via == Via::File {
-                // The same reader behind `list` (headers only) and `verify` (data too).
-                for command in ["list", "verify"] {
-                    let run = run_limited(&[command.as_ref(), arena.archive.as_os_str()], None);
-                    let broken = case.codes != [0];
-                    let codes: &[i32] = if broken {
-                        &[1]
-                    } else if command == "list" {
-                        &[0]
-                    } else {
-                        &[0, 1]
-                    };
-                    run.assert_code(codes, &format!("ckpt {command}: {what}"));
-                    if broken {
-                        assert!(
-                            run.stderr.contains(&case.names),
-                            "ckpt {command}: {what}: not named\n{}",
-                            run.show()
-                        );
-                    }
+        } else if !case.names.is_empty() && via == Via::File {
+            // Warnings that need a look past the end (a lone zero block) are given for files
+            // only: a stream's next block is not the reader's to consume.
+            assert!(
+                run.stderr.contains(&case.names),
+                "{what}: no warning about {:?}\n{}",
+                case.names,
+                run.show()
+            );
+        }
+        assert_only_complete_files(&arena.dest, &case.complete, &what, &run);
+        if via == Via::File {
+            // The same reader behind `list` (headers only) and `verify` (data too).
+            for command in ["list", "verify"] {
+                let run = run_limited(&[command.as_ref(), arena.archive.as_os_str()], None);
+                let broken = case.codes != [0];
+                let codes: &[i32] = if broken {
+                    &[1]
+                } else if command == "list" {
+                    &[0]
+                } else {
+                    &[0, 1]
+                };
+                run.assert_code(codes, &format!("ckpt {command}: {what}"));
+                if broken {
+                    assert!(
+                        run.stderr.contains(&case.names),
+                        "ckpt {command}: {what}: not named\n{}",
+                        run.show()
+                    );
                 }
             }
         }
     }
 }
 
-#[test]
-fn malformed_archives_fail_cleanly() {
-    check_malformed(FsKind::Plain, &malformed_cases());
+/// One test per malformed case, on a plain directory and on Btrfs, where files take the clone
+/// path (whole blocks of the archive shared, then truncated).
+macro_rules! malformed {
+    ($($test:ident: $what:literal;)*) => {
+        $(mod $test {
+            use super::*;
+
+            #[test]
+            fn on_a_plain_dir() {
+                check_malformed(FsKind::Plain, $what);
+            }
+
+            #[test]
+            fn on_btrfs() {
+                check_malformed(FsKind::Btrfs, $what);
+            }
+        })*
+
+        const MALFORMED_TESTED: &[&str] = &[$($what),*];
+    };
+}
+
+malformed! {
+    a_header_with_a_bad_checksum_is_refused: "bad checksum";
+    truncated_member_data_is_refused: "truncated data";
+    a_truncated_header_is_refused: "truncated header";
+    a_size_beyond_the_archive_is_refused: "size beyond the archive";
+    a_giant_pax_record_length_is_refused: "giant pax record length";
+    a_pax_header_of_1_tb_is_refused: "pax header of 1 TB";
+    a_gnu_long_name_of_1_gib_is_refused: "GNU long name of 1 GiB";
+    a_gnu_long_name_of_1_mib_is_refused: "GNU long name of 1 MiB";
+    a_nul_in_a_pax_path_is_refused: "NUL in pax path";
+    a_nul_in_a_pax_linkpath_is_refused: "NUL in pax linkpath";
+    a_bad_octal_digit_in_the_size_is_refused: "bad octal size";
+    a_bad_octal_digit_in_the_mode_is_refused: "bad octal mode";
+    a_bad_octal_digit_in_the_mtime_is_refused: "bad octal mtime";
+    a_base256_size_of_u64_max_is_refused: "base-256 size u64::MAX";
+    a_base256_size_of_2_to_the_62_is_refused: "base-256 size 2^62";
+    a_negative_base256_size_is_refused: "negative";
+    a_pax_size_of_u64_max_is_refused: "pax size u64::MAX";
+    a_pax_size_of_2_to_the_64_is_refused: "pax size 2^64";
+    a_pax_size_record_with_a_sign_is_refused: "pax size -5";
+    a_pax_size_record_with_trailing_garbage_is_refused: "pax size 12x";
+    a_pax_header_with_no_member_after_it_is_refused: "pax header at the end";
+    garbage_where_a_header_should_be_is_refused: "garbage header";
+    a_pax_sparse_1_0_member_without_a_size_is_refused: "pax sparse 1.0 without a size";
+    a_pax_sparse_map_longer_than_the_data_is_refused: "pax sparse map longer than the data";
+    pax_sparse_lengths_summing_past_2_to_the_64_are_refused: "pax sparse lengths summing past 2^64";
+    a_pax_sparse_real_size_past_2_to_the_63_is_refused: "pax sparse real size past 2^63";
+    a_pax_sparse_1_0_map_with_an_endless_number_is_refused: "pax sparse 1.0 map with an endless number";
+    a_gzip_stream_cut_in_a_members_data_is_refused: "truncated gzip";
+    a_zstd_stream_cut_in_a_members_data_is_refused: "truncated zstd";
+    a_corrupt_gzip_header_is_refused: "corrupt gzip header";
+    a_million_xattrs_on_one_member_are_refused: "a million xattrs";
+    an_archive_without_end_blocks_is_refused: "no end blocks";
+    local_extended_headers_adding_up_past_the_cap_are_refused: "local extended headers adding up past the cap";
+    global_extended_headers_adding_up_past_the_cap_are_refused: "global extended headers adding up past the cap";
+}
+
+/// One test per odd but acceptable case (every tar reads them the same way).
+macro_rules! odd {
+    ($($test:ident: $what:literal;)*) => {
+        $(#[test]
+        fn $test() {
+            check_malformed(FsKind::Plain, $what);
+        })*
+
+        const ODD_TESTED: &[&str] = &[$($what),*];
+    };
+}
+
+odd! {
+    a_lone_zero_block_at_the_end_is_accepted: "lone zero block at the end";
+    a_lone_zero_block_before_a_member_ends_the_archive_with_a_warning: "lone zero block before a member";
+    garbage_after_the_end_blocks_is_ignored: "garbage after the end";
+    valid_base256_numbers_are_read: "valid base-256 numbers";
+    a_million_unknown_pax_records_are_read_in_linear_time: "a million unknown pax records";
 }
 
 #[test]
-fn odd_archives_are_read_as_tar_reads_them() {
-    check_malformed(FsKind::Plain, &odd_cases());
-}
-
-#[test]
-fn malformed_archives_fail_cleanly_on_btrfs() {
-    // Files on Btrfs take the clone path (whole blocks of the archive shared, then truncated).
-    check_malformed(FsKind::Btrfs, &malformed_cases());
+fn every_malformed_and_odd_case_has_its_own_test() {
+    let named = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let whats = |cases: Vec<Malformed>| cases.into_iter().map(|c| c.what.to_string()).collect::<Vec<_>>();
+    assert_eq!(named(MALFORMED_TESTED), whats(malformed_cases()));
+    assert_eq!(named(ODD_TESTED), whats(odd_cases()));
 }
 
 /// A pax sparse 1.0 member of 600 MiB whose map never ends a line, in a (sparse) archive file:

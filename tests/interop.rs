@@ -13,10 +13,9 @@
 //! A missing tool (go, python3, tar, bsdtar) skips the test with a message, except under a
 //! non-empty `CI` environment variable, where it is a failure.
 
-mod common;
-
+use crate::util;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -25,42 +24,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{
-    FsKind, assert_trees_equal, ckpt_code, make_rich_tree, pseudo_random_bytes, scratch, set_mtime,
-    set_xattr, under_ci,
+use rustix::fs::FileType;
+
+use crate::util::{
+    FsKind, assert_trees_equal, chmod, chown, ckpt_code, have, make_rich_tree, mkfifo, mknod,
+    pseudo_random_bytes, scratch, set_mtime, set_xattr, skip_unless,
 };
 
 // ---------------------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------------------
 
-/// Reports a missing tool: a failure under CI, a skip (returns false) elsewhere.
-fn missing(what: &str) -> bool {
-    if under_ci() {
-        panic!("{what} is required under CI but is not available");
-    }
-    eprintln!("SKIP: {what} is not available");
-    false
-}
-
-fn runs(prog: &str, arg: &str) -> bool {
-    Command::new(prog).arg(arg).output().map(|o| o.status.success()).unwrap_or(false)
+/// True when `prog` runs (a silent probe: the caller decides whether its absence skips).
+fn runs(prog: &str) -> bool {
+    Command::new(prog).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn have_gnu_tar() -> bool {
-    let ok = Command::new("tar")
+    let gnu = Command::new("tar")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GNU tar"));
-    ok || missing("GNU tar")
+    skip_unless(gnu, "GNU tar is not installed")
 }
 
 fn have_bsdtar() -> bool {
-    runs("bsdtar", "--version") || missing("bsdtar (libarchive-tools)")
+    have("bsdtar")
 }
 
 fn have_python() -> bool {
-    runs("python3", "--version") || missing("python3")
+    have("python3")
 }
 
 fn interop_dir() -> PathBuf {
@@ -71,7 +64,7 @@ fn interop_dir() -> PathBuf {
 fn go_reader() -> Option<&'static Path> {
     static GO: OnceLock<Option<PathBuf>> = OnceLock::new();
     let built = GO.get_or_init(|| {
-        if !runs("go", "version") {
+        if !Command::new("go").arg("version").output().is_ok_and(|o| o.status.success()) {
             return None;
         }
         let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-go");
@@ -100,13 +93,7 @@ fn go_reader() -> Option<&'static Path> {
         fs::rename(&tmp, &exe).unwrap();
         Some(exe)
     });
-    match built {
-        Some(p) => Some(p.as_path()),
-        None => {
-            missing("go (golang-go)");
-            None
-        }
-    }
+    skip_unless(built.is_some(), "go (golang-go) is not installed").then(|| built.as_deref().unwrap())
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -152,7 +139,7 @@ fn fresh(parent: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn plain() -> common::Scratch {
+fn plain() -> util::Scratch {
     scratch(FsKind::Plain).expect("a plain scratch directory is always available")
 }
 
@@ -582,15 +569,13 @@ fn unescape_gnu_xattr_names(dir: &Path) {
                 stack.push(e.unwrap().path());
             }
         }
-        for (name, value) in common::xattrs(&p) {
+        for (name, value) in util::xattrs(&p) {
             if !name.contains("%3D") && !name.contains("%25") {
                 continue;
             }
             let plain = name.replace("%3D", "\0").replace("%25", "%").replace('\0', "=");
-            let c = CString::new(name.as_str()).unwrap();
-            // SAFETY: valid NUL-terminated strings.
-            let r = unsafe { libc::lremovexattr(cpath(&p).as_ptr(), c.as_ptr()) };
-            assert_eq!(r, 0, "lremovexattr {} {name}", p.display());
+            rustix::fs::lremovexattr(&p, name.as_str())
+                .unwrap_or_else(|e| panic!("lremovexattr {} {name}: {e}", p.display()));
             set_xattr(&p, &plain, &value);
         }
     }
@@ -670,7 +655,7 @@ fn rich_tree_python_tarfile_extracts() {
 /// Number of members: by Python's tarfile, or by GNU tar or bsdtar when Python is missing
 /// (outside CI only).
 fn member_count(archive: &Path) -> usize {
-    if runs("python3", "--version") {
+    if runs("python3") {
         return parse_listing(&list_py(archive)).len();
     }
     count_members(archive)
@@ -692,10 +677,7 @@ fn count_members(archive: &Path) -> usize {
 /// one `--no-clone` writes, and read identically by every reader. (Not run on XFS: the rich
 /// tree's char device 240:300000 cannot be created there, XFS refuses minors >= 2^18.)
 fn cloned_archive_reads_identically(kind: FsKind, label: &str) {
-    let Some(s) = scratch(kind) else {
-        eprintln!("SKIP: no {label} scratch filesystem");
-        return;
-    };
+    let Some(s) = scratch(kind) else { return };
     let src = s.root.join("src");
     fs::create_dir(&src).unwrap();
     make_rich_tree(&src);
@@ -840,9 +822,9 @@ fn bsdtar_import(format: Option<&str>, without_sparse_file: bool) {
     let s = plain();
     let src = rich_source(&s.root);
     if without_sparse_file {
-        fs::remove_file(src.join(common::SPARSE_FILE)).unwrap();
+        fs::remove_file(src.join(util::SPARSE_FILE)).unwrap();
         // Put back an mtime with nanoseconds on the directory the removal changed.
-        let big = fs::symlink_metadata(src.join(common::BIG_FILE)).unwrap();
+        let big = fs::symlink_metadata(src.join(util::BIG_FILE)).unwrap();
         set_mtime(&src.join("data"), big.mtime() + 1, big.mtime_nsec());
     }
     let archive = s.root.join("bsd.tar");
@@ -894,14 +876,14 @@ fn make_ustar_tree(dir: &Path) {
     let long_dir = dir.join("p".repeat(90));
     fs::create_dir(&long_dir).unwrap();
     fs::write(long_dir.join("q".repeat(60)), pseudo_random_bytes(3, 5000)).unwrap();
-    mknod(&dir.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-    mknod(&dir.join("loop"), libc::S_IFBLK | 0o660, libc::makedev(7, 200));
-    mknod(&dir.join("fifo"), libc::S_IFIFO | 0o640, 0);
+    mknod(&dir.join("null"), FileType::CharacterDevice, 0o666, 1, 3);
+    mknod(&dir.join("loop"), FileType::BlockDevice, 0o660, 7, 200);
+    mkfifo(&dir.join("fifo"), 0o640);
     // chown before chmod: chown clears setuid.
     chown(&dir.join("small"), 1234, 5678);
     chown(&dir.join("d"), 4000, 4001);
-    set_mode(&dir.join("small"), 0o4755);
-    set_mode(&dir.join("d/sub"), 0o3775);
+    chmod(&dir.join("small"), 0o4755);
+    chmod(&dir.join("d/sub"), 0o3775);
     for (i, p) in ["empty", "small", "d/big", "d/sub/page"].iter().enumerate() {
         set_mtime(&dir.join(p), 1_600_000_000 + i as i64 * 1000, 0);
     }
@@ -1039,25 +1021,6 @@ fn alignment_default_4k_and_64k() {
 // ---------------------------------------------------------------------------------------
 // (d) names and xattrs that put headers at every length and 512-byte phase
 // ---------------------------------------------------------------------------------------
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) {
-    // SAFETY: valid NUL-terminated path.
-    let r = unsafe { libc::mknod(cpath(p).as_ptr(), mode, dev) };
-    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn chown(p: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
-}
 
 /// The xattr value used for file `k`: every byte value, newlines and '=' included.
 fn xattr_value(len: usize, k: u64) -> Vec<u8> {

@@ -2,24 +2,10 @@
 //! tree, and a nested rootfs-diff.tar is sized by a first pass rather than held. Peak RSS is
 //! measured with /usr/bin/time, as scripts/bench.sh does.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use common::*;
-
-const TIME: &str = "/usr/bin/time";
-
-/// Peak RSS in KiB of `ckpt ARGS`, which must succeed.
-fn peak_rss_kib(args: &[&Path]) -> u64 {
-    let out = Command::new(TIME).arg("-f").arg("%M").arg(ckpt_bin()).args(args).output().unwrap();
-    assert!(out.status.success(), "ckpt {args:?}: {}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    last.trim().parse().unwrap_or_else(|_| panic!("no RSS from {TIME}: {stderr}"))
-}
+use crate::util::*;
 
 /// `count` small files in directories of 100, with names long enough to matter.
 fn many_files(dir: &Path, count: usize) {
@@ -33,15 +19,6 @@ fn many_files(dir: &Path, count: usize) {
     }
 }
 
-fn have_time() -> bool {
-    if Path::new(TIME).exists() {
-        return true;
-    }
-    assert!(!under_ci(), "CI is set, refusing to skip: {TIME} is missing (package time)");
-    eprintln!("SKIPPING TEST: {TIME} is missing (package time)");
-    false
-}
-
 /// Forty times the files costs no more than 4 MiB more (holding every member took ~500 bytes
 /// each: 20 MiB for 40,000 files).
 fn assert_flat(what: &str, few: u64, many: u64) {
@@ -51,16 +28,14 @@ fn assert_flat(what: &str, few: u64, many: u64) {
 
 #[test]
 fn export_memory_does_not_grow_with_file_count() {
-    if !have_time() {
-        return;
-    }
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
     let mut rss = Vec::new();
     for count in [1_000, 40_000] {
         let src = tmp.path().join(format!("src-{count}"));
         many_files(&src, count);
         let archive = tmp.path().join(format!("{count}.tar"));
-        rss.push(peak_rss_kib(&[Path::new("export"), &src, &archive]));
+        let Some(kib) = peak_rss_kib(&[&"export", &src, &archive]) else { return };
+        rss.push(kib);
         let listed = sh("tar", &[&"-tf", &archive]).lines().count();
         assert_eq!(listed, 1 + count + count / 100, "members of {}", archive.display());
     }
@@ -69,9 +44,6 @@ fn export_memory_does_not_grow_with_file_count() {
 
 #[test]
 fn rootfs_diff_export_memory_does_not_grow_with_file_count() {
-    if !have_time() {
-        return;
-    }
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
     let bundle = tmp.path().join("bundle");
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample-bundle");
@@ -81,7 +53,10 @@ fn rootfs_diff_export_memory_does_not_grow_with_file_count() {
         let upper = tmp.path().join(format!("upper-{count}"));
         many_files(&upper, count);
         let archive = tmp.path().join(format!("{count}.tar"));
-        rss.push(peak_rss_kib(&[Path::new("export"), &bundle, &archive, Path::new("--rootfs-diff"), &upper]));
+        let Some(kib) = peak_rss_kib(&[&"export", &bundle, &archive, &"--rootfs-diff", &upper]) else {
+            return;
+        };
+        rss.push(kib);
         let inner = sh("sh", &[&"-c", &"tar -xOf \"$0\" rootfs-diff.tar | tar -tf - | wc -l", &archive]);
         assert_eq!(inner.trim().parse::<usize>().unwrap(), 1 + count + count / 100);
     }

@@ -21,16 +21,13 @@
 //! Every overlay mount is held by a guard that unmounts it before the scratch filesystem
 //! goes away, also when a test fails.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
-use common::*;
+use crate::util::*;
 
 /// The alignment ckpt must use on these filesystems (4096-byte blocks).
 const BLOCK: u64 = 4096;
@@ -38,60 +35,6 @@ const BLOCK: u64 = 4096;
 // ---------------------------------------------------------------------------
 // Overlay mounts
 // ---------------------------------------------------------------------------
-
-/// An overlay mount, unmounted on drop (retrying while busy, then lazily).
-struct OverlayMount {
-    merged: PathBuf,
-}
-
-impl OverlayMount {
-    fn mount(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> OverlayMount {
-        for dir in [upper, work, merged] {
-            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        }
-        let lowerdir =
-            lowers.iter().map(|l| l.to_str().expect("UTF-8 path").to_string()).collect::<Vec<_>>().join(":");
-        let options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
-        let merged = fs::canonicalize(merged).unwrap();
-        sh("mount", &[&"-t", &"overlay", &"overlay", &"-o", &options, &merged]);
-        OverlayMount { merged }
-    }
-}
-
-impl Drop for OverlayMount {
-    fn drop(&mut self) {
-        for attempt in 0..20u64 {
-            if !is_mounted(&self.merged) {
-                return;
-            }
-            let unmounted = Command::new("umount")
-                .arg(&self.merged)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if unmounted {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
-        }
-        eprintln!("umount {} kept failing; falling back to umount -l", self.merged.display());
-        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
-    }
-}
-
-/// A tmpfs mount (a mount point that is not an overlay), unmounted on drop.
-struct TmpfsMount(OverlayMount);
-
-impl TmpfsMount {
-    fn mount(at: &Path) -> TmpfsMount {
-        fs::create_dir_all(at).unwrap();
-        let at = fs::canonicalize(at).unwrap();
-        sh("mount", &[&"-t", &"tmpfs", &"-o", &"size=16m", &"tmpfs", &at]);
-        TmpfsMount(OverlayMount { merged: at })
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Small file helpers
@@ -116,11 +59,6 @@ fn lchown(path: &Path, uid: u32, gid: u32) {
 
 fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
-}
-
-/// True when `path` is an overlay whiteout: a character device 0:0.
-fn is_whiteout(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
 }
 
 /// Relative paths (no leading `./`, no trailing `/`) of every entry below `root`, root
@@ -236,68 +174,11 @@ fn set_distinct_mtimes(root: &Path, base: i64) {
 // Physical sharing, with physical addresses (filefrag -v)
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-struct PhysExtent {
-    logical: u64,
-    physical: u64,
-    length: u64,
-    flags: String,
-}
-
-/// The extents of `file` per `filefrag -v` (FIEMAP), in bytes, with physical addresses.
-fn phys_extents(file: &Path) -> Vec<PhysExtent> {
-    sync_fs(file);
-    let out = sh("filefrag", &[&"-v", &file]);
-    let mut block_size = None;
-    let mut extents = Vec::new();
-    for line in out.lines() {
-        if line.starts_with("File size of ") {
-            let i = line.rfind("blocks of ").expect("filefrag block size");
-            let digits: String =
-                line[i + "blocks of ".len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
-            block_size = Some(digits.parse::<u64>().expect("filefrag block size"));
-            continue;
-        }
-        // "   0:        0..    1220:      33632..     34852:   1221:             last,shared,eof"
-        let parts: Vec<&str> = line.split(':').collect();
-        if parts.len() < 5 || parts[0].trim().parse::<u64>().is_err() || !parts[1].contains("..") {
-            continue;
-        }
-        let bs = block_size.expect("filefrag: extent before the block size line");
-        let start = |s: &str| -> u64 {
-            s.split("..")
-                .next()
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("bad filefrag line {line:?}"))
-        };
-        let length: u64 = parts[3].trim().parse().unwrap_or_else(|_| panic!("bad filefrag line {line:?}"));
-        let flags = parts[4..]
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| s.chars().any(|c| c.is_ascii_alphabetic()))
-            .collect::<Vec<_>>()
-            .join(",");
-        extents.push(PhysExtent {
-            logical: start(parts[1]) * bs,
-            physical: start(parts[2]) * bs,
-            length: length * bs,
-            flags,
-        });
-    }
-    extents
-}
-
-fn has_flag(flags: &str, flag: &str) -> bool {
-    flags.split(',').any(|f| f.trim() == flag)
-}
-
-/// Physical address and flags of the byte at `offset` per `extents`.
-fn phys_at(extents: &[PhysExtent], offset: u64) -> Option<(u64, &str)> {
+/// Physical address of the byte at `offset` per `extents`, and its extent.
+fn phys_at(extents: &[Extent], offset: u64) -> Option<(u64, &Extent)> {
     let i = extents.partition_point(|e| e.logical + e.length <= offset);
     let e = extents.get(i)?;
-    (e.logical <= offset).then(|| (e.physical + (offset - e.logical), e.flags.as_str()))
+    (e.logical <= offset).then(|| (e.physical + (offset - e.logical), e))
 }
 
 /// Bytes of `file`'s data (SEEK_DATA ranges) in whole blocks before its unaligned tail.
@@ -316,15 +197,15 @@ fn assert_blocks_shared(file: &Path, archive: &Path, archive_offset: u64, what: 
         "{what}: data offset {archive_offset} in the archive is not aligned"
     );
     let full = fs::metadata(file).unwrap().len() / BLOCK * BLOCK;
-    let src = phys_extents(file);
-    let arc = phys_extents(archive);
+    let src = filefrag(file);
+    let arc = filefrag(archive);
     let mut checked = 0;
     let mut bad = Vec::new();
     for e in &src {
-        if has_flag(&e.flags, "unwritten") {
+        if e.has_flag("unwritten") {
             continue; // preallocated, reads as zeros: a hole as far as data goes
         }
-        if ["inline", "unknown", "delalloc", "encoded"].iter().any(|f| has_flag(&e.flags, f)) {
+        if ["inline", "unknown", "delalloc", "encoded"].iter().any(|f| e.has_flag(f)) {
             bad.push(format!("{what}: extent at {} has flags {} (not a plain extent)", e.logical, e.flags));
             continue;
         }
@@ -333,11 +214,7 @@ fn assert_blocks_shared(file: &Path, archive: &Path, archive_offset: u64, what: 
         while off < end {
             let want = e.physical + (off - e.logical);
             match phys_at(&arc, archive_offset + off) {
-                Some((p, flags))
-                    if p == want && has_flag(flags, "shared") && has_flag(&e.flags, "shared") =>
-                {
-                    checked += BLOCK
-                }
+                Some((p, a)) if p == want && a.shared() && e.shared() => checked += BLOCK,
                 other => bad.push(format!(
                     "{what}: block at {off} (physical {want}, flags {}) vs archive offset {}: {other:?}",
                     e.flags,
@@ -531,7 +408,7 @@ const PAGES_SIZE: u64 = 1 << 30;
 
 struct Container {
     // Fields drop in order: the overlay mounts go before the scratch filesystem.
-    _mount: OverlayMount,
+    _mount: Mount,
     s: Scratch,
 }
 
@@ -622,7 +499,7 @@ fn change_through_mount(m: &Path) {
 fn container(kind: FsKind) -> Option<Container> {
     let s = scratch(kind)?;
     make_lowers(&s);
-    let mount = OverlayMount::mount(
+    let mount = Mount::overlay(
         &[s.path("lower1"), s.path("lower2")],
         &s.path("upper"),
         &s.path("work"),
@@ -899,7 +776,7 @@ fn podman_roundtrip(kind: FsKind) {
     assert!(fs_shared_bytes(kind, &upper2.join(BIG)) >= full_data_blocks(&upper2.join(BIG)));
 
     // The same lower dirs under the new upper dir: the same merged view.
-    let _mount2 = OverlayMount::mount(&c.lowers(), &upper2, &c.path("work2"), &c.path("merged2"));
+    let _mount2 = Mount::overlay(&c.lowers(), &upper2, &c.path("work2"), &c.path("merged2"));
     assert_merged_equal(&c.path("merged"), &c.path("merged2"));
 }
 
@@ -974,7 +851,7 @@ fn oci_roundtrip(kind: FsKind) {
     }
     check_no_host_overlay_xattrs(&upper2, &["opt/app"]);
 
-    let _mount2 = OverlayMount::mount(&c.lowers(), &upper2, &c.path("work2"), &c.path("merged2"));
+    let _mount2 = Mount::overlay(&c.lowers(), &upper2, &c.path("work2"), &c.path("merged2"));
     assert_merged_equal(&c.path("merged"), &c.path("merged2"));
 }
 
@@ -1143,7 +1020,7 @@ fn foreign_archive(kind: FsKind) {
         for d in FOREIGN_DELETED {
             assert!(is_whiteout(&upper.join(&d[1..])), "{what}: {d} is not a whiteout in the upper dir");
         }
-        let _mount = OverlayMount::mount(
+        let _mount = Mount::overlay(
             std::slice::from_ref(&f.lower),
             &upper,
             &s.path(format!("w{i}")),
@@ -1228,9 +1105,9 @@ fn export_errors() {
         &["not an overlay mount"],
         &out,
     );
-    let tmpfs = TmpfsMount::mount(&s.path("tmpfs"));
+    let tmpfs = Mount::tmpfs(&s.path("tmpfs"));
     assert_fails_naming(
-        &[&"export", &"--rootfs", &tmpfs.0.merged, &bundle, &archive],
+        &[&"export", &"--rootfs", &tmpfs.target(), &bundle, &archive],
         &["not an overlay mount"],
         &out,
     );

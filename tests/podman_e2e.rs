@@ -8,9 +8,7 @@
 //! Every case runs on Btrfs and on XFS (`CASE::btrfs`, `CASE::xfs`), one at a time: podman
 //! and CRIU are slow enough under load that parallel containers make timings noisy.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -68,10 +66,6 @@ fn snapshot(pm: &Podman, name: &str) -> String {
 
 fn exec_sh(pm: &Podman, name: &str, script: &str) -> String {
     pm.ok(&[&"exec", &name, &"/bin/sh", &"-c", &script])
-}
-
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Member names of `archive`, nested rootfs-diff.tar members as `rootfs-diff.tar/NAME`.

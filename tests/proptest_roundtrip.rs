@@ -2,15 +2,14 @@
 //! and alignment boundaries; names with spaces, UTF-8 and up to 250 bytes; symlinks;
 //! hardlinks; modes; mtimes with nanoseconds, before 1970 too; user.* xattrs), `ckpt export`
 //! then `ckpt import` into a plain directory gives back the same tree
-//! (common::assert_trees_equal: types, modes, owners, mtimes, contents, link targets, xattrs
+//! (util::assert_trees_equal: types, modes, owners, mtimes, contents, link targets, xattrs
 //! and hardlink groups).
 
-mod common;
-
+use crate::util;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{FsKind, assert_trees_equal, ckpt_ok, pseudo_random_bytes, scratch, set_mtime, set_xattr};
+use crate::util::{FsKind, assert_trees_equal, ckpt_ok, pseudo_random_bytes, scratch, set_mtime, set_xattr};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
@@ -181,7 +180,7 @@ fn build(tree: &Tree, root: &Path) {
     // Modes and times of files (hardlinked ones get the last spec's), then directories
     // deepest first, then the root. Without root, owner access is kept so that the tree can
     // be read and restored.
-    let (file_bits, dir_bits) = if unsafe { libc::geteuid() } == 0 { (0, 0) } else { (0o600, 0o700) };
+    let (file_bits, dir_bits) = if rustix::process::geteuid().is_root() { (0, 0) } else { (0o600, 0o700) };
     for (f, path) in tree.files.iter().zip(&files) {
         if let Some(path) = path {
             fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode | file_bits))
@@ -218,11 +217,11 @@ fn roundtrip(tree: &Tree, align: Option<&str>) {
     ckpt_ok(&[&"import", &archive, &dest]);
     assert_trees_equal(&src, &dest);
     if std::env::var_os("CKPT_PROPTEST_VERBOSE").is_some() {
-        eprintln!("{:?} align {align:?}", common::tree_stats(&src));
+        eprintln!("{:?} align {align:?}", util::tree_stats(&src));
     }
     // From a stream as well (the other reader path).
     let piped = scratch.path("piped");
-    let status = std::process::Command::new(common::ckpt_bin())
+    let status = std::process::Command::new(util::ckpt_bin())
         .args(["import", "-"])
         .arg(&piped)
         .stdin(fs::File::open(&archive).unwrap())

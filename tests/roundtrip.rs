@@ -5,9 +5,7 @@
 //! sharing (btrfs fi du / filefrag), sparseness, `--json` counters, determinism,
 //! `--clone-min`, `--no-clone`, failure paths (no partial or clobbered OUT) and exit codes.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,18 @@
+//! ckpt's integration tests: one crate (one binary to build and link), one module per area.
+//! Run one area with `cargo test --test tests hostile::`.
+
+mod util;
+
+mod commands;
+mod corrupt_input;
+mod export_faults;
+mod extract_faults;
+mod faults;
+mod hook;
+mod hostile;
+mod interop;
+mod memory;
+mod podman;
+mod podman_e2e;
+mod proptest_roundtrip;
+mod roundtrip;

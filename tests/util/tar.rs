@@ -1,0 +1,189 @@
+//! Hand-written tar archives, so that nothing depends on a tar library's idea of what is
+//! allowed, and an independent reader of ckpt's archives (Python's tarfile).
+
+use std::path::Path;
+
+use super::sh;
+
+pub const BLOCK: usize = 512;
+/// Fixed mtime of every member (2023-11-14).
+pub const MTIME: u64 = 1_700_000_000;
+
+/// Writes `value` as zero-padded octal filling `field` but its last byte (a NUL).
+pub fn octal(field: &mut [u8], value: u64) {
+    let width = field.len() - 1;
+    let digits = format!("{value:0width$o}");
+    assert_eq!(digits.len(), width, "{value} does not fit {width} octal digits");
+    field[..width].copy_from_slice(digits.as_bytes());
+    field[width] = 0;
+}
+
+/// Writes `value` as a GNU base-256 number (high bit of the first byte set).
+pub fn base256(field: &mut [u8], value: u64) {
+    field.fill(0);
+    let n = field.len();
+    field[n - 8..].copy_from_slice(&value.to_be_bytes());
+    field[0] |= 0x80;
+}
+
+pub fn set_checksum(block: &mut [u8; BLOCK]) {
+    block[148..156].fill(b' ');
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+}
+
+/// A ustar header owned by root, mode 0755 for directories and 0644 otherwise, mtime
+/// [`MTIME`], checksum set. `name` and `link` are cut to their 100-byte fields.
+pub fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    let n = name.len().min(100);
+    b[..n].copy_from_slice(&name[..n]);
+    octal(&mut b[100..108], if typeflag == b'5' { 0o755 } else { 0o644 });
+    octal(&mut b[108..116], 0);
+    octal(&mut b[116..124], 0);
+    octal(&mut b[124..136], size);
+    octal(&mut b[136..148], MTIME);
+    b[156] = typeflag;
+    let l = link.len().min(100);
+    b[157..157 + l].copy_from_slice(&link[..l]);
+    b[257..263].copy_from_slice(b"ustar\0");
+    b[263..265].copy_from_slice(b"00");
+    b[265..269].copy_from_slice(b"root");
+    b[297..301].copy_from_slice(b"root");
+    octal(&mut b[329..337], 0);
+    octal(&mut b[337..345], 0);
+    set_checksum(&mut b);
+    b
+}
+
+/// One pax record, its length prefix counting its own digits.
+pub fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len += 1;
+    }
+    let out = [format!("{len} ").as_bytes(), key, b"=", value, b"\n"].concat();
+    assert_eq!(out.len(), len);
+    out
+}
+
+/// An archive built block by block.
+#[derive(Default)]
+pub struct Tar {
+    out: Vec<u8>,
+}
+
+impl Tar {
+    pub fn new() -> Tar {
+        Tar::default()
+    }
+
+    /// An archive that starts with `bytes` (e.g. another archive without its end blocks).
+    pub fn from_bytes(bytes: Vec<u8>) -> Tar {
+        Tar { out: bytes }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn block(&mut self, block: [u8; BLOCK]) -> &mut Tar {
+        self.out.extend_from_slice(&block);
+        self
+    }
+
+    /// Appends data padded to a block boundary.
+    pub fn data(&mut self, data: &[u8]) -> &mut Tar {
+        self.out.extend_from_slice(data);
+        self.out.resize(self.out.len().div_ceil(BLOCK) * BLOCK, 0);
+        self
+    }
+
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Tar {
+        self.out.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
+        self.block(header(name.as_bytes(), b'0', data.len() as u64, b"")).data(data)
+    }
+
+    pub fn dir(&mut self, name: &str) -> &mut Tar {
+        self.block(header(name.as_bytes(), b'5', 0, b""))
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        self.block(header(name.as_bytes(), b'2', 0, target.as_bytes()))
+    }
+
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        self.block(header(name.as_bytes(), b'1', 0, target.as_bytes()))
+    }
+
+    pub fn node(&mut self, name: &str, typeflag: u8, major: u64, minor: u64) -> &mut Tar {
+        let mut b = header(name.as_bytes(), typeflag, 0, b"");
+        octal(&mut b[329..337], major);
+        octal(&mut b[337..345], minor);
+        set_checksum(&mut b);
+        self.block(b)
+    }
+
+    /// An extended header (`x` local, `g` global) holding exactly `data`.
+    pub fn extended(&mut self, typeflag: u8, data: &[u8]) -> &mut Tar {
+        self.block(header(b"PaxHeaders/evil", typeflag, data.len() as u64, b"")).data(data)
+    }
+
+    /// A pax extended header ('x') holding exactly `data`.
+    pub fn pax_raw(&mut self, data: &[u8]) -> &mut Tar {
+        self.extended(b'x', data)
+    }
+
+    pub fn pax(&mut self, records: &[(&[u8], &[u8])]) -> &mut Tar {
+        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        self.pax_raw(&data)
+    }
+
+    /// A GNU long name ('L') or long link target ('K') for the next member.
+    pub fn gnu_long(&mut self, typeflag: u8, value: &[u8]) -> &mut Tar {
+        let mut data = value.to_vec();
+        data.push(0);
+        self.block(header(b"././@LongLink", typeflag, data.len() as u64, b"")).data(&data)
+    }
+
+    pub fn end(&mut self) -> &mut Tar {
+        self.raw(&[0u8; 2 * BLOCK])
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.out.clone()
+    }
+}
+
+const PY_OFFSETS: &str = r#"
+import json, sys, tarfile
+with tarfile.open(sys.argv[1], "r:") as t:
+    for m in t:
+        ty = m.type.decode("latin-1")
+        if ty == "\x00":
+            ty = "0"
+        print(json.dumps([m.name, m.offset_data, m.size, ty]))
+"#;
+
+/// Reads `archive` with Python's tarfile (independent of ckpt and the tar crate) and
+/// returns, per member in order: (name as tarfile reports it, offset of the member's
+/// data in the archive, size, tar type char: '0' file, '1' hardlink, '2' symlink, '3'
+/// char, '4' block, '5' dir, '6' fifo). tarfile strips the trailing '/' of directory
+/// names ("./" becomes ".") and hides pax headers (the padding records).
+pub fn python_data_offsets(archive: &Path) -> Vec<(String, u64, u64, char)> {
+    let out = sh("python3", &[&"-c", &PY_OFFSETS, &archive]);
+    out.lines()
+        .map(|l| {
+            let v: (String, u64, u64, String) =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad python tarfile line {l:?}: {e}"));
+            let ty = v.3.chars().next().expect("empty type");
+            (v.0, v.1, v.2, ty)
+        })
+        .collect()
+}
