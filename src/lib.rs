@@ -36,6 +36,7 @@ mod hook;
 mod import;
 mod inspect;
 mod progress;
+mod report;
 mod runtime;
 mod sys;
 mod tar;

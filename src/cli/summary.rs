@@ -2,18 +2,7 @@
 
 /// `--json` of an export: what was archived and how much of it was shared.
 pub(crate) fn export_summary(stats: &ckpt::ExportStats) -> serde_json::Value {
-    serde_json::json!({
-        "entries": stats.entries,
-        "files": stats.files,
-        "bytes": stats.bytes,
-        "bytes_cloned": stats.bytes_cloned,
-        "bytes_copied": stats.bytes_copied,
-        "archive_bytes": stats.archive_bytes,
-        "tar_bytes": stats.tar_bytes,
-        "align": stats.align,
-        "seconds": stats.seconds,
-        "skipped": stats.skipped.len(),
-    })
+    serde_json::to_value(stats).expect("stats serialize")
 }
 
 /// `--json` of an import: what was restored, and what was not.

@@ -73,7 +73,7 @@ pub struct Exporter {
 }
 
 /// What an export did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ExportStats {
     /// Archive members, nested ones included.
     pub entries: u64,
@@ -93,7 +93,9 @@ pub struct ExportStats {
     pub align: u64,
     /// Wall-clock time of the export.
     pub seconds: f64,
-    /// Entries that cannot be archived (sockets), left out with a warning.
+    /// Entries that cannot be archived (sockets), left out with a warning (serialized as
+    /// their count).
+    #[serde(serialize_with = "crate::report::count")]
     pub skipped: Vec<PathBuf>,
 }
 
