@@ -4,10 +4,14 @@
 
 pub mod archive;
 pub mod compress;
+mod extensions;
+mod header;
+mod input;
 pub mod manifest;
 pub mod meta;
 pub mod pax;
 pub mod reader;
+mod sparse;
 
 /// A tar block: headers, and the padding after each member's data, are whole blocks.
 pub const BLOCK: u64 = 512;
