@@ -4,10 +4,14 @@
 
 pub mod archive;
 pub mod compress;
+mod extensions;
+mod header;
+mod input;
 pub mod manifest;
 pub mod meta;
 pub mod pax;
 pub mod reader;
+mod sparse;
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;

@@ -222,4 +222,16 @@ mod tests {
             assert!(records(bad).any(|r| r.is_err()), "{bad:?}");
         }
     }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_time(b"12.5"), Some((12, 500_000_000)));
+        assert_eq!(parse_time(b"-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_time(b"7"), Some((7, 0)));
+        assert_eq!(parse_time(b"1.0000000019"), Some((1, 1)));
+        assert_eq!(parse_time(b"x"), None);
+        assert_eq!(parse_time(b"1.x"), None);
+        let (s, n) = (-3i64, 250_000_000u32);
+        assert_eq!(parse_time(format_time(s, n).as_bytes()), Some((s, n)));
+    }
 }
