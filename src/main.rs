@@ -537,7 +537,9 @@ fn list(args: ListArgs) -> ckpt::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = ckpt::list(&args.archive, &options, &mut |entry| {
-        let line = if args.json { entry.json().to_string() } else { entry.text_line() };
+        // Through a Value, whose map sorts the keys as `ckpt list --json` always has.
+        let json = || serde_json::to_value(entry).expect("a list entry serializes").to_string();
+        let line = if args.json { json() } else { entry.text_line() };
         writeln!(out, "{line}").map_err(|e| ckpt::Error::io("write", "standard output", e))
     });
     let result =
