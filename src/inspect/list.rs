@@ -23,21 +23,29 @@ pub struct ListEntry {
     /// The outer member (`rootfs-diff.tar`) a nested member belongs to.
     #[serde(serialize_with = "lossy_some", skip_serializing_if = "Option::is_none")]
     pub nested_in: Option<Vec<u8>>,
+    /// The header's type flag (`0`, `5`, `x`, ...).
     #[serde(serialize_with = "one_char")]
     pub typeflag: u8,
     /// `file`, `dir`, `symlink`, `hardlink`, `char`, `block`, `fifo` or `other`.
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Permission bits with setuid, setgid and sticky (serialized as 4 octal digits).
     #[serde(serialize_with = "octal")]
     pub mode: u32,
+    /// The owner's user ID.
     pub uid: u64,
+    /// The owner's group ID.
     pub gid: u64,
+    /// The size of the member's data.
     pub size: u64,
+    /// Modification time: seconds since the epoch.
     pub mtime: i64,
+    /// And nanoseconds (pax times keep them).
     pub mtime_nsec: u32,
     /// Device numbers, for character and block devices only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_major: Option<u32>,
+    /// The device's minor number, with `dev_major`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_minor: Option<u32>,
     /// A symlink's target or a hardlink's first name.

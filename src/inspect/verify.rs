@@ -37,7 +37,9 @@ const CHUNK: usize = 1 << 20;
 pub struct Problem {
     /// The member concerned (lossy UTF-8), empty when none is.
     pub member: String,
+    /// Where in the archive, when known.
     pub offset: Option<u64>,
+    /// What is wrong.
     pub reason: String,
 }
 
@@ -66,6 +68,7 @@ pub struct VerifyReport {
     pub files: u64,
     /// Those of at least `align` bytes, and how many of them start on the boundary.
     pub large_files: u64,
+    /// Large files whose data starts on the boundary.
     pub aligned_files: u64,
     /// Names of the large files that do not (lossy UTF-8).
     pub unaligned: Vec<String>,
@@ -73,17 +76,22 @@ pub struct VerifyReport {
     pub manifest: Option<String>,
     /// Members whose data was hashed and compared with the manifest.
     pub digests_checked: u64,
+    /// Bytes of member data hashed.
     pub bytes_hashed: u64,
     /// Length of the (uncompressed) archive read.
     pub archive_bytes: u64,
     /// Every header was read, up to the end-of-archive blocks.
     pub complete: bool,
+    /// The alignment checked against.
     pub align: u64,
+    /// Wall-clock time of the check.
     pub seconds: f64,
+    /// Everything found wrong, in archive order.
     pub problems: Vec<Problem>,
 }
 
 impl VerifyReport {
+    /// Whether nothing was found wrong.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -100,6 +108,7 @@ pub struct VerifyProgress {
     /// `"headers"` while walking the headers of a file, `"data"` while hashing (or reading a
     /// stream).
     pub phase: &'static str,
+    /// Bytes of the phase done.
     pub done: u64,
     /// Unknown for streams.
     pub total: Option<u64>,

@@ -52,11 +52,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Parses `sha256sum` output: `HASH  NAME` (or `HASH *NAME`), a leading `\` marking a name
-/// with `\\` and `\n` escapes.
 /// A manifest line: the member name and its digest.
 type ManifestLine = (Vec<u8>, [u8; 32]);
 
+/// Parses `sha256sum` output: `HASH  NAME` (or `HASH *NAME`), a leading `\` marking a name
+/// with `\\` and `\n` escapes.
 pub fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
     let mut out = Vec::new();
     for (i, line) in text.split(|&b| b == b'\n').enumerate() {
