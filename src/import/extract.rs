@@ -26,6 +26,8 @@ use rustix::io::Errno;
 
 use crate::container::overlay::{self, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Context, Error, Result};
+/// The stats an extraction returns, named here too for the callers that know them as this.
+pub use crate::import::stats::ImportStats;
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, write_all_at};
 use crate::sys::temp;
@@ -55,42 +57,6 @@ const SHARED_FS_MAGICS: [i64; 10] = [
 /// A temporary name whose process is gone is removed only when it is at least this old, in
 /// case a process of the same ID in another PID namespace is still using it.
 const STALE_AFTER_SECONDS: i64 = 60;
-
-/// What an import did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImportStats {
-    pub entries: u64,
-    pub files: u64,
-    pub bytes: u64,
-    pub bytes_cloned: u64,
-    pub bytes_copied: u64,
-    pub seconds: f64,
-    /// Members that could not be restored here (unknown types, devices without privilege).
-    pub skipped: Vec<String>,
-    /// Existing paths left untouched because a member wanted to replace them.
-    pub conflicts: Vec<PathBuf>,
-    /// Members refused: they would reach outside the destination, or they are hard links
-    /// to a name the destination does not have.
-    pub refused: Vec<String>,
-    /// Members (or directories' metadata) that failed to restore, each reported on stderr
-    /// with its path and operation; the rest of the archive was restored.
-    pub failed: Vec<String>,
-}
-
-impl ImportStats {
-    /// Adds the counts of a second extraction (a nested layer) to these.
-    pub fn absorb(&mut self, other: ImportStats) {
-        self.entries += other.entries;
-        self.files += other.files;
-        self.bytes += other.bytes;
-        self.bytes_cloned += other.bytes_cloned;
-        self.bytes_copied += other.bytes_copied;
-        self.skipped.extend(other.skipped);
-        self.conflicts.extend(other.conflicts);
-        self.refused.extend(other.refused);
-        self.failed.extend(other.failed);
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractOptions {

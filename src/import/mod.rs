@@ -3,6 +3,7 @@
 //! `rootfs-diff.tar` straight into the container's layer.
 
 pub mod extract;
+mod stats;
 
 use std::fs::File;
 use std::io::Read;
