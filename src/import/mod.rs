@@ -2,7 +2,14 @@
 //! and hand each member to the extractor; in checkpoint archives, restore the nested
 //! `rootfs-diff.tar` straight into the container's layer.
 
-pub mod extract;
+mod beneath;
+mod create;
+mod data;
+pub(crate) mod extract;
+mod layer;
+mod meta;
+mod stats;
+mod tree;
 
 use std::fs::File;
 use std::io::Read;
@@ -14,7 +21,8 @@ use std::time::Instant;
 use crate::container::overlay;
 use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
-use crate::import::extract::{ExtractOptions, Extractor, ImportStats, LayerMode};
+use crate::import::extract::{ExtractOptions, Extractor, ImportStats};
+use crate::import::layer::LayerMode;
 use crate::progress::{Progress, ProgressHandle};
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
