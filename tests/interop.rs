@@ -27,8 +27,8 @@ use std::sync::OnceLock;
 use rustix::fs::FileType;
 
 use crate::util::{
-    FsKind, assert_trees_equal, chmod, chown, ckpt_code, have, make_rich_tree, mkfifo, mknod,
-    pseudo_random_bytes, scratch, set_mtime, set_xattr, skip_unless,
+    FsKind, assert_trees_equal, chmod, chown, ckpt_code, hardlink_groups_below, have, make_rich_tree, mkfifo,
+    mknod, pseudo_random_bytes, scratch, set_mtime, set_xattr, skip_unless,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -273,34 +273,6 @@ fn normalize(list: &[Member]) -> Tree {
     Tree { members, links }
 }
 
-/// Groups of names of regular files in `dir` that share an inode.
-fn fs_link_groups(dir: &Path) -> BTreeSet<Vec<String>> {
-    fn walk(root: &Path, rel: &Path, by_ino: &mut BTreeMap<(u64, u64), Vec<String>>) {
-        for e in fs::read_dir(root.join(rel)).unwrap() {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            let md = fs::symlink_metadata(root.join(&rel)).unwrap();
-            if md.is_dir() {
-                walk(root, &rel, by_ino);
-            } else if md.is_file() && md.nlink() > 1 {
-                let mut name = b"./".to_vec();
-                name.extend_from_slice(rel.as_os_str().as_bytes());
-                by_ino.entry((md.dev(), md.ino())).or_default().push(esc(&name));
-            }
-        }
-    }
-    let mut by_ino = BTreeMap::new();
-    walk(dir, Path::new(""), &mut by_ino);
-    by_ino
-        .into_values()
-        .filter(|g| g.len() > 1)
-        .map(|mut g| {
-            g.sort();
-            g
-        })
-        .collect()
-}
-
 /// A directory tree in canonical form (members by `readtar.py scan`, inode groups by Rust).
 fn scan(dir: &Path) -> Tree {
     let text = silent_ok(&mut py(&[OsStr::new("scan"), dir.as_os_str()]));
@@ -308,7 +280,16 @@ fn scan(dir: &Path) -> Tree {
     for m in parse_listing(&text) {
         members.insert(m.name.clone(), m);
     }
-    Tree { members, links: fs_link_groups(dir) }
+    let links = hardlink_groups_below(dir)
+        .into_iter()
+        .map(|g| {
+            let mut names: Vec<String> =
+                g.iter().map(|rel| esc(&[b"./", rel.as_os_str().as_bytes()].concat())).collect();
+            names.sort();
+            names
+        })
+        .collect();
+    Tree { members, links }
 }
 
 #[derive(Clone, Copy, Debug)]
