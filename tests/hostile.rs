@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    BLOCK, FsKind, Scratch, Tar, base256, ckpt_bin, header, pax_record, scratch, set_checksum,
+    BLOCK, Bundle, FsKind, Scratch, Tar, base256, ckpt_bin, header, pax_record, scratch, set_checksum,
 };
 
 // ---------------------------------------------------------------------------
@@ -800,15 +800,15 @@ without_and_with_overwrite!(
 // ---------------------------------------------------------------------------
 
 /// A checkpoint archive whose `rootfs-diff.tar` holds `inner`, with `deleted` as
-/// deleted.files (when not empty).
+/// deleted.files.
 fn bundle(inner: &[u8], deleted: &str) -> Vec<u8> {
-    let mut t = Tar::new();
-    t.file("config.dump", b"{}").file("spec.dump", b"{}").dir("checkpoint");
-    t.file("checkpoint/inventory.img", &[0; 40]).file("rootfs-diff.tar", inner);
-    if !deleted.is_empty() {
-        t.file("deleted.files", deleted.as_bytes());
-    }
-    t.end().bytes()
+    Bundle::new()
+        .file("config.dump", "{}")
+        .file("spec.dump", "{}")
+        .file("checkpoint/inventory.img", [0; 40])
+        .file("rootfs-diff.tar", inner)
+        .file("deleted.files", deleted)
+        .archive()
 }
 
 /// Whiteouts and deleted.files that name paths outside the layer, imported with `mode`:

@@ -325,27 +325,27 @@ const BUNDLE_NAMES: [&str; 11] = [
 /// A checkpoint bundle as podman leaves it before export: CRIU images in `checkpoint/`
 /// (pages-1.img of `pages_size` bytes, sparse), libpod's config and the OCI spec.
 fn make_bundle(dir: &Path, pages_size: u64) {
-    write_with_parents(
-        &dir.join("config.dump"),
-        br#"{"id":"4f1c0d7e9a","name":"ckpt-test","rootfsImageName":"docker.io/library/debian:12","createCommand":["podman","run","debian"]}"#,
-    );
-    write_with_parents(
-        &dir.join("spec.dump"),
-        br#"{"ociVersion":"1.1.0","process":{"args":["sleep","inf"]},"root":{"path":"/var/lib/containers/storage/overlay/x/merged"},"annotations":{"io.container.manager":"libpod","io.podman.annotations.autoremove":"FALSE"}}"#,
-    );
-    write_with_parents(&dir.join("network.status"), b"[]");
-    write_with_parents(&dir.join("stats-dump"), &pseudo_random_bytes(900, 600));
-    write_with_parents(&dir.join("checkpoint/inventory.img"), &pseudo_random_bytes(901, 52));
-    write_with_parents(&dir.join("checkpoint/core-1.img"), &pseudo_random_bytes(902, 6000));
-    write_with_parents(&dir.join("checkpoint/pagemap-1.img"), &pseudo_random_bytes(903, 212));
-    let pages = dir.join("checkpoint/pages-1.img");
-    let f = fs::File::create(&pages).unwrap();
-    // Size first, then the islands inside EOF: no speculative preallocation between them.
-    f.set_len(pages_size).unwrap();
-    for (i, (off, len)) in pages_islands(pages_size).into_iter().enumerate() {
-        f.write_all_at(&pseudo_random_bytes(910 + i as u64, len as usize), off).unwrap();
-    }
-    f.sync_all().unwrap();
+    let islands = pages_islands(pages_size)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (off, len))| (off, pseudo_random_bytes(910 + i as u64, len as usize)))
+        .collect();
+    Bundle::new()
+        .file(
+            "config.dump",
+            br#"{"id":"4f1c0d7e9a","name":"ckpt-test","rootfsImageName":"docker.io/library/debian:12","createCommand":["podman","run","debian"]}"#,
+        )
+        .file(
+            "spec.dump",
+            br#"{"ociVersion":"1.1.0","process":{"args":["sleep","inf"]},"root":{"path":"/var/lib/containers/storage/overlay/x/merged"},"annotations":{"io.container.manager":"libpod","io.podman.annotations.autoremove":"FALSE"}}"#,
+        )
+        .file("network.status", b"[]")
+        .file("stats-dump", pseudo_random_bytes(900, 600))
+        .file("checkpoint/inventory.img", pseudo_random_bytes(901, 52))
+        .file("checkpoint/core-1.img", pseudo_random_bytes(902, 6000))
+        .file("checkpoint/pagemap-1.img", pseudo_random_bytes(903, 212))
+        .sparse("checkpoint/pages-1.img", pages_size, islands)
+        .write(dir);
 }
 
 fn check_sparse_pages(pages: &Path, size: u64) {
