@@ -229,68 +229,10 @@ fn fs_shared_bytes(kind: FsKind, path: &Path) -> u64 {
 // Independent reader of the outer and the nested tar (Python tarfile)
 // ---------------------------------------------------------------------------
 
-const PY_LAYOUT: &str = r#"
-import json, sys, tarfile
-def ty(m):
-    t = m.type.decode("latin-1")
-    return "0" if t == "\x00" else t
-out = {"outer": [], "inner": None, "deleted": None}
-with tarfile.open(sys.argv[1], "r:") as t:
-    for m in t:
-        out["outer"].append({"name": m.name, "offset": m.offset_data, "size": m.size, "type": ty(m),
-                             "pax": sorted(m.pax_headers.keys())})
-        if m.name == "rootfs-diff.tar":
-            inner = []
-            with tarfile.open(fileobj=t.extractfile(m), mode="r:") as it:
-                for n in it:
-                    inner.append({"name": n.name, "offset": m.offset_data + n.offset_data, "size": n.size,
-                                  "type": ty(n), "linkname": n.linkname,
-                                  "pax": sorted(n.pax_headers.keys())})
-            out["inner"] = inner
-        if m.name == "deleted.files":
-            out["deleted"] = t.extractfile(m).read().decode("utf-8")
-print(json.dumps(out))
-"#;
-
-#[derive(Debug, Clone)]
-struct PyMember {
-    name: String,
-    offset: u64,
-    size: u64,
-    ty: String,
-    linkname: String,
-    pax: Vec<String>,
-}
-
-struct PyLayout {
-    outer: Vec<PyMember>,
-    inner: Option<Vec<PyMember>>,
-    deleted: Option<String>,
-}
-
-fn py_members(v: &serde_json::Value) -> Vec<PyMember> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| PyMember {
-            name: m["name"].as_str().unwrap().to_string(),
-            offset: m["offset"].as_u64().unwrap(),
-            size: m["size"].as_u64().unwrap(),
-            ty: m["type"].as_str().unwrap().to_string(),
-            linkname: m["linkname"].as_str().unwrap_or("").to_string(),
-            pax: m["pax"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect(),
-        })
-        .collect()
-}
-
-fn py_layout(archive: &Path) -> PyLayout {
-    let out = sh("python3", &[&"-c", &PY_LAYOUT, &archive]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    PyLayout {
-        outer: py_members(&v["outer"]),
-        inner: (!v["inner"].is_null()).then(|| py_members(&v["inner"])),
-        deleted: v["deleted"].as_str().map(str::to_string),
-    }
+/// The outer archive, its nested `rootfs-diff.tar` and its `deleted.files`, per Python's
+/// tarfile.
+fn py_layout(archive: &Path) -> PyListing {
+    python_members(archive, Some("rootfs-diff.tar"), Some("deleted.files"))
 }
 
 /// Member names exactly as stored, per GNU tar.
@@ -515,8 +457,12 @@ fn container(kind: FsKind) -> Option<Container> {
 // Export checks
 // ---------------------------------------------------------------------------
 
-fn outer_member<'a>(layout: &'a PyLayout, name: &str) -> &'a PyMember {
-    layout.outer.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name} in the archive"))
+fn outer_member<'a>(layout: &'a PyListing, name: &str) -> &'a PyMember {
+    layout
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no member {name} in the archive"))
 }
 
 fn inner_member<'a>(inner: &'a [PyMember], name: &str) -> &'a PyMember {
@@ -524,7 +470,7 @@ fn inner_member<'a>(inner: &'a [PyMember], name: &str) -> &'a PyMember {
 }
 
 /// The outer archive: names as stored, order, types, alignment.
-fn check_outer_layout(archive: &Path, layout: &PyLayout, with_deleted: bool) {
+fn check_outer_layout(archive: &Path, layout: &PyListing, with_deleted: bool) {
     let names = gnu_tar_names(archive);
     let expected: Vec<&str> =
         BUNDLE_NAMES.iter().copied().filter(|n| with_deleted || *n != "deleted.files").collect();
@@ -554,7 +500,7 @@ fn check_outer_layout(archive: &Path, layout: &PyLayout, with_deleted: bool) {
     );
     // Python agrees on types and sees aligned data.
     assert_eq!(outer_member(layout, "checkpoint").ty, "5", "checkpoint/ is not a directory member");
-    for m in &layout.outer {
+    for m in &layout.members {
         if m.ty == "0" && m.size >= BLOCK {
             assert_eq!(m.offset % BLOCK, 0, "outer member {} data at {} is not aligned", m.name, m.offset);
         }
@@ -629,8 +575,8 @@ fn check_inner(upper: &Path, inner: &[PyMember], oci_markers: &[&str]) {
 }
 
 /// Every source file's whole blocks are the archive's; the archive keeps the pages' holes.
-fn check_export_sharing(kind: FsKind, c: &Container, archive: &Path, layout: &PyLayout) {
-    let inner = layout.inner.as_ref().unwrap();
+fn check_export_sharing(kind: FsKind, c: &Container, archive: &Path, layout: &PyListing) {
+    let inner = layout.nested.as_ref().unwrap();
     let mut sources: Vec<(PathBuf, u64, String)> = Vec::new();
     for rel in ["checkpoint/core-1.img", "checkpoint/pages-1.img"] {
         sources.push((c.path("bundle").join(rel), outer_member(layout, rel).offset, rel.to_string()));
@@ -726,9 +672,9 @@ fn podman_roundtrip(kind: FsKind) {
 
     let layout = py_layout(&archive);
     check_outer_layout(&archive, &layout, true);
-    let inner = layout.inner.as_ref().expect("no rootfs-diff.tar");
+    let inner = layout.nested.as_ref().expect("no rootfs-diff.tar");
     check_inner(&c.path("upper"), inner, &[]);
-    let deleted: Vec<String> = serde_json::from_str(layout.deleted.as_deref().expect("no deleted.files"))
+    let deleted: Vec<String> = serde_json::from_str(layout.text.as_deref().expect("no deleted.files"))
         .expect("deleted.files is JSON");
     let deleted_set: BTreeSet<String> = deleted.iter().cloned().collect();
     assert_eq!(deleted_set.len(), deleted.len(), "duplicates in deleted.files: {deleted:?}");
@@ -786,8 +732,8 @@ fn oci_roundtrip(kind: FsKind) {
     ]);
     let layout = py_layout(&archive);
     check_outer_layout(&archive, &layout, false);
-    assert!(layout.deleted.is_none(), "--whiteouts oci wrote deleted.files");
-    let inner = layout.inner.as_ref().expect("no rootfs-diff.tar");
+    assert!(layout.text.is_none(), "--whiteouts oci wrote deleted.files");
+    let inner = layout.nested.as_ref().expect("no rootfs-diff.tar");
     check_inner(&c.path("upper"), inner, &OCI_MARKERS);
     let markers: BTreeSet<&str> = inner
         .iter()
