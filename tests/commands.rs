@@ -73,14 +73,13 @@ fn flip(file: &Path, offset: u64) {
 
 /// A copy of the sample checkpoint bundle, with a large sparse CRIU pages image.
 fn make_bundle(dir: &Path) {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample-bundle");
-    sh("cp", &[&"-a", &sample, &dir]);
-    let pages = fs::File::create(dir.join("checkpoint/pages-2.img")).unwrap();
-    pages.set_len(16 << 20).unwrap();
-    pages.write_all_at(&pseudo_random_bytes(9, 64 << 10), 1 << 20).unwrap();
-    pages.write_all_at(&pseudo_random_bytes(10, 5000), 9 << 20).unwrap();
-    // Data at the very end too (CRIU writes pages-N.img front to back, so its end is data).
-    pages.write_all_at(&pseudo_random_bytes(11, 4096), (16 << 20) - 4096).unwrap();
+    let islands = vec![
+        (1 << 20, pseudo_random_bytes(9, 64 << 10)),
+        (9 << 20, pseudo_random_bytes(10, 5000)),
+        // Data at the very end too (CRIU writes pages-N.img front to back, so its end is data).
+        ((16 << 20) - 4096, pseudo_random_bytes(11, 4096)),
+    ];
+    Bundle::sample().sparse("checkpoint/pages-2.img", 16 << 20, islands).write(dir);
 }
 
 // ---------------------------------------------------------------------------

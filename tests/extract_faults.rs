@@ -599,13 +599,12 @@ fn deferred_directory_memory_does_not_grow_with_their_path_length() {
 
 /// A podman checkpoint archive: `inner` as rootfs-diff.tar, `deleted` as deleted.files.
 fn podman_archive(inner: &[M], deleted: &str) -> Vec<u8> {
-    tar(&[
-        file("config.dump", b"{}"),
-        dir("checkpoint"),
-        file("checkpoint/inventory.img", b"inventory"),
-        file("rootfs-diff.tar", &tar(inner)),
-        file("deleted.files", deleted.as_bytes()),
-    ])
+    Bundle::new()
+        .file("config.dump", "{}")
+        .file("checkpoint/inventory.img", "inventory")
+        .file("rootfs-diff.tar", tar(inner))
+        .file("deleted.files", deleted)
+        .archive()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use crate::util::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -41,17 +41,18 @@ fn state(status: &str, bundle: &Path, annotations: serde_json::Value) -> serde_j
 /// A CRIU-shaped checkpoint bundle: the sample bundle plus a large sparse pages image and
 /// an OCI config.json whose root is `root`.
 fn make_bundle(dir: &Path, root: &str) {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample-bundle");
-    sh("cp", &[&"-a", &sample, &dir]);
-    let pages = fs::File::create(dir.join("checkpoint/pages-2.img")).unwrap();
-    pages.set_len(32 << 20).unwrap();
-    pages.write_all_at(&pseudo_random_bytes(1, 256 << 10), 4 << 20).unwrap();
-    pages.write_all_at(&pseudo_random_bytes(2, 12_345), 20 << 20).unwrap();
-    pages.write_all_at(&pseudo_random_bytes(3, 8192), (32 << 20) - 8192).unwrap();
-    fs::write(dir.join("checkpoint/pagemap-2.img"), pseudo_random_bytes(4, 300)).unwrap();
-    fs::write(dir.join("checkpoint/core-2.img"), pseudo_random_bytes(5, 700)).unwrap();
+    let islands = vec![
+        (4 << 20, pseudo_random_bytes(1, 256 << 10)),
+        (20 << 20, pseudo_random_bytes(2, 12_345)),
+        ((32 << 20) - 8192, pseudo_random_bytes(3, 8192)),
+    ];
     let config = serde_json::json!({"ociVersion": "1.0.2", "root": {"path": root}, "annotations": {}});
-    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    Bundle::sample()
+        .sparse("checkpoint/pages-2.img", 32 << 20, islands)
+        .file("checkpoint/pagemap-2.img", pseudo_random_bytes(4, 300))
+        .file("checkpoint/core-2.img", pseudo_random_bytes(5, 700))
+        .file("config.json", config.to_string())
+        .write(dir);
 }
 
 /// `dest` gets the root's mode and mtime of `src` (the bundle root is not an archive member),

@@ -27,8 +27,8 @@ use std::sync::OnceLock;
 use rustix::fs::FileType;
 
 use crate::util::{
-    FsKind, assert_trees_equal, chmod, chown, ckpt_code, have, make_rich_tree, mkfifo, mknod,
-    pseudo_random_bytes, scratch, set_mtime, set_xattr, skip_unless,
+    FsKind, assert_trees_equal, chmod, chown, ckpt_code, hardlink_groups_below, have, make_rich_tree, mkfifo,
+    mknod, pseudo_random_bytes, readtar_py, scratch, set_mtime, set_xattr, skip_unless,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -110,12 +110,6 @@ fn silent_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-fn py(args: &[&OsStr]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(interop_dir().join("readtar.py")).args(args);
-    c
 }
 
 fn ckpt_export(src: &Path, out: &Path, extra: &[&str]) {
@@ -223,7 +217,7 @@ fn esc(raw: &[u8]) -> String {
 
 /// Listing of an archive by Python's tarfile, with data offsets.
 fn list_py(archive: &Path) -> String {
-    silent_ok(&mut py(&[OsStr::new("list"), OsStr::new("--offsets"), archive.as_os_str()]))
+    silent_ok(&mut readtar_py(&[OsStr::new("list"), OsStr::new("--offsets"), archive.as_os_str()]))
 }
 
 /// Listing of an archive by Go's archive/tar, with data offsets.
@@ -273,42 +267,23 @@ fn normalize(list: &[Member]) -> Tree {
     Tree { members, links }
 }
 
-/// Groups of names of regular files in `dir` that share an inode.
-fn fs_link_groups(dir: &Path) -> BTreeSet<Vec<String>> {
-    fn walk(root: &Path, rel: &Path, by_ino: &mut BTreeMap<(u64, u64), Vec<String>>) {
-        for e in fs::read_dir(root.join(rel)).unwrap() {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            let md = fs::symlink_metadata(root.join(&rel)).unwrap();
-            if md.is_dir() {
-                walk(root, &rel, by_ino);
-            } else if md.is_file() && md.nlink() > 1 {
-                let mut name = b"./".to_vec();
-                name.extend_from_slice(rel.as_os_str().as_bytes());
-                by_ino.entry((md.dev(), md.ino())).or_default().push(esc(&name));
-            }
-        }
-    }
-    let mut by_ino = BTreeMap::new();
-    walk(dir, Path::new(""), &mut by_ino);
-    by_ino
-        .into_values()
-        .filter(|g| g.len() > 1)
-        .map(|mut g| {
-            g.sort();
-            g
-        })
-        .collect()
-}
-
 /// A directory tree in canonical form (members by `readtar.py scan`, inode groups by Rust).
 fn scan(dir: &Path) -> Tree {
-    let text = silent_ok(&mut py(&[OsStr::new("scan"), dir.as_os_str()]));
+    let text = silent_ok(&mut readtar_py(&[OsStr::new("scan"), dir.as_os_str()]));
     let mut members = BTreeMap::new();
     for m in parse_listing(&text) {
         members.insert(m.name.clone(), m);
     }
-    Tree { members, links: fs_link_groups(dir) }
+    let links = hardlink_groups_below(dir)
+        .into_iter()
+        .map(|g| {
+            let mut names: Vec<String> =
+                g.iter().map(|rel| esc(&[b"./", rel.as_os_str().as_bytes()].concat())).collect();
+            names.sort();
+            names
+        })
+        .collect();
+    Tree { members, links }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -585,7 +560,7 @@ fn unescape_gnu_xattr_names(dir: &Path) {
 /// times through a float: content, types, modes, owners, links and devices must be exact.
 fn check_python_extracts(src: &Path, archive: &Path, work: &Path) {
     let dest = work.join("py-x");
-    silent_ok(&mut py(&[OsStr::new("extract"), archive.as_os_str(), dest.as_os_str()]));
+    silent_ok(&mut readtar_py(&[OsStr::new("extract"), archive.as_os_str(), dest.as_os_str()]));
     let cmp = Cmp { mtime: Mtime::Within(10_000), xattrs: false, symlink_mtime: false, root_mtime: true };
     assert_same("Python tarfile extraction vs source", &scan(src), &scan(&dest), cmp);
 }
@@ -929,7 +904,7 @@ fn import_python_pax_format() {
     let s = plain();
     let src = rich_source(&s.root);
     let archive = s.root.join("py-pax.tar");
-    silent_ok(&mut py(&[
+    silent_ok(&mut readtar_py(&[
         OsStr::new("write"),
         OsStr::new("--format"),
         OsStr::new("pax"),
@@ -948,7 +923,7 @@ fn import_python_gnu_format() {
     let s = plain();
     let src = rich_source(&s.root);
     let archive = s.root.join("py-gnu.tar");
-    silent_ok(&mut py(&[
+    silent_ok(&mut readtar_py(&[
         OsStr::new("write"),
         OsStr::new("--format"),
         OsStr::new("gnu"),

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -33,33 +33,8 @@ use crate::util::*;
 const BLOCK: u64 = 4096;
 
 // ---------------------------------------------------------------------------
-// Overlay mounts
+// Tree comparison
 // ---------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------
-// Small file helpers
-// ---------------------------------------------------------------------------
-
-fn write(path: &Path, data: &[u8]) {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
-    }
-    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
-}
-
-fn lchown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("lchown {}: {e}", path.display()));
-}
-
-fn symlink(target: &str, link: &Path) {
-    std::os::unix::fs::symlink(target, link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
-}
 
 /// Relative paths (no leading `./`, no trailing `/`) of every entry below `root`, root
 /// excluded, with their metadata; sorted.
@@ -254,68 +229,10 @@ fn fs_shared_bytes(kind: FsKind, path: &Path) -> u64 {
 // Independent reader of the outer and the nested tar (Python tarfile)
 // ---------------------------------------------------------------------------
 
-const PY_LAYOUT: &str = r#"
-import json, sys, tarfile
-def ty(m):
-    t = m.type.decode("latin-1")
-    return "0" if t == "\x00" else t
-out = {"outer": [], "inner": None, "deleted": None}
-with tarfile.open(sys.argv[1], "r:") as t:
-    for m in t:
-        out["outer"].append({"name": m.name, "offset": m.offset_data, "size": m.size, "type": ty(m),
-                             "pax": sorted(m.pax_headers.keys())})
-        if m.name == "rootfs-diff.tar":
-            inner = []
-            with tarfile.open(fileobj=t.extractfile(m), mode="r:") as it:
-                for n in it:
-                    inner.append({"name": n.name, "offset": m.offset_data + n.offset_data, "size": n.size,
-                                  "type": ty(n), "linkname": n.linkname,
-                                  "pax": sorted(n.pax_headers.keys())})
-            out["inner"] = inner
-        if m.name == "deleted.files":
-            out["deleted"] = t.extractfile(m).read().decode("utf-8")
-print(json.dumps(out))
-"#;
-
-#[derive(Debug, Clone)]
-struct PyMember {
-    name: String,
-    offset: u64,
-    size: u64,
-    ty: String,
-    linkname: String,
-    pax: Vec<String>,
-}
-
-struct PyLayout {
-    outer: Vec<PyMember>,
-    inner: Option<Vec<PyMember>>,
-    deleted: Option<String>,
-}
-
-fn py_members(v: &serde_json::Value) -> Vec<PyMember> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| PyMember {
-            name: m["name"].as_str().unwrap().to_string(),
-            offset: m["offset"].as_u64().unwrap(),
-            size: m["size"].as_u64().unwrap(),
-            ty: m["type"].as_str().unwrap().to_string(),
-            linkname: m["linkname"].as_str().unwrap_or("").to_string(),
-            pax: m["pax"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect(),
-        })
-        .collect()
-}
-
-fn py_layout(archive: &Path) -> PyLayout {
-    let out = sh("python3", &[&"-c", &PY_LAYOUT, &archive]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    PyLayout {
-        outer: py_members(&v["outer"]),
-        inner: (!v["inner"].is_null()).then(|| py_members(&v["inner"])),
-        deleted: v["deleted"].as_str().map(str::to_string),
-    }
+/// The outer archive, its nested `rootfs-diff.tar` and its `deleted.files`, per Python's
+/// tarfile.
+fn py_layout(archive: &Path) -> PyListing {
+    python_members(archive, Some("rootfs-diff.tar"), Some("deleted.files"))
 }
 
 /// Member names exactly as stored, per GNU tar.
@@ -350,27 +267,27 @@ const BUNDLE_NAMES: [&str; 11] = [
 /// A checkpoint bundle as podman leaves it before export: CRIU images in `checkpoint/`
 /// (pages-1.img of `pages_size` bytes, sparse), libpod's config and the OCI spec.
 fn make_bundle(dir: &Path, pages_size: u64) {
-    write(
-        &dir.join("config.dump"),
-        br#"{"id":"4f1c0d7e9a","name":"ckpt-test","rootfsImageName":"docker.io/library/debian:12","createCommand":["podman","run","debian"]}"#,
-    );
-    write(
-        &dir.join("spec.dump"),
-        br#"{"ociVersion":"1.1.0","process":{"args":["sleep","inf"]},"root":{"path":"/var/lib/containers/storage/overlay/x/merged"},"annotations":{"io.container.manager":"libpod","io.podman.annotations.autoremove":"FALSE"}}"#,
-    );
-    write(&dir.join("network.status"), b"[]");
-    write(&dir.join("stats-dump"), &pseudo_random_bytes(900, 600));
-    write(&dir.join("checkpoint/inventory.img"), &pseudo_random_bytes(901, 52));
-    write(&dir.join("checkpoint/core-1.img"), &pseudo_random_bytes(902, 6000));
-    write(&dir.join("checkpoint/pagemap-1.img"), &pseudo_random_bytes(903, 212));
-    let pages = dir.join("checkpoint/pages-1.img");
-    let f = fs::File::create(&pages).unwrap();
-    // Size first, then the islands inside EOF: no speculative preallocation between them.
-    f.set_len(pages_size).unwrap();
-    for (i, (off, len)) in pages_islands(pages_size).into_iter().enumerate() {
-        f.write_all_at(&pseudo_random_bytes(910 + i as u64, len as usize), off).unwrap();
-    }
-    f.sync_all().unwrap();
+    let islands = pages_islands(pages_size)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (off, len))| (off, pseudo_random_bytes(910 + i as u64, len as usize)))
+        .collect();
+    Bundle::new()
+        .file(
+            "config.dump",
+            br#"{"id":"4f1c0d7e9a","name":"ckpt-test","rootfsImageName":"docker.io/library/debian:12","createCommand":["podman","run","debian"]}"#,
+        )
+        .file(
+            "spec.dump",
+            br#"{"ociVersion":"1.1.0","process":{"args":["sleep","inf"]},"root":{"path":"/var/lib/containers/storage/overlay/x/merged"},"annotations":{"io.container.manager":"libpod","io.podman.annotations.autoremove":"FALSE"}}"#,
+        )
+        .file("network.status", b"[]")
+        .file("stats-dump", pseudo_random_bytes(900, 600))
+        .file("checkpoint/inventory.img", pseudo_random_bytes(901, 52))
+        .file("checkpoint/core-1.img", pseudo_random_bytes(902, 6000))
+        .file("checkpoint/pagemap-1.img", pseudo_random_bytes(903, 212))
+        .sparse("checkpoint/pages-1.img", pages_size, islands)
+        .write(dir);
 }
 
 fn check_sparse_pages(pages: &Path, size: u64) {
@@ -424,26 +341,26 @@ impl Container {
 
 fn make_lowers(s: &Scratch) {
     let l2 = |rel: &str| s.path("lower2").join(rel);
-    write(&l2("etc/os-release"), b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n");
-    write(&l2("etc/old.conf"), b"old = true\n");
-    write(&l2("etc/passwd"), b"root:x:0:0:root:/root:/bin/bash\n");
-    write(&l2("usr/lib/libfoo.so"), &pseudo_random_bytes(200, 65541));
-    write(&l2("usr/share/doc/readme"), b"read me\n");
-    write(&l2("opt/app/one"), b"one\n");
-    write(&l2("opt/app/two"), &pseudo_random_bytes(201, 5000));
-    write(&l2("opt/app/sub/three"), b"three\n");
-    write(&l2("var/cache/gone/a"), b"a\n");
-    write(&l2("var/cache/gone/b"), &pseudo_random_bytes(202, 9000));
-    write(&l2("var/cache/keep"), b"keep\n");
-    write(&l2("data/modify.bin"), &pseudo_random_bytes(203, 20000));
-    write(&l2("data/chmod-me"), b"chmod me\n");
-    write(&l2("data/chown-me"), b"chown me\n");
+    write_with_parents(&l2("etc/os-release"), b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n");
+    write_with_parents(&l2("etc/old.conf"), b"old = true\n");
+    write_with_parents(&l2("etc/passwd"), b"root:x:0:0:root:/root:/bin/bash\n");
+    write_with_parents(&l2("usr/lib/libfoo.so"), &pseudo_random_bytes(200, 65541));
+    write_with_parents(&l2("usr/share/doc/readme"), b"read me\n");
+    write_with_parents(&l2("opt/app/one"), b"one\n");
+    write_with_parents(&l2("opt/app/two"), &pseudo_random_bytes(201, 5000));
+    write_with_parents(&l2("opt/app/sub/three"), b"three\n");
+    write_with_parents(&l2("var/cache/gone/a"), b"a\n");
+    write_with_parents(&l2("var/cache/gone/b"), &pseudo_random_bytes(202, 9000));
+    write_with_parents(&l2("var/cache/keep"), b"keep\n");
+    write_with_parents(&l2("data/modify.bin"), &pseudo_random_bytes(203, 20000));
+    write_with_parents(&l2("data/chmod-me"), b"chmod me\n");
+    write_with_parents(&l2("data/chown-me"), b"chown me\n");
     set_xattr(&l2("data/chown-me"), "user.lower", b"from the lower layer");
     let l1 = |rel: &str| s.path("lower1").join(rel);
-    write(&l1("etc/hostname"), b"lower1\n");
-    write(&l1("etc/old2.conf"), b"old2\n");
-    write(&l1("opt/app/four"), b"four\n");
-    write(&l1("usr/bin/tool"), &pseudo_random_bytes(204, 9000));
+    write_with_parents(&l1("etc/hostname"), b"lower1\n");
+    write_with_parents(&l1("etc/old2.conf"), b"old2\n");
+    write_with_parents(&l1("opt/app/four"), b"four\n");
+    write_with_parents(&l1("usr/bin/tool"), &pseudo_random_bytes(204, 9000));
     chmod(&l1("usr/bin/tool"), 0o755);
     set_distinct_mtimes(&s.path("lower2"), 1_500_000_000);
     set_distinct_mtimes(&s.path("lower1"), 1_550_000_000);
@@ -454,10 +371,10 @@ fn change_through_mount(m: &Path) {
     let p = |rel: &str| m.join(rel);
     // Added files: a multi-MiB one, a 4097-byte one, hardlinks, symlinks.
     fs::create_dir(p("new")).unwrap();
-    write(&p(BIG), &pseudo_random_bytes(300, BIG_SIZE as usize));
-    write(&p("new/f4097"), &pseudo_random_bytes(301, 4097));
-    write(&p("new/small.txt"), b"small\n");
-    write(&p("new/hl-a"), &pseudo_random_bytes(302, 10000));
+    write_with_parents(&p(BIG), &pseudo_random_bytes(300, BIG_SIZE as usize));
+    write_with_parents(&p("new/f4097"), &pseudo_random_bytes(301, 4097));
+    write_with_parents(&p("new/small.txt"), b"small\n");
+    write_with_parents(&p("new/hl-a"), &pseudo_random_bytes(302, 10000));
     fs::hard_link(p("new/hl-a"), p("new/hl-b")).unwrap();
     symlink("../etc/hostname", &p("new/link"));
     symlink("/usr/bin/tool", &p("lnk"));
@@ -475,7 +392,7 @@ fn change_through_mount(m: &Path) {
     // A directory replaced: opaque in the upper dir.
     fs::remove_dir_all(p("opt/app")).unwrap();
     fs::create_dir(p("opt/app")).unwrap();
-    write(&p("opt/app/new.txt"), b"new app\n");
+    write_with_parents(&p("opt/app/new.txt"), b"new app\n");
     // Xattrs.
     set_xattr(&p(BIG), "user.note", b"a big new file");
     set_xattr(&p("new/f4097"), "user.bin", &[0, 1, b'\n', 0xff, b'=', 0]);
@@ -483,10 +400,10 @@ fn change_through_mount(m: &Path) {
     set_xattr(&p("new"), "user.dir", b"a new directory");
     // Modes and owners.
     chmod(&p("data/chmod-me"), 0o600);
-    lchown(&p("data/chown-me"), 1234, 5678);
-    lchown(&p("new/small.txt"), 42, 43);
+    chown(&p("data/chown-me"), 1234, 5678);
+    chown(&p("new/small.txt"), 42, 43);
     chmod(&p("new/small.txt"), 0o640);
-    lchown(&p("lnk"), 7, 8);
+    chown(&p("lnk"), 7, 8);
     chmod(&p("new"), 0o750);
     // Times with nanoseconds.
     set_mtime(&p(BIG), 1_700_000_000, 123_456_789);
@@ -540,8 +457,12 @@ fn container(kind: FsKind) -> Option<Container> {
 // Export checks
 // ---------------------------------------------------------------------------
 
-fn outer_member<'a>(layout: &'a PyLayout, name: &str) -> &'a PyMember {
-    layout.outer.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name} in the archive"))
+fn outer_member<'a>(layout: &'a PyListing, name: &str) -> &'a PyMember {
+    layout
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no member {name} in the archive"))
 }
 
 fn inner_member<'a>(inner: &'a [PyMember], name: &str) -> &'a PyMember {
@@ -549,7 +470,7 @@ fn inner_member<'a>(inner: &'a [PyMember], name: &str) -> &'a PyMember {
 }
 
 /// The outer archive: names as stored, order, types, alignment.
-fn check_outer_layout(archive: &Path, layout: &PyLayout, with_deleted: bool) {
+fn check_outer_layout(archive: &Path, layout: &PyListing, with_deleted: bool) {
     let names = gnu_tar_names(archive);
     let expected: Vec<&str> =
         BUNDLE_NAMES.iter().copied().filter(|n| with_deleted || *n != "deleted.files").collect();
@@ -579,7 +500,7 @@ fn check_outer_layout(archive: &Path, layout: &PyLayout, with_deleted: bool) {
     );
     // Python agrees on types and sees aligned data.
     assert_eq!(outer_member(layout, "checkpoint").ty, "5", "checkpoint/ is not a directory member");
-    for m in &layout.outer {
+    for m in &layout.members {
         if m.ty == "0" && m.size >= BLOCK {
             assert_eq!(m.offset % BLOCK, 0, "outer member {} data at {} is not aligned", m.name, m.offset);
         }
@@ -654,8 +575,8 @@ fn check_inner(upper: &Path, inner: &[PyMember], oci_markers: &[&str]) {
 }
 
 /// Every source file's whole blocks are the archive's; the archive keeps the pages' holes.
-fn check_export_sharing(kind: FsKind, c: &Container, archive: &Path, layout: &PyLayout) {
-    let inner = layout.inner.as_ref().unwrap();
+fn check_export_sharing(kind: FsKind, c: &Container, archive: &Path, layout: &PyListing) {
+    let inner = layout.nested.as_ref().unwrap();
     let mut sources: Vec<(PathBuf, u64, String)> = Vec::new();
     for rel in ["checkpoint/core-1.img", "checkpoint/pages-1.img"] {
         sources.push((c.path("bundle").join(rel), outer_member(layout, rel).offset, rel.to_string()));
@@ -751,9 +672,9 @@ fn podman_roundtrip(kind: FsKind) {
 
     let layout = py_layout(&archive);
     check_outer_layout(&archive, &layout, true);
-    let inner = layout.inner.as_ref().expect("no rootfs-diff.tar");
+    let inner = layout.nested.as_ref().expect("no rootfs-diff.tar");
     check_inner(&c.path("upper"), inner, &[]);
-    let deleted: Vec<String> = serde_json::from_str(layout.deleted.as_deref().expect("no deleted.files"))
+    let deleted: Vec<String> = serde_json::from_str(layout.text.as_deref().expect("no deleted.files"))
         .expect("deleted.files is JSON");
     let deleted_set: BTreeSet<String> = deleted.iter().cloned().collect();
     assert_eq!(deleted_set.len(), deleted.len(), "duplicates in deleted.files: {deleted:?}");
@@ -811,8 +732,8 @@ fn oci_roundtrip(kind: FsKind) {
     ]);
     let layout = py_layout(&archive);
     check_outer_layout(&archive, &layout, false);
-    assert!(layout.deleted.is_none(), "--whiteouts oci wrote deleted.files");
-    let inner = layout.inner.as_ref().expect("no rootfs-diff.tar");
+    assert!(layout.text.is_none(), "--whiteouts oci wrote deleted.files");
+    let inner = layout.nested.as_ref().expect("no rootfs-diff.tar");
     check_inner(&c.path("upper"), inner, &OCI_MARKERS);
     let markers: BTreeSet<&str> = inner
         .iter()
@@ -891,27 +812,27 @@ struct Foreign {
 fn make_foreign(s: &Scratch) -> Foreign {
     let lower = s.path("flower");
     let l = |rel: &str| lower.join(rel);
-    write(&l("etc/old.conf"), b"old\n");
-    write(&l("etc/keep.conf"), b"keep\n");
+    write_with_parents(&l("etc/old.conf"), b"old\n");
+    write_with_parents(&l("etc/keep.conf"), b"keep\n");
     set_xattr(&l("etc/keep.conf"), "user.keep", b"kept");
-    write(&l("usr/lib/gone/a"), b"a\n");
-    write(&l("usr/lib/gone/b"), &pseudo_random_bytes(500, 7000));
-    write(&l("usr/lib/libz.so"), &pseudo_random_bytes(501, 5000));
-    write(&l("data/modify.bin"), &pseudo_random_bytes(502, 8192));
-    write(&l("data/untouched"), b"untouched\n");
+    write_with_parents(&l("usr/lib/gone/a"), b"a\n");
+    write_with_parents(&l("usr/lib/gone/b"), &pseudo_random_bytes(500, 7000));
+    write_with_parents(&l("usr/lib/libz.so"), &pseudo_random_bytes(501, 5000));
+    write_with_parents(&l("data/modify.bin"), &pseudo_random_bytes(502, 8192));
+    write_with_parents(&l("data/untouched"), b"untouched\n");
     set_distinct_mtimes(&lower, 1_400_000_000);
 
     // The changes, as a layer's diff: changed files and their directories.
     let changes = s.path("fchanges");
     let ch = |rel: &str| changes.join(rel);
-    write(&ch("etc/new.conf"), b"new = 1\n");
+    write_with_parents(&ch("etc/new.conf"), b"new = 1\n");
     set_xattr(&ch("etc/new.conf"), "user.origin", b"gnu tar");
     fs::create_dir_all(ch("usr/lib")).unwrap();
-    write(&ch("data/modify.bin"), &pseudo_random_bytes(503, 12345));
-    write(&ch("data/big.bin"), &pseudo_random_bytes(504, (3 << 20) + 7));
-    lchown(&ch("data/big.bin"), 1000, 1000);
+    write_with_parents(&ch("data/modify.bin"), &pseudo_random_bytes(503, 12345));
+    write_with_parents(&ch("data/big.bin"), &pseudo_random_bytes(504, (3 << 20) + 7));
+    chown(&ch("data/big.bin"), 1000, 1000);
     chmod(&ch("data/big.bin"), 0o604);
-    write(&ch("data/hl-1"), &pseudo_random_bytes(505, 4097));
+    write_with_parents(&ch("data/hl-1"), &pseudo_random_bytes(505, 4097));
     fs::hard_link(ch("data/hl-1"), ch("data/hl-2")).unwrap();
     symlink("modify.bin", &ch("data/link"));
     chmod(&ch("etc"), 0o711);
@@ -938,7 +859,7 @@ fn make_foreign(s: &Scratch) -> Foreign {
     args.extend(list);
     let arg_refs: Vec<Arg> = args.iter().map(|a| a as Arg).collect();
     sh("tar", &arg_refs);
-    write(
+    write_with_parents(
         &stage.join("deleted.files"),
         format!("[\n  \"{}\",\n  \"{}\"\n]\n", FOREIGN_DELETED[0], FOREIGN_DELETED[1]).as_bytes(),
     );
@@ -1099,7 +1020,7 @@ fn export_errors() {
 
     // --rootfs on a directory that is no mount point, and on a mount point of another type.
     let plain_dir = s.path("rootfs");
-    write(&plain_dir.join("etc/hostname"), b"h\n");
+    write_with_parents(&plain_dir.join("etc/hostname"), b"h\n");
     assert_fails_naming(
         &[&"export", &"--rootfs", &plain_dir, &bundle, &archive],
         &["not an overlay mount"],
@@ -1115,7 +1036,7 @@ fn export_errors() {
 
     // A bundle without checkpoint/inventory.img (with and without rootfs changes).
     let upper = s.path("upper");
-    write(&upper.join("etc/new.conf"), b"new\n");
+    write_with_parents(&upper.join("etc/new.conf"), b"new\n");
     let broken = s.path("broken");
     make_bundle(&broken, 1 << 20);
     fs::remove_file(broken.join("checkpoint/inventory.img")).unwrap();
@@ -1133,7 +1054,7 @@ fn export_errors() {
 
     // Uppers written with metacopy=on / redirect_dir=on are refused, naming the path.
     let meta_upper = s.path("meta-upper");
-    write(&meta_upper.join("usr/bin/meta-only"), b"");
+    write_with_parents(&meta_upper.join("usr/bin/meta-only"), b"");
     set_xattr(&meta_upper.join("usr/bin/meta-only"), "trusted.overlay.metacopy", b"");
     assert_fails_naming(
         &[&"export", &"--rootfs-diff", &meta_upper, &bundle, &archive],
@@ -1170,10 +1091,10 @@ fn bundle_export_takes_podmans_members_only_never_secrets() {
     fs::remove_file(bundle.join("spec.dump")).unwrap();
     fs::remove_file(bundle.join("config.dump")).unwrap();
     let spec = br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#;
-    write(&bundle.join("config.json"), spec);
-    write(&bundle.join("secrets/db-password"), b"hunter2-secret-value");
-    write(&bundle.join("dump.log"), b"criu log");
-    write(&bundle.join("ctr.log"), b"container output\n");
+    write_with_parents(&bundle.join("config.json"), spec);
+    write_with_parents(&bundle.join("secrets/db-password"), b"hunter2-secret-value");
+    write_with_parents(&bundle.join("dump.log"), b"criu log");
+    write_with_parents(&bundle.join("ctr.log"), b"container output\n");
     fs::create_dir_all(bundle.join("shm")).unwrap();
     let archive = s.path("out.tar");
     let o = ckpt(&[&"export", &"--bundle", &bundle, &archive]);

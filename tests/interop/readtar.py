@@ -3,6 +3,8 @@
 
 Usage:
   readtar.py list [--offsets] ARCHIVE      one canonical line per member
+  readtar.py members [--nested MEMBER] [--text MEMBER] ARCHIVE
+                                           the members as JSON (see members below)
   readtar.py scan DIR                      the same canonical lines for a directory tree
   readtar.py write --format pax|gnu SRC_DIR ARCHIVE
                                            write an archive of SRC_DIR (members "./...",
@@ -26,6 +28,13 @@ Canonical line (fields separated by one TAB, identical to readtar.go):
 - sha256: hex digest of the member's data for regular members, "-" otherwise
 - offset (with --offsets): archive offset of the member's data (TarInfo.offset_data)
 
+`members` prints one JSON object: "members", a list of {"name", "offset" (of the data),
+"size", "type" (the typeflag character, '\0' reported as '0'), "linkname", "pax" (the
+sorted keys of the member's pax records)} as tarfile reports them; "nested", the same list
+for the archive held by member MEMBER (offsets counted from the start of the outer
+archive), or null when there is no such member; "text", the data of member MEMBER as
+UTF-8, or null.
+
 `scan` reports a hardlinked regular file as an ordinary regular file under every
 name; the tests normalise archive listings the same way before comparing.
 Any error prints a message on stderr and exits with status 1.
@@ -34,6 +43,7 @@ Any error prints a message on stderr and exits with status 1.
 import base64
 import decimal
 import hashlib
+import json
 import os
 import stat
 import sys
@@ -190,6 +200,39 @@ def list_archive(path: str, offsets: bool) -> None:
             out.write(text + "\n")
 
 
+def json_members(tf) -> list:
+    def typ(m):
+        t = m.type.decode("latin-1")
+        return "0" if t == "\x00" else t
+
+    return [
+        {
+            "name": m.name,
+            "offset": m.offset_data,
+            "size": m.size,
+            "type": typ(m),
+            "linkname": m.linkname,
+            "pax": sorted(m.pax_headers.keys()),
+        }
+        for m in tf
+    ]
+
+
+def members(path: str, nested, text) -> None:
+    out = {"members": [], "nested": None, "text": None}
+    with tarfile.open(path, "r:") as tf:
+        out["members"] = json_members(tf)
+        for m in tf.getmembers():
+            if m.name == nested:
+                with tarfile.open(fileobj=tf.extractfile(m), mode="r:") as inner:
+                    out["nested"] = json_members(inner)
+                for n in out["nested"]:
+                    n["offset"] += m.offset_data
+            if m.name == text:
+                out["text"] = tf.extractfile(m).read().decode("utf-8")
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
 def check_end(path: str, offset: int) -> None:
     """tarfile ends its iteration silently at a corrupt header after the first member:
     insist that the archive really ends with zero blocks there."""
@@ -316,6 +359,14 @@ def main(argv) -> int:
             list_archive(argv[1], False)
         elif len(argv) == 3 and argv[0] == "list" and argv[1] == "--offsets":
             list_archive(argv[2], True)
+        elif len(argv) >= 2 and argv[0] == "members":
+            opts, rest = {"--nested": None, "--text": None}, argv[1:]
+            while len(rest) > 2 and rest[0] in opts:
+                opts[rest[0]], rest = rest[1], rest[2:]
+            if len(rest) != 1:
+                sys.stderr.write(__doc__)
+                return 2
+            members(rest[0], opts["--nested"], opts["--text"])
         elif len(argv) == 2 and argv[0] == "scan":
             scan(argv[1])
         elif len(argv) == 5 and argv[0] == "write" and argv[1] == "--format":

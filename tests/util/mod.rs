@@ -3,6 +3,7 @@
 //!
 //! All helpers panic with a message naming the path or command on failure.
 
+mod bundle;
 mod cli;
 mod fs;
 mod podman;
@@ -10,6 +11,7 @@ mod skip;
 mod tar;
 mod tree;
 
+pub use self::bundle::*;
 pub use self::cli::*;
 pub use self::fs::*;
 pub use self::podman::*;

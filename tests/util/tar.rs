@@ -1,9 +1,13 @@
 //! Hand-written tar archives, so that nothing depends on a tar library's idea of what is
 //! allowed, and an independent reader of ckpt's archives (Python's tarfile).
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Command;
 
-use super::sh;
+use serde::Deserialize;
+
+use super::describe;
 
 pub const BLOCK: usize = 512;
 /// Fixed mtime of every member (2023-11-14).
@@ -161,29 +165,67 @@ impl Tar {
     }
 }
 
-const PY_OFFSETS: &str = r#"
-import json, sys, tarfile
-with tarfile.open(sys.argv[1], "r:") as t:
-    for m in t:
-        ty = m.type.decode("latin-1")
-        if ty == "\x00":
-            ty = "0"
-        print(json.dumps([m.name, m.offset_data, m.size, ty]))
-"#;
+/// `python3 tests/interop/readtar.py ARGS`: Python's tarfile reading archives (see the
+/// script's head for its modes).
+pub fn readtar_py(args: &[&OsStr]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/readtar.py")).args(args);
+    c
+}
 
-/// Reads `archive` with Python's tarfile (independent of ckpt and the tar crate) and
-/// returns, per member in order: (name as tarfile reports it, offset of the member's
-/// data in the archive, size, tar type char: '0' file, '1' hardlink, '2' symlink, '3'
-/// char, '4' block, '5' dir, '6' fifo). tarfile strips the trailing '/' of directory
-/// names ("./" becomes ".") and hides pax headers (the padding records).
+/// One member as Python's tarfile reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PyMember {
+    /// Without a directory's trailing '/' ("./" is ".").
+    pub name: String,
+    /// Offset of the member's data in the (outer) archive.
+    pub offset: u64,
+    pub size: u64,
+    /// The typeflag: "0" file, "1" hardlink, "2" symlink, "3" char, "4" block, "5" dir,
+    /// "6" fifo.
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub linkname: String,
+    /// Sorted keys of its pax records (tarfile hides the pax headers themselves).
+    pub pax: Vec<String>,
+}
+
+/// An archive as Python's tarfile reads it (`readtar.py members`).
+#[derive(Debug, Deserialize)]
+pub struct PyListing {
+    pub members: Vec<PyMember>,
+    /// The members of the archive nested as the member asked for, if there is one.
+    pub nested: Option<Vec<PyMember>>,
+    /// The data of the member asked for as text, if there is one.
+    pub text: Option<String>,
+}
+
+/// Reads `archive` with Python's tarfile (independent of ckpt and the tar crate), also the
+/// archive held by its member `nested` and the text of its member `text`.
+pub fn python_members(archive: &Path, nested: Option<&str>, text: Option<&str>) -> PyListing {
+    let mut args: Vec<&OsStr> = vec!["members".as_ref()];
+    for (flag, member) in [("--nested", nested), ("--text", text)] {
+        if let Some(member) = member {
+            args.extend([OsStr::new(flag), member.as_ref()]);
+        }
+    }
+    args.push(archive.as_os_str());
+    let mut cmd = readtar_py(&args);
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{cmd:?}: bad JSON ({e}): {stdout}"))
+}
+
+/// Per member of `archive` in order, as Python's tarfile reads it: (name, offset of the
+/// member's data in the archive, size, tar type char). See [`PyMember`].
 pub fn python_data_offsets(archive: &Path) -> Vec<(String, u64, u64, char)> {
-    let out = sh("python3", &[&"-c", &PY_OFFSETS, &archive]);
-    out.lines()
-        .map(|l| {
-            let v: (String, u64, u64, String) =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad python tarfile line {l:?}: {e}"));
-            let ty = v.3.chars().next().expect("empty type");
-            (v.0, v.1, v.2, ty)
+    python_members(archive, None, None)
+        .members
+        .into_iter()
+        .map(|m| {
+            let ty = m.ty.chars().next().unwrap_or_else(|| panic!("{}: empty type", m.name));
+            (m.name, m.offset, m.size, ty)
         })
         .collect()
 }

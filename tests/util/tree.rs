@@ -612,3 +612,23 @@ pub fn dir_names(dir: &Path) -> Vec<OsString> {
     v.sort();
     v
 }
+
+/// Writes `data` to `path`, creating its missing parent directories first.
+pub fn write_with_parents(path: &Path, data: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+    }
+    write_file(path, data);
+}
+
+pub fn symlink(target: impl AsRef<Path>, link: &Path) {
+    let target = target.as_ref();
+    std::os::unix::fs::symlink(target, link)
+        .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), target.display()));
+}
+
+/// Inode groups (relative paths naming one inode, only groups of 2+, each sorted) of the
+/// non-directories below `root`.
+pub fn hardlink_groups_below(root: &Path) -> BTreeSet<Vec<PathBuf>> {
+    hardlink_groups(&walk(root))
+}
