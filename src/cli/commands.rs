@@ -8,7 +8,7 @@ use clap::CommandFactory;
 
 use crate::cli::args::*;
 use crate::cli::bar::Bar;
-use crate::cli::summary::{export_summary, import_summary, with_podman};
+use crate::cli::summary::{summary, with_podman};
 
 /// Exit status: the run completed, but some entries could not be archived or restored.
 const EXIT_SKIPPED: u8 = 3;
@@ -37,7 +37,7 @@ pub(crate) fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode>
     }
     let stats = exporter.export(&args.src, &args.out)?;
     if args.json {
-        let summary = export_summary(&stats);
+        let summary = summary(&stats);
         if args.out.as_os_str() == "-" {
             eprintln!("{summary}");
         } else {
@@ -61,7 +61,7 @@ pub(crate) fn podman_checkpoint(args: PodmanCheckpointArgs, progress: bool) -> c
     let report = ckpt::Podman::new().checkpoint(&args.container, &args.out, exporter, &options)?;
     let stats = &report.export;
     if args.json {
-        println!("{}", with_podman(export_summary(stats), &report.container, report.podman_seconds));
+        println!("{}", with_podman(summary(stats), &report.container, report.podman_seconds));
     } else {
         log::info!("{}: checkpointed to {}", report.container, args.out.display());
     }
@@ -81,7 +81,7 @@ pub(crate) fn podman_restore(args: PodmanRestoreArgs) -> ckpt::Result<ExitCode> 
     let report = ckpt::Podman::new().restore(&args.archive, &target, &options)?;
     let stats = &report.import;
     if args.json {
-        println!("{}", with_podman(import_summary(stats), &report.container, report.podman_seconds));
+        println!("{}", with_podman(summary(stats), &report.container, report.podman_seconds));
     } else {
         println!("{}", report.container);
     }
@@ -98,7 +98,7 @@ pub(crate) fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode>
     }
     let stats = importer.import(&args.archive, &args.dest)?;
     if args.json {
-        println!("{}", import_summary(&stats));
+        println!("{}", summary(&stats));
     }
     if !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty() {
         eprintln!(

@@ -1,24 +1,9 @@
-//! The `--json` summaries commands print on standard output.
+//! The `--json` summaries commands print on standard output: the library's stats as they
+//! serialize, and for `ckpt podman` the container and podman's share of the time.
 
-/// `--json` of an export: what was archived and how much of it was shared.
-pub(crate) fn export_summary(stats: &ckpt::ExportStats) -> serde_json::Value {
+/// `--json` of an export or import.
+pub(crate) fn summary(stats: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(stats).expect("stats serialize")
-}
-
-/// `--json` of an import: what was restored, and what was not.
-pub(crate) fn import_summary(stats: &ckpt::ImportStats) -> serde_json::Value {
-    serde_json::json!({
-        "entries": stats.entries,
-        "files": stats.files,
-        "bytes": stats.bytes,
-        "bytes_cloned": stats.bytes_cloned,
-        "bytes_copied": stats.bytes_copied,
-        "seconds": stats.seconds,
-        "skipped": stats.skipped.len(),
-        "conflicts": stats.conflicts.len(),
-        "refused": stats.refused.len(),
-        "failed": stats.failed.len(),
-    })
 }
 
 /// A summary of `ckpt podman`: the export's or import's, with the container and the seconds

@@ -34,7 +34,7 @@ pub(crate) struct ExtractOptions {
 /// anything more. Any other error concerns one member, which is reported and skipped.
 pub(crate) fn is_fatal(e: &Error, archive: &Path) -> bool {
     match e {
-        Error::Malformed { .. } | Error::Copy { .. } | Error::Runtime { .. } => true,
+        Error::Malformed { .. } | Error::Damaged { .. } | Error::Copy { .. } | Error::Runtime { .. } => true,
         Error::Io { path, source, .. } => {
             path == archive
                 || source.raw_os_error().is_some_and(|code| {

@@ -2,34 +2,40 @@
 //! extractor because it is the library's answer (and `--json`'s), which the bundle's and the
 //! layer's extractions each fill and the import adds up.
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use std::path::PathBuf;
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ImportStats {
+    /// Members restored, nested ones included.
     pub entries: u64,
+    /// Regular files restored.
     pub files: u64,
+    /// Sum of their sizes.
     pub bytes: u64,
+    /// File bytes shared with the archive (cloned).
     pub bytes_cloned: u64,
+    /// File bytes copied.
     pub bytes_copied: u64,
+    /// Wall-clock time of the import.
     pub seconds: f64,
     /// Members that could not be restored here (unknown types, devices without privilege).
     /// Serializes as its count.
-    #[serde(serialize_with = "count")]
+    #[serde(serialize_with = "crate::report::count")]
     pub skipped: Vec<String>,
     /// Existing paths left untouched because a member wanted to replace them. Serializes as
     /// its count.
-    #[serde(serialize_with = "count")]
+    #[serde(serialize_with = "crate::report::count")]
     pub conflicts: Vec<PathBuf>,
     /// Members refused: they would reach outside the destination, or they are hard links
     /// to a name the destination does not have. Serializes as its count.
-    #[serde(serialize_with = "count")]
+    #[serde(serialize_with = "crate::report::count")]
     pub refused: Vec<String>,
     /// Members (or directories' metadata) that failed to restore, each reported on stderr
     /// with its path and operation; the rest of the archive was restored. Serializes as its
     /// count.
-    #[serde(serialize_with = "count")]
+    #[serde(serialize_with = "crate::report::count")]
     pub failed: Vec<String>,
 }
 
@@ -46,11 +52,6 @@ impl ImportStats {
         self.refused.extend(other.refused);
         self.failed.extend(other.failed);
     }
-}
-
-/// The summary reports how many members each list holds; the names are on stderr already.
-fn count<T, S: Serializer>(list: &[T], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_u64(list.len() as u64)
 }
 
 #[cfg(test)]
