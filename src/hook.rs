@@ -15,15 +15,15 @@ use crate::import::extract::ImportStats;
 use crate::progress::Progress;
 use crate::tar::compress::Compression;
 
-pub const EXPORT: &str = "io.ckpt.export";
-pub const IMPORT: &str = "io.ckpt.import";
-pub const BUNDLE: &str = "io.ckpt.bundle";
-pub const ROOTFS: &str = "io.ckpt.rootfs";
-pub const ROOTFS_DIFF: &str = "io.ckpt.rootfs-diff";
-pub const LOWER: &str = "io.ckpt.lower";
-pub const COMPRESS: &str = "io.ckpt.compress";
-pub const DIGEST: &str = "io.ckpt.digest";
-pub const OVERWRITE: &str = "io.ckpt.overwrite";
+pub(crate) const EXPORT: &str = "io.ckpt.export";
+pub(crate) const IMPORT: &str = "io.ckpt.import";
+pub(crate) const BUNDLE: &str = "io.ckpt.bundle";
+pub(crate) const ROOTFS: &str = "io.ckpt.rootfs";
+pub(crate) const ROOTFS_DIFF: &str = "io.ckpt.rootfs-diff";
+pub(crate) const LOWER: &str = "io.ckpt.lower";
+pub(crate) const COMPRESS: &str = "io.ckpt.compress";
+pub(crate) const DIGEST: &str = "io.ckpt.digest";
+pub(crate) const OVERWRITE: &str = "io.ckpt.overwrite";
 
 /// Every annotation the hook reads: its name, its value, and what it does. `ckpt hook
 /// --help` prints this; the README's table says the same at length.
@@ -44,7 +44,7 @@ pub const ANNOTATIONS: [(&str, &str, &str); 9] = [
 ];
 
 /// The largest state document read from standard input.
-pub const MAX_STATE: u64 = 16 << 20;
+pub(crate) const MAX_STATE: u64 = 16 << 20;
 
 /// The OCI runtime state a hook receives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@
 //! Errors name the operation and the path or member, and have an [`ErrorKind`] a caller can
 //! act on. README.md, beside this crate's `Cargo.toml`, covers usage, the archive layout,
 //! podman integration, performance and the architecture.
-#![deny(missing_docs)]
+#![deny(missing_docs, unreachable_pub)]
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

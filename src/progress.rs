@@ -17,7 +17,7 @@ pub trait Progress: Send + Sync {
 
 /// A shared progress receiver, as the builders hold it.
 #[derive(Clone)]
-pub struct ProgressHandle(pub Arc<dyn Progress>);
+pub(crate) struct ProgressHandle(pub Arc<dyn Progress>);
 
 impl fmt::Debug for ProgressHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,4 +1,4 @@
 //! Container facts: overlayfs layers and the checkpoint layout podman and CRI-O use.
 
-pub mod overlay;
-pub mod podman;
+pub(crate) mod overlay;
+pub(crate) mod podman;

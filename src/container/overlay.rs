@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Context, Error, Result};
 
 /// OCI layer names for deletions.
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// How a layer's deletions are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,12 +40,12 @@ impl OverlayMount {
 }
 
 /// The opaque-directory marker of an overlay mounted without `userxattr` (podman's, as root).
-pub const TRUSTED_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+pub(crate) const TRUSTED_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 const USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 
 /// The overlay-private part of an xattr name (`opaque` for `trusted.overlay.opaque` and
 /// `user.overlay.opaque`), or None for an xattr overlay does not own.
-pub fn private_xattr_key(name: &[u8]) -> Option<&[u8]> {
+pub(crate) fn private_xattr_key(name: &[u8]) -> Option<&[u8]> {
     name.strip_prefix(b"trusted.overlay.").or_else(|| name.strip_prefix(b"user.overlay."))
 }
 

@@ -9,15 +9,15 @@ use crate::error::{Error, Result};
 use crate::tar::meta::Kind;
 use crate::tar::reader::Entry;
 
-pub const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
-pub const DELETED_FILES: &[u8] = b"deleted.files";
-pub const CONFIG_DUMP: &[u8] = b"config.dump";
-pub const SPEC_DUMP: &[u8] = b"spec.dump";
+pub(crate) const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
+pub(crate) const DELETED_FILES: &[u8] = b"deleted.files";
+pub(crate) const CONFIG_DUMP: &[u8] = b"config.dump";
+pub(crate) const SPEC_DUMP: &[u8] = b"spec.dump";
 /// Written first so readers (podman's import, checkpointctl) can stop early.
-pub const LEADING: [&[u8]; 2] = [CONFIG_DUMP, SPEC_DUMP];
+pub(crate) const LEADING: [&[u8]; 2] = [CONFIG_DUMP, SPEC_DUMP];
 /// deleted.files is a list of paths; anything larger than this is not one (memory stays
 /// bounded on hostile input).
-pub const MAX_DELETED_FILES: u64 = 8 << 20;
+pub(crate) const MAX_DELETED_FILES: u64 = 8 << 20;
 
 /// Where a container's rootfs changes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum Rootfs {
 /// leading ones, plus CRI-O's `bind.mounts`. Everything else in a container's userdata dir
 /// (config.json, secrets/, shm/, dump.log, ...) belongs to the runtime or must not leave the
 /// host: secrets are held there in plain text.
-pub const BUNDLE_MEMBERS: [&[u8]; 9] = [
+pub(crate) const BUNDLE_MEMBERS: [&[u8]; 9] = [
     b"artifacts",
     b"bind.mounts",
     b"checkpoint",
@@ -53,7 +53,7 @@ pub const BUNDLE_MEMBERS: [&[u8]; 9] = [
 /// The bundle members a restore puts into a container's userdata dir: CRIU's images and the
 /// `/dev/shm` contents podman restores from there. The archive's other members describe the
 /// old container, and its userdata files (config.json, ctr.log, ...) belong to the runtime.
-pub const RESTORED_MEMBERS: [&str; 2] = ["checkpoint", "devshm-checkpoint.tar"];
+pub(crate) const RESTORED_MEMBERS: [&str; 2] = ["checkpoint", "devshm-checkpoint.tar"];
 
 /// The bundle-relative name of a member (`./config.dump` and `config.dump` alike).
 pub(crate) fn bundle_name(name: &[u8]) -> &[u8] {
@@ -66,7 +66,7 @@ pub(crate) fn bundle_name(name: &[u8]) -> &[u8] {
 
 /// Whether `entry` is the container's rootfs changes, the archive nested in a checkpoint
 /// archive: a regular file named `rootfs-diff.tar` at the top of the bundle.
-pub fn is_rootfs_diff(entry: &Entry) -> bool {
+pub(crate) fn is_rootfs_diff(entry: &Entry) -> bool {
     entry.kind == Some(Kind::Regular) && bundle_name(&entry.name) == ROOTFS_DIFF
 }
 

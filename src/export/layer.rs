@@ -27,7 +27,7 @@ fn overlay_xattr<'m>(member: &'m Member, key: &[u8]) -> Option<&'m [u8]> {
 /// An upper dir's changes, ready for archiving, one member at a time. Whiteouts (char 0:0, or
 /// a zero-size file marked `overlay.whiteout`) and opaque directories become deletions in the
 /// chosen style; overlay's own xattrs, which describe this host's lower inodes, are dropped.
-pub struct Layer {
+pub(crate) struct Layer {
     upper: PathBuf,
     lowers: Vec<PathBuf>,
     style: WhiteoutStyle,
@@ -44,7 +44,12 @@ pub struct Layer {
 }
 
 impl Layer {
-    pub fn new(upper: &Path, lowers: &[PathBuf], style: WhiteoutStyle, skipped: Skipped) -> Result<Layer> {
+    pub(crate) fn new(
+        upper: &Path,
+        lowers: &[PathBuf],
+        style: WhiteoutStyle,
+        skipped: Skipped,
+    ) -> Result<Layer> {
         Ok(Layer {
             upper: upper.to_path_buf(),
             lowers: lowers.to_vec(),
@@ -60,13 +65,13 @@ impl Layer {
 
     /// Yields the members only, without listing deletions: for a second pass over a layer
     /// whose deletions the first one listed (which spares reading the lower dirs again).
-    pub fn members_only(mut self) -> Layer {
+    pub(crate) fn members_only(mut self) -> Layer {
         self.list_deleted = false;
         self
     }
 
     /// The deleted paths, sorted; complete once the layer has been read to its end.
-    pub fn deleted(self) -> Vec<String> {
+    pub(crate) fn deleted(self) -> Vec<String> {
         self.deleted.into_iter().collect()
     }
 

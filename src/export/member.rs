@@ -9,7 +9,7 @@ use crate::tar::meta::{Kind, Meta};
 /// A tar archive nested inside this one, laid out so that its members' data is aligned in the
 /// outer file too. Its length was found by a first pass over its members, because the outer
 /// header that announces it comes first; the second pass that writes it must agree.
-pub struct Nested {
+pub(crate) struct Nested {
     pub len: u64,
     /// Where the members come from, for errors (the layer's upper dir).
     pub path: PathBuf,
@@ -24,10 +24,10 @@ impl std::fmt::Debug for Nested {
 }
 
 /// Archive members one at a time, in archive order.
-pub type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;
+pub(crate) type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;
 
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     None,
     File(SourceFile),
     /// Small generated content (a JSON list, a manifest).
@@ -38,7 +38,7 @@ pub enum Body {
 }
 
 #[derive(Debug)]
-pub struct Member {
+pub(crate) struct Member {
     /// The tar name: `./a/b`, directories with a trailing slash.
     pub name: Vec<u8>,
     pub meta: Meta,
@@ -51,12 +51,12 @@ pub struct Member {
 impl Member {
     /// Whether the digest manifest lists this member when it is at the top level: every
     /// regular member, as verify checks (the manifest itself is not planned as a member).
-    pub fn in_manifest(&self) -> bool {
+    pub(crate) fn in_manifest(&self) -> bool {
         self.kind == Kind::Regular && matches!(self.body, Body::File(_) | Body::Bytes(_) | Body::Archive(_))
     }
 
     /// The size the tar header announces.
-    pub fn data_size(&self) -> u64 {
+    pub(crate) fn data_size(&self) -> u64 {
         match &self.body {
             Body::None => 0,
             Body::File(f) => f.size,

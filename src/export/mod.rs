@@ -1,14 +1,14 @@
 //! Export: walk a tree, plan the archive, place it into a file that appears only when complete.
 
-pub mod bundle;
-pub mod layer;
-pub mod member;
-pub mod pieces;
-pub mod place;
-pub mod plan;
-pub mod source;
-pub mod stream;
-pub mod walk;
+pub(crate) mod bundle;
+pub(crate) mod layer;
+pub(crate) mod member;
+pub(crate) mod pieces;
+pub(crate) mod place;
+pub(crate) mod plan;
+pub(crate) mod source;
+pub(crate) mod stream;
+pub(crate) mod walk;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

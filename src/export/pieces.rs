@@ -10,7 +10,7 @@ use crate::tar::manifest;
 use crate::tar::meta::{Kind, Meta};
 
 /// A part of the archive and where it goes. Offsets only grow.
-pub enum Piece {
+pub(crate) enum Piece {
     /// A member's header blocks; `digest` is set for a member the digest manifest lists.
     Header {
         offset: u64,
@@ -37,7 +37,7 @@ pub enum Piece {
 }
 
 /// A top-level member whose data the digest manifest lists.
-pub struct Covered {
+pub(crate) struct Covered {
     pub name: Vec<u8>,
     pub data_offset: u64,
     pub size: u64,
@@ -45,7 +45,7 @@ pub struct Covered {
 
 /// What an export has planned so far.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Members, nested ones included.
     pub entries: u64,
     /// Regular files with data from the source.
@@ -70,7 +70,7 @@ struct ManifestPlan {
     mtime: i64,
 }
 
-pub struct Pieces<'a> {
+pub(crate) struct Pieces<'a> {
     /// The archives being planned, outermost first.
     levels: Vec<Level<'a>>,
     align: u64,
@@ -85,7 +85,7 @@ pub struct Pieces<'a> {
 impl<'a> Pieces<'a> {
     /// Plans `members` with data aligned to `align`; with `manifest_name`, a digest manifest of
     /// that name follows them.
-    pub fn new(members: Members<'a>, align: u64, manifest_name: Option<Vec<u8>>) -> Pieces<'a> {
+    pub(crate) fn new(members: Members<'a>, align: u64, manifest_name: Option<Vec<u8>>) -> Pieces<'a> {
         Pieces {
             levels: vec![Level { members, planner: Planner::new(align), base: 0, announced: None }],
             align,
@@ -96,12 +96,12 @@ impl<'a> Pieces<'a> {
         }
     }
 
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         self.counts
     }
 
     /// The archive's total length, once every piece has been taken.
-    pub fn len(&self) -> Option<u64> {
+    pub(crate) fn len(&self) -> Option<u64> {
         self.len
     }
 
@@ -208,7 +208,7 @@ impl Iterator for Pieces<'_> {
 
 /// The length of the archive `members` make, aligned to `align`, and the bytes of file data
 /// in it.
-pub fn archive_len(members: impl Iterator<Item = Result<Member>>, align: u64) -> Result<(u64, u64)> {
+pub(crate) fn archive_len(members: impl Iterator<Item = Result<Member>>, align: u64) -> Result<(u64, u64)> {
     let mut planner = Planner::new(align);
     let mut bytes = 0;
     for member in members {

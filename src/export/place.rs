@@ -18,7 +18,7 @@ use crate::tar::BLOCK;
 use crate::tar::manifest;
 
 /// The archive being written.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub file: &'a File,
     pub path: &'a Path,
     pub dev: u64,
@@ -33,7 +33,7 @@ pub struct Target<'a> {
 /// an unaligned tail cloned at the end of file makes the next extension rewrite that block
 /// anyway (so the tail block of a member followed by another member is never shared in the
 /// archive).
-pub struct Placer<'a> {
+pub(crate) struct Placer<'a> {
     pub target: Target<'a>,
     pub mover: Mover,
     pub progress: Option<&'a dyn Progress>,
@@ -58,7 +58,7 @@ const WINDOW_PIECES: usize = 4 * WINDOW_FILES;
 const PENDING_LIMIT: usize = 1 << 20;
 
 impl<'a> Placer<'a> {
-    pub fn new(
+    pub(crate) fn new(
         target: Target<'a>,
         mover: Mover,
         clone_min: u64,
@@ -81,7 +81,7 @@ impl<'a> Placer<'a> {
     /// it could not be cloned) written with the headers around it. Windows bound the open
     /// files and the memory held, and make a clone wait behind dirty pages at most once per
     /// window.
-    pub fn place(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
+    pub(crate) fn place(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
         let mut window = Vec::new();
         let mut manifest_at = None;
         loop {

@@ -22,7 +22,7 @@ const MAX_OCTAL_12: u64 = 0o77777777777;
 /// must itself sit on an aligned offset (true for a file, and for a nested archive, whose data
 /// is aligned).
 #[derive(Debug)]
-pub struct Placed {
+pub(crate) struct Placed {
     pub member: Member,
     pub header_offset: u64,
     /// Length of the pax extended header's data, padding record included; 0 when the member
@@ -34,14 +34,14 @@ pub struct Placed {
 }
 
 impl Placed {
-    pub fn data_end(&self) -> u64 {
+    pub(crate) fn data_end(&self) -> u64 {
         self.data_offset + self.member.data_size()
     }
 }
 
 /// Lays out members one after another, in the order given, with data aligned to `align`.
 #[derive(Debug)]
-pub struct Planner {
+pub(crate) struct Planner {
     align: u64,
     /// Where the next member's headers go.
     offset: u64,
@@ -49,12 +49,12 @@ pub struct Planner {
 
 impl Planner {
     /// `align` is a power of two of at least 512.
-    pub fn new(align: u64) -> Planner {
+    pub(crate) fn new(align: u64) -> Planner {
         assert!(align.is_power_of_two() && align >= BLOCK);
         Planner { align, offset: 0 }
     }
 
-    pub fn place(&mut self, member: Member) -> Placed {
+    pub(crate) fn place(&mut self, member: Member) -> Placed {
         let records = pax_records(&member).len();
         let aligned = needs_alignment(&member, self.align);
         let (pax_len, padding) = pax_layout(self.offset, records, aligned, self.align);
@@ -66,12 +66,12 @@ impl Planner {
     }
 
     /// Where the two zero blocks that end the archive go.
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.offset
     }
 
     /// The archive's length so far, end blocks included.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.offset + 2 * BLOCK
     }
 }
@@ -108,7 +108,7 @@ fn pax_layout(start: u64, records: usize, aligned: bool, align: u64) -> (u64, us
 }
 
 /// The header blocks of a placed member: the pax extended header (if any) and the ustar header.
-pub fn encode_headers(placed: &Placed) -> Vec<u8> {
+pub(crate) fn encode_headers(placed: &Placed) -> Vec<u8> {
     let member = &placed.member;
     let mut out = Vec::with_capacity((placed.data_offset - placed.header_offset) as usize);
     if placed.pax_len > 0 {

@@ -16,7 +16,7 @@ use crate::export::walk::{Inode, type_name};
 /// A regular file to be archived, with what the walk saw of it so that a change while it is
 /// being archived can be detected.
 #[derive(Debug, Clone)]
-pub struct SourceFile {
+pub(crate) struct SourceFile {
     /// The full path, for messages; the file is opened by its name in `dir`.
     pub path: PathBuf,
     /// The directory that holds the file, as the walk opened it.

@@ -19,14 +19,14 @@ use crate::sys::mover::shrunk;
 use crate::tar::manifest;
 
 /// Where the archive's bytes go.
-pub enum Sink<'a> {
+pub(crate) enum Sink<'a> {
     /// A descriptor written directly (stdout).
     Fd(BorrowedFd<'a>),
     /// A compressor or other writer.
     Writer(Box<dyn Write + 'a>),
 }
 
-pub struct Stream<'a> {
+pub(crate) struct Stream<'a> {
     sink: Sink<'a>,
     /// What to call the output in error messages.
     name: &'a Path,
@@ -42,12 +42,12 @@ pub struct Stream<'a> {
 const ZEROS: [u8; 4096] = [0; 4096];
 
 impl<'a> Stream<'a> {
-    pub fn new(sink: Sink<'a>, name: &'a Path, progress: Option<&'a dyn Progress>) -> Stream<'a> {
+    pub(crate) fn new(sink: Sink<'a>, name: &'a Path, progress: Option<&'a dyn Progress>) -> Stream<'a> {
         Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new(), progress, hasher: None }
     }
 
     /// Flushes a writer sink (a compressor is finished by its owner).
-    pub fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         if let Sink::Writer(writer) = &mut self.sink {
             writer.flush().at("write", self.name)?;
         }
@@ -84,7 +84,7 @@ impl<'a> Stream<'a> {
 
     /// Writes the archive front to back. Data of the members the digest manifest lists is
     /// hashed on its way out.
-    pub fn write_pieces(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
+    pub(crate) fn write_pieces(&mut self, pieces: &mut Pieces<'_>) -> Result<()> {
         // The member being hashed and where its data ends.
         let mut hashing: Option<(Vec<u8>, u64)> = None;
         let mut manifest = Vec::new();

@@ -28,21 +28,21 @@ use crate::tar::meta::{Kind, Meta};
 /// Entries that cannot be archived (sockets), shared between the walkers of one export and
 /// reported once it ends.
 #[derive(Debug, Default, Clone)]
-pub struct Skipped(Rc<RefCell<Vec<PathBuf>>>);
+pub(crate) struct Skipped(Rc<RefCell<Vec<PathBuf>>>);
 
 impl Skipped {
-    pub fn push(&self, path: PathBuf) {
+    pub(crate) fn push(&self, path: PathBuf) {
         self.0.borrow_mut().push(path);
     }
 
-    pub fn take(&self) -> Vec<PathBuf> {
+    pub(crate) fn take(&self) -> Vec<PathBuf> {
         std::mem::take(&mut self.0.borrow_mut())
     }
 }
 
 /// How members are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Naming {
+pub(crate) enum Naming {
     /// `./`, `./a`, `./dir/`: what `tar -C ROOT -cf OUT .` writes.
     DotSlash,
     /// `a`, `dir/`, without an entry for the root: the layout of podman's checkpoint archives.
@@ -65,7 +65,7 @@ pub(crate) struct Inode {
 
 impl Inode {
     #[allow(clippy::unnecessary_cast)] // field types differ between targets
-    pub fn from_stat(st: &Stat) -> Inode {
+    pub(crate) fn from_stat(st: &Stat) -> Inode {
         let mtime = (st.st_mtime as i64, st.st_mtime_nsec as i64);
         let rdev = st.st_rdev as u64;
         Inode {
@@ -330,7 +330,7 @@ impl Tree {
 
 /// Lists a tree in depth-first order, sorted byte-wise within each directory, so the same tree
 /// always gives the same archive.
-pub struct Walk {
+pub(crate) struct Walk {
     tree: Tree,
     naming: Naming,
     /// The first name seen for each multiply-linked inode; later names become tar hardlinks.
@@ -343,7 +343,7 @@ pub struct Walk {
 }
 
 impl Walk {
-    pub fn new(root: &Path, naming: Naming, skipped: Skipped) -> Result<Walk> {
+    pub(crate) fn new(root: &Path, naming: Naming, skipped: Skipped) -> Result<Walk> {
         Ok(Walk {
             tree: Tree::new(root)?,
             naming,
@@ -355,7 +355,7 @@ impl Walk {
     }
 
     /// Leaves out these entries directly under the root.
-    pub fn omit(mut self, names: &[&[u8]]) -> Walk {
+    pub(crate) fn omit(mut self, names: &[&[u8]]) -> Walk {
         self.tree.omit = names.iter().map(|n| n.to_vec()).collect();
         self
     }
@@ -430,7 +430,7 @@ enum At<'a> {
 }
 
 /// The member named `name` for the file at `path`, whose lstat is `meta`.
-pub fn describe(path: &Path, name: Vec<u8>, meta: &std::fs::Metadata) -> Result<Member> {
+pub(crate) fn describe(path: &Path, name: Vec<u8>, meta: &std::fs::Metadata) -> Result<Member> {
     let dir_path = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -498,7 +498,7 @@ fn describe_at(
 
 /// The bytes of regular file data under `root`, each inode counted once: the total a progress
 /// bar needs before the walk that archives them.
-pub fn data_bytes(root: &Path) -> u64 {
+pub(crate) fn data_bytes(root: &Path) -> u64 {
     let Ok(mut tree) = Tree::new(root) else { return 0 };
     let mut seen = HashSet::new();
     let mut total = 0;

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 /// Shares `len` bytes of `src` at `src_offset` into `dst` at `dst_offset` (FICLONERANGE).
 /// Offsets and length must be multiples of the filesystem block size, except for a range that
 /// ends at the source's end of file and at or beyond the destination's.
-pub fn clone_range(
+pub(crate) fn clone_range(
     src: impl AsFd,
     src_offset: u64,
     dst: impl AsFd,

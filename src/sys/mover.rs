@@ -21,7 +21,7 @@ enum Rung {
 
 /// What may be done with the block that holds the end of the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tail {
+pub(crate) enum Tail {
     /// Clone whole blocks only; copy the unaligned tail.
     Copy,
     /// The source has readable bytes up to the next block boundary and the caller truncates
@@ -31,20 +31,20 @@ pub enum Tail {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct MoveStats {
+pub(crate) struct MoveStats {
     pub bytes_cloned: u64,
     pub bytes_copied: u64,
 }
 
 /// One side of a transfer: an open file, the device it lives on, and an offset in it.
 #[derive(Clone, Copy)]
-pub struct End<'a> {
+pub(crate) struct End<'a> {
     pub fd: BorrowedFd<'a>,
     pub dev: u64,
     pub offset: u64,
 }
 
-pub struct Mover {
+pub(crate) struct Mover {
     first_rung: Rung,
     /// The best rung known to work for a (source device, destination device) pair.
     pairs: HashMap<(u64, u64), Rung>,
@@ -68,7 +68,7 @@ const COPY_CHUNK: usize = 1 << 20;
 impl Mover {
     /// `share`: false forces a copy through memory, so that the destination owns independent
     /// blocks (copy_file_range may share extents without saying so).
-    pub fn new(share: bool) -> Mover {
+    pub(crate) fn new(share: bool) -> Mover {
         Mover {
             first_rung: if share { Rung::Clone } else { Rung::ReadWrite },
             pairs: HashMap::new(),
@@ -79,7 +79,7 @@ impl Mover {
 
     /// Places `len` bytes from `src` into `dst`. `block` is the clone granularity (the
     /// destination filesystem's block size). Holes in the source stay holes on the copy paths.
-    pub fn transfer(
+    pub(crate) fn transfer(
         &mut self,
         src: End<'_>,
         dst: End<'_>,
@@ -104,13 +104,19 @@ impl Mover {
     }
 
     /// Whether a clone between these devices may work (it has not failed for good).
-    pub fn may_clone(&self, src_dev: u64, dst_dev: u64) -> bool {
+    pub(crate) fn may_clone(&self, src_dev: u64, dst_dev: u64) -> bool {
         self.rung((src_dev, dst_dev)) == Rung::Clone
     }
 
     /// Clones the whole blocks of a `len`-byte range; returns the bytes cloned, 0 when the
     /// filesystems (or this file) do not allow it. The rest is the caller's to copy.
-    pub fn clone_blocks(&mut self, src: End<'_>, dst: End<'_>, len: u64, block: u64) -> io::Result<u64> {
+    pub(crate) fn clone_blocks(
+        &mut self,
+        src: End<'_>,
+        dst: End<'_>,
+        len: u64,
+        block: u64,
+    ) -> io::Result<u64> {
         let clone_len = len - len % block;
         let done = if self.try_clone(src, dst, clone_len, block)? { clone_len } else { 0 };
         self.stats.bytes_cloned += done;
@@ -165,7 +171,7 @@ impl Mover {
     /// Copies `len` bytes through memory, keeping holes, so that the destination shares no
     /// extent with the source even where both could (copy_file_range clones within one
     /// filesystem); returns where the last byte written to the destination ends.
-    pub fn copy_unshared(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<u64> {
+    pub(crate) fn copy_unshared(&mut self, src: End<'_>, dst: End<'_>, len: u64) -> io::Result<u64> {
         self.stats.bytes_copied += len;
         self.copy_sparse(src, dst, len, Sharing::Refused)
     }
@@ -262,7 +268,7 @@ pub(crate) fn shrunk() -> io::Error {
 }
 
 /// Writes all of `buf` at `offset`.
-pub fn write_all_at(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+pub(crate) fn write_all_at(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
         match rustix::io::pwrite(fd, buf, offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

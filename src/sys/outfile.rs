@@ -24,7 +24,7 @@ const ARCHIVE_MODE: Mode = Mode::RUSR.union(Mode::WUSR);
 
 /// Set to 1, export writes under a temporary name as where O_TMPFILE is unsupported (NFS): a
 /// test and debug knob.
-pub const NO_TMPFILE_VAR: &str = "CKPT_NO_TMPFILE";
+pub(crate) const NO_TMPFILE_VAR: &str = "CKPT_NO_TMPFILE";
 
 /// The archives (dev, ino) this process is writing; walks leave them out.
 static WRITING: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
@@ -39,7 +39,7 @@ pub(crate) fn being_written() -> Vec<(u64, u64)> {
 pub(crate) struct Writing((u64, u64));
 
 impl Writing {
-    pub fn new(dev: u64, ino: u64) -> Writing {
+    pub(crate) fn new(dev: u64, ino: u64) -> Writing {
         WRITING.lock().unwrap_or_else(|e| e.into_inner()).push((dev, ino));
         Writing((dev, ino))
     }
@@ -55,7 +55,7 @@ impl Drop for Writing {
 }
 
 /// What an archive's path names.
-pub enum Destination {
+pub(crate) enum Destination {
     /// A regular file, or nothing yet: replaced atomically when complete.
     Replace(OutFile),
     /// A character device or a fifo, written into front to back.
@@ -66,7 +66,7 @@ impl Destination {
     /// Opens `target` for an archive. A symlink is followed: to a device or fifo, which is
     /// written into, or to a regular file (or nothing), which is replaced where the chain of
     /// links ends. Directories, block devices and sockets are refused.
-    pub fn open(target: &Path) -> Result<Destination> {
+    pub(crate) fn open(target: &Path) -> Result<Destination> {
         let meta = match std::fs::symlink_metadata(target) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -146,7 +146,7 @@ fn resolve(target: &Path) -> Result<PathBuf> {
     Err(Error::io("resolve", target, Errno::LOOP))
 }
 
-pub struct OutFile {
+pub(crate) struct OutFile {
     file: File,
     dir: OwnedFd,
     target: PathBuf,
@@ -205,12 +205,12 @@ impl OutFile {
         Ok(out)
     }
 
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         &self.file
     }
 
     /// Syncs the data and gives the file its name, replacing any previous file atomically.
-    pub fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         self.file.sync_all().at("fsync", &self.target)?;
         let temp_name = match self.temp_name.take() {
             Some(temp) => temp,

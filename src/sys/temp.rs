@@ -9,7 +9,7 @@ use rustix::process::Pid;
 
 /// A new temporary name for `name` (of which the first 200 bytes are kept, so the result
 /// stays within NAME_MAX).
-pub fn name_for(name: &[u8]) -> Vec<u8> {
+pub(crate) fn name_for(name: &[u8]) -> Vec<u8> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut temp = b".".to_vec();
     temp.extend_from_slice(&name[..name.len().min(200)]);
@@ -20,7 +20,7 @@ pub fn name_for(name: &[u8]) -> Vec<u8> {
 }
 
 /// The process ID in a name made by [`name_for`].
-pub fn pid_of(name: &[u8]) -> Option<Pid> {
+pub(crate) fn pid_of(name: &[u8]) -> Option<Pid> {
     let rest = name.strip_prefix(b".")?.strip_suffix(b".tmp")?;
     let at = rest.windows(6).rposition(|w| w == b".ckpt-")?;
     let (pid, counter) = std::str::from_utf8(&rest[at + 6..]).ok()?.split_once('-')?;
@@ -33,7 +33,7 @@ pub fn pid_of(name: &[u8]) -> Option<Pid> {
 
 /// Whether the process that made a temporary name is gone. Only "no such process" says so:
 /// EPERM is someone else's live process, and this process's own names are never stale.
-pub fn writer_gone(pid: Pid) -> bool {
+pub(crate) fn writer_gone(pid: Pid) -> bool {
     pid != rustix::process::getpid() && rustix::process::test_kill_process(pid) == Err(Errno::SRCH)
 }
 

@@ -11,7 +11,7 @@ use crate::error::{Context, Error, Result};
 use crate::tar::compress::{self, Compression, Decompressed};
 
 /// An opened archive.
-pub enum Opened {
+pub(crate) enum Opened {
     /// A plain (uncompressed) regular file and its length.
     File(File, u64),
     /// Everything else, decompressed when its first bytes say it is compressed.
@@ -19,7 +19,7 @@ pub enum Opened {
 }
 
 /// Opens `archive` (`-` for standard input); a directory is refused.
-pub fn open(archive: &Path) -> Result<Opened> {
+pub(crate) fn open(archive: &Path) -> Result<Opened> {
     if archive == Path::new("-") {
         return Ok(Opened::Stream(Box::new(compress::decompress(Box::new(io::stdin()), archive)?)));
     }

@@ -29,7 +29,7 @@ impl Compression {
 
 /// An archive stream as read: decompressed if its first bytes said it was compressed.
 /// Decompressor errors say what is wrong with the compressed data.
-pub struct Decompressed<'a> {
+pub(crate) struct Decompressed<'a> {
     inner: Inner<'a>,
 }
 
@@ -42,7 +42,7 @@ enum Inner<'a> {
 }
 
 /// Wraps a stream in a decompressor if its first bytes say it is compressed.
-pub fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Decompressed<'a>> {
+pub(crate) fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Result<Decompressed<'a>> {
     let mut buffered = BufReader::with_capacity(1 << 20, input);
     let magic = buffered.fill_buf().at("read", archive)?;
     let inner = match Compression::detect(magic) {
@@ -59,7 +59,7 @@ impl Decompressed<'_> {
     /// Reads a compressed stream to its end, where its checksums are (the gzip CRC, zstd's
     /// content checksum): the tar inside ends earlier, and data already read may be wrong
     /// until the end says it is not. A plain stream is left as it is.
-    pub fn finish(&mut self, archive: &Path) -> Result<()> {
+    pub(crate) fn finish(&mut self, archive: &Path) -> Result<()> {
         if matches!(self.inner, Inner::Plain(_)) {
             return Ok(());
         }
@@ -103,7 +103,7 @@ fn describe(format: &str, e: io::Error) -> io::Error {
 
 /// An error reading `archive` as a stream: the archive's fault when the decompressor
 /// complains, the system's otherwise.
-pub fn stream_error(archive: &Path, e: io::Error) -> Error {
+pub(crate) fn stream_error(archive: &Path, e: io::Error) -> Error {
     if e.raw_os_error().is_some() {
         Error::io("read", archive, e)
     } else {
@@ -112,12 +112,12 @@ pub fn stream_error(archive: &Path, e: io::Error) -> Error {
 }
 
 /// Output buffered in front of a compressor's destination.
-pub const OUTPUT_BUFFER: usize = 256 << 10;
+pub(crate) const OUTPUT_BUFFER: usize = 256 << 10;
 
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 /// A compressing writer that must be finished to write its trailer.
-pub enum Encoder<W: Write> {
+pub(crate) enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -126,7 +126,7 @@ impl<W: Write> Encoder<W> {
     /// Default levels, and zstd on every core, as `zstd -T0` does, but in 1 MiB jobs (`zstd
     /// -B1M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers,
     /// 1 MiB jobs ~14 MiB; at the default level they compress as well and as fast.
-    pub fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
+    pub(crate) fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => {
                 Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default()))
@@ -143,7 +143,7 @@ impl<W: Write> Encoder<W> {
         })
     }
 
-    pub fn finish(self) -> io::Result<W> {
+    pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),

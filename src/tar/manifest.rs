@@ -7,7 +7,7 @@ use std::os::fd::BorrowedFd;
 use sha2::{Digest, Sha256};
 
 /// The manifest's member name, at the top of the archive.
-pub const NAME: &[u8] = b"ckpt.sha256";
+pub(crate) const NAME: &[u8] = b"ckpt.sha256";
 
 /// `sha256sum` escapes names holding a backslash or newline, and marks such lines with a
 /// leading backslash.
@@ -28,13 +28,13 @@ fn escaped_name(name: &[u8]) -> (bool, Vec<u8>) {
 }
 
 /// The length of [`line`] for `name`, known before the hash is.
-pub fn line_len(name: &[u8]) -> u64 {
+pub(crate) fn line_len(name: &[u8]) -> u64 {
     let specials = name.iter().filter(|&&b| b == b'\\' || b == b'\n').count();
     let marker = usize::from(specials > 0);
     (marker + 64 + 2 + name.len() + specials + 1) as u64
 }
 
-pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
     let (escaped, name) = escaped_name(name);
     let mut line = Vec::with_capacity(name.len() + 68);
     if escaped {
@@ -48,7 +48,7 @@ pub fn line(name: &[u8], hash: &[u8; 32]) -> Vec<u8> {
 }
 
 /// A digest in lowercase hex, as `sha256sum` prints it.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -57,7 +57,7 @@ type ManifestLine = (Vec<u8>, [u8; 32]);
 
 /// Parses `sha256sum` output: `HASH  NAME` (or `HASH *NAME`), a leading `\` marking a name
 /// with `\\` and `\n` escapes.
-pub fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
+pub(crate) fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
     let mut out = Vec::new();
     for (i, line) in text.split(|&b| b == b'\n').enumerate() {
         if line.is_empty() {
@@ -102,7 +102,7 @@ pub fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, String> {
 }
 
 /// Hashes `len` bytes of `fd` from `offset`, telling `hashed` how many bytes each read added.
-pub fn hash_range(
+pub(crate) fn hash_range(
     fd: BorrowedFd<'_>,
     offset: u64,
     len: u64,

@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Regular,
     Directory,
     Symlink(Vec<u8>),
@@ -17,7 +17,7 @@ pub enum Kind {
 
 /// The inode metadata an archive member carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
     pub mode: u32,
     pub uid: u64,
@@ -29,7 +29,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn from_std(meta: &std::fs::Metadata) -> Meta {
+    pub(crate) fn from_std(meta: &std::fs::Metadata) -> Meta {
         let rdev = meta.rdev();
         Meta {
             mode: meta.mode() & 0o7777,

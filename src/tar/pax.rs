@@ -9,10 +9,10 @@ use std::fmt;
 const PADDING_KEYWORD: &[u8] = b"comment";
 
 /// The shortest padding record: `12 comment=\n`.
-pub const MIN_PADDING: usize = 12;
+pub(crate) const MIN_PADDING: usize = 12;
 
 /// Appends one `LEN KEY=VALUE\n` record to `out`.
-pub fn push_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+pub(crate) fn push_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let len = record_len(key.len() + value.len());
     out.extend_from_slice(len.to_string().as_bytes());
     out.push(b' ');
@@ -24,7 +24,7 @@ pub fn push_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 
 /// Length of a record whose key and value together are `payload` bytes long. The length
 /// prefix counts its own digits, so grow the digit count until it is self-consistent.
-pub fn record_len(payload: usize) -> usize {
+pub(crate) fn record_len(payload: usize) -> usize {
     // " " + "=" + "\n" around key and value.
     let body = payload + 3;
     let mut digits = 1;
@@ -41,7 +41,7 @@ pub fn record_len(payload: usize) -> usize {
 ///
 /// For a fixed total the number of prefix digits is fixed too, so the value length follows
 /// directly: total = digits + len(" comment=") + value + len("\n").
-pub fn push_padding(out: &mut Vec<u8>, total: usize) {
+pub(crate) fn push_padding(out: &mut Vec<u8>, total: usize) {
     assert!(total >= MIN_PADDING, "padding record of {total} bytes");
     let digits = total.to_string().len();
     let value = total - digits - 1 - PADDING_KEYWORD.len() - 2;
@@ -57,7 +57,7 @@ pub fn push_padding(out: &mut Vec<u8>, total: usize) {
 
 /// A malformed record, described for an error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRecord(pub String);
+pub(crate) struct BadRecord(pub String);
 
 impl fmt::Display for BadRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,11 +66,11 @@ impl fmt::Display for BadRecord {
 }
 
 /// Iterates over the `(key, value)` pairs of a pax extended header's data.
-pub fn records(data: &[u8]) -> Records<'_> {
+pub(crate) fn records(data: &[u8]) -> Records<'_> {
     Records { rest: data }
 }
 
-pub struct Records<'a> {
+pub(crate) struct Records<'a> {
     rest: &'a [u8],
 }
 
@@ -129,7 +129,7 @@ impl<'a> Records<'a> {
 }
 
 /// A decimal number as pax records and GNU sparse maps write it: digits only, no sign.
-pub fn parse_decimal(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(value: &[u8]) -> Option<u64> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -137,7 +137,7 @@ pub fn parse_decimal(value: &[u8]) -> Option<u64> {
 }
 
 /// Seconds and nanoseconds as a pax time: a decimal number, negative before the epoch.
-pub fn format_time(sec: i64, nsec: u32) -> String {
+pub(crate) fn format_time(sec: i64, nsec: u32) -> String {
     if sec < 0 && nsec > 0 {
         // sec + nsec/1e9 is negative; write its magnitude.
         format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec)
@@ -149,7 +149,7 @@ pub fn format_time(sec: i64, nsec: u32) -> String {
 }
 
 /// A pax time: `[-]SECONDS[.FRACTION]`.
-pub fn parse_time(value: &[u8]) -> Option<(i64, u32)> {
+pub(crate) fn parse_time(value: &[u8]) -> Option<(i64, u32)> {
     let (negative, value) = match value.strip_prefix(b"-") {
         Some(rest) => (true, rest),
         None => (false, value),
