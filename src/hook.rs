@@ -11,7 +11,7 @@ use crate::container::podman::{self, Rootfs};
 use crate::error::{Error, Result};
 use crate::export::{ExportStats, Exporter};
 use crate::import::Importer;
-use crate::import::extract::ImportStats;
+use crate::import::stats::ImportStats;
 use crate::progress::Progress;
 use crate::tar::compress::Compression;
 

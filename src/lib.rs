@@ -47,7 +47,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use export::{DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;
-pub use import::extract::ImportStats;
+pub use import::stats::ImportStats;
 pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
 pub use progress::Progress;
 pub use runtime::{

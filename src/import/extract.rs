@@ -18,7 +18,7 @@ use crate::import::create::{Member, StaleTemps};
 use crate::import::data::FileData;
 use crate::import::layer::{LayerMode, layer_xattrs};
 /// The stats an extraction returns, named here too for the callers that know them as this.
-pub use crate::import::stats::ImportStats;
+use crate::import::stats::ImportStats;
 use crate::import::tree::{DirTree, SCANNED};
 use crate::progress::Progress;
 use crate::tar::meta::Kind;

@@ -1,0 +1,233 @@
+//! Checkpoint and restore through a real podman: ckpt drives podman's command line for what
+//! only podman can do (freeze the process with CRIU, keep its container database, restore the
+//! process) and moves the data itself, by cloning, where podman would copy it twice through
+//! tar.
+//!
+//! - Checkpoint: `podman container checkpoint --keep --export` has CRIU write its images into
+//!   the container's userdata dir and podman write `config.dump` and `spec.dump` there (it
+//!   writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
+//!   drains and discards, with the rootfs and volumes left out, so it costs one read of the
+//!   CRIU images from the page cache. ckpt then archives the userdata dir's checkpoint
+//!   members and the rootfs changes from the layer's upper dir.
+//! - Restore into a new container: the archive's `config.dump` holds the command line that
+//!   created the container (`CreateCommand`); ckpt replays it as `podman create`, makes podman
+//!   write the new container's runtime spec (`podman init`, `podman stop`), refuses if that
+//!   spec differs from the archive's `spec.dump` where it matters to the process, clones the
+//!   checkpoint into the new userdata dir and the rootfs changes into the new upper dir, and
+//!   has podman restore the process (`podman container restore`).
+//! - Rollback: the same container gets the archive's checkpoint and rootfs changes, built
+//!   beside its own and swapped in with `renameat2(RENAME_EXCHANGE)`, then is restored.
+
+mod checkpoint;
+mod replay;
+mod restore;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rustix::fs::Mode;
+use serde_json::Value;
+
+use crate::container::podman;
+use crate::error::{Context, Error, Result};
+use crate::export::ExportStats;
+use crate::import::stats::ImportStats;
+
+/// The podman command line ckpt drives.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    program: OsString,
+}
+
+impl Default for Podman {
+    fn default() -> Self {
+        Podman::new()
+    }
+}
+
+/// How `podman container checkpoint` is asked to checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// Leave the container running after its checkpoint: it is restored from the
+    /// checkpoint once its files are archived, so files and memory are of one moment.
+    pub leave_running: bool,
+    /// Keep everything podman wrote into the userdata dir (`--keep`).
+    pub keep: bool,
+    /// Checkpoint established TCP connections.
+    pub tcp_established: bool,
+    /// Checkpoint file locks.
+    pub file_locks: bool,
+}
+
+/// How `podman container restore` is asked to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore established TCP connections.
+    pub tcp_established: bool,
+    /// Restore file locks.
+    pub file_locks: bool,
+    /// `false` copies every byte instead of sharing it with the archive.
+    pub share: bool,
+}
+
+/// Which container a checkpoint is restored into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// A new container made as the archive's `config.dump` says, named `name` (default: the
+    /// checkpointed container's name).
+    New {
+        /// The new container's name.
+        name: Option<String>,
+    },
+    /// The checkpointed container itself, rolled back to the checkpoint.
+    Existing(String),
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone)]
+pub struct CheckpointReport {
+    /// The container's full ID.
+    pub container: String,
+    /// Seconds podman took to checkpoint (CRIU's dump and podman's own bookkeeping).
+    pub podman_seconds: f64,
+    /// The archive written.
+    pub export: ExportStats,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// The restored container's full ID.
+    pub container: String,
+    /// Seconds podman took to create the container and restore the process.
+    pub podman_seconds: f64,
+    /// The data restored from the archive.
+    pub import: ImportStats,
+}
+
+/// The facts about a container that ckpt needs, from `podman container inspect`.
+#[derive(Debug)]
+struct Container {
+    id: String,
+    state: String,
+    /// The userdata dir: podman's checkpoint bundle.
+    bundle: PathBuf,
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    /// Named volumes mounted into the container.
+    volumes: Vec<String>,
+}
+
+impl Podman {
+    /// `podman` from `PATH`, or the program named by `CKPT_PODMAN`.
+    pub fn new() -> Podman {
+        Podman { program: std::env::var_os("CKPT_PODMAN").unwrap_or_else(|| "podman".into()) }
+    }
+
+    fn inspect(&self, container: &str) -> Result<Container> {
+        let out = self.run(&["container", "inspect", "--format", "json", container])?;
+        let bad = |why: &str| self.refusal(container, format!("podman container inspect: {why}"));
+        let value: Value = serde_json::from_str(&out).map_err(|_| bad("not JSON"))?;
+        let c = value.get(0).ok_or_else(|| bad("no container"))?;
+        let text = |pointer: &str| c.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
+        let driver = text("/GraphDriver/Name");
+        if driver != "overlay" {
+            return Err(self.refusal(
+                container,
+                format!("uses the {driver:?} storage driver; ckpt reads overlay layers"),
+            ));
+        }
+        let upper = text("/GraphDriver/Data/UpperDir");
+        let bundle = text("/StaticDir");
+        if upper.is_empty() || bundle.is_empty() {
+            return Err(bad("no UpperDir or StaticDir"));
+        }
+        let lowers = text("/GraphDriver/Data/LowerDir");
+        Ok(Container {
+            id: text("/Id"),
+            state: text("/State/Status"),
+            bundle: bundle.into(),
+            upper: upper.into(),
+            lowers: lowers.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+            volumes: c
+                .get("Mounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.get("Type").and_then(Value::as_str) == Some("volume"))
+                .filter_map(|m| m.get("Name").and_then(Value::as_str).map(str::to_string))
+                .collect(),
+        })
+    }
+
+    /// Runs podman with `args`; its standard output. A failure carries podman's message.
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        let shown = || {
+            let words: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+            format!("{} {}", self.program.to_string_lossy(), words.join(" "))
+        };
+        log::debug!("running {}", shown());
+        let output = Command::new(&self.program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::Runtime { command: shown(), reason: format!("cannot run: {e}") })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = stderr.trim().lines().last().unwrap_or("no message").to_string();
+            return Err(Error::Runtime { command: shown(), reason: format!("{}: {message}", output.status) });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn refusal(&self, container: &str, reason: String) -> Error {
+        Error::Runtime { command: format!("container {container}"), reason }
+    }
+
+    /// Removes a container ckpt made for a restore that then failed.
+    fn remove(&self, id: &str) {
+        if let Err(e) = self.run(&["rm", "-f", id]) {
+            log::warn!("cannot remove the container made for the restore: {e}");
+        }
+    }
+}
+
+/// A private directory beside `near`, removed with what it holds unless it was swapped away.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn create(dir: &Path, what: &str) -> Result<Scratch> {
+        let path = dir.join(format!(".ckpt-{what}-{}", std::process::id()));
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_dir_all(&path).at("remove stale", &path)?;
+        }
+        rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)).at("mkdir", &path)?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Podman 4.3's own export means to remove the rootfs-diff.tar and deleted.files it writes
+/// into the userdata dir, but does not (libpod's exportCheckpoint assigns the list to a
+/// shadowed variable). Left from an earlier export they are stale, and
+/// `podman container restore` would apply them over the container's layer.
+fn remove_stale_rootfs_diff(bundle: &Path) -> Result<()> {
+    for name in [podman::ROOTFS_DIFF, podman::DELETED_FILES] {
+        let path = bundle.join(OsStr::from_bytes(name));
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::debug!("{}: removed, left by an earlier podman export", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", path, e)),
+        }
+    }
+    Ok(())
+}
