@@ -1,4 +1,4 @@
-//! The stream writer: writes a planned archive front to back to a pipe, a terminal or a
+//! The stream writer: writes a planned archive front to back to a pipe, a device or a
 //! compressor, where nothing can be placed by offset or shared. File data goes to a plain
 //! descriptor with sendfile (no copy through user space), to a compressor through a buffer.
 

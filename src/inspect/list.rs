@@ -138,7 +138,7 @@ pub struct ListOptions {
 
 impl Default for ListOptions {
     fn default() -> Self {
-        ListOptions { nested: false, align: crate::DEFAULT_ALIGN }
+        ListOptions { nested: false, align: crate::tar::DEFAULT_ALIGN }
     }
 }
 
