@@ -12,7 +12,9 @@ use crate::container::podman::Rootfs;
 use crate::error::{Context, Result};
 use crate::export::Exporter;
 
-use super::{CheckpointOptions, CheckpointReport, Podman, Scratch, remove_stale_rootfs_diff};
+use super::{
+    CheckpointOptions, CheckpointReport, Container, Podman, Scratch, criu_flags, remove_stale_rootfs_diff,
+};
 
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
 /// removes (libpod `checkpoint`): ckpt mirrors it.
@@ -28,6 +30,45 @@ impl Podman {
         exporter: Exporter,
         options: &CheckpointOptions,
     ) -> Result<CheckpointReport> {
+        let info = self.running(container)?;
+        let mut podman_seconds = self.freeze(&info, out, options)?;
+        remove_stale_rootfs_diff(&info.bundle)?;
+        let exporter = exporter
+            .bundle_layout(true)
+            .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers.clone() });
+        let export = exporter.export(&info.bundle, out);
+        if !options.keep {
+            remove_leftovers(&info.bundle);
+        }
+        // Asked to stay running, the container does so even when its archive failed.
+        let resumed = if options.leave_running {
+            let started = Instant::now();
+            let mut args = vec!["container", "restore", "--keep"];
+            args.extend(criu_flags(options.tcp_established, options.file_locks));
+            args.push(&info.id);
+            let resumed = self.run(&args);
+            podman_seconds += started.elapsed().as_secs_f64();
+            resumed.map(drop)
+        } else {
+            Ok(())
+        };
+        let export = match (export, resumed) {
+            (Ok(export), Ok(())) => export,
+            (Err(e), Ok(())) => return Err(e),
+            (Ok(_), Err(e)) => {
+                log::error!("{}: archived to {}, but not running again", info.id, out.display());
+                return Err(e);
+            }
+            (Err(e), Err(resume)) => {
+                log::error!("{}: not running again: {resume}", info.id);
+                return Err(e);
+            }
+        };
+        Ok(CheckpointReport { container: info.id, podman_seconds, export })
+    }
+
+    /// The running `container`'s facts; a warning for each named volume it will lose.
+    fn running(&self, container: &str) -> Result<Container> {
         let info = self.inspect(container)?;
         if info.state != "running" {
             return Err(
@@ -40,6 +81,13 @@ impl Podman {
                  (podman container checkpoint --export does)"
             );
         }
+        Ok(info)
+    }
+
+    /// Has podman checkpoint the container, its export drained beside `out`; the seconds it
+    /// took. Not podman's --leave-running: the process would go on changing its files while
+    /// they are archived. It is stopped, archived, then restored from the checkpoint.
+    fn freeze(&self, info: &Container, out: &Path, options: &CheckpointOptions) -> Result<f64> {
         let started = Instant::now();
         let drain = Drain::new(out)?;
         let mut args: Vec<&OsStr> =
@@ -48,62 +96,22 @@ impl Podman {
                 .to_vec();
         args.extend(["--compress", "none", "--export"].map(OsStr::new));
         args.push(drain.fifo.as_os_str());
-        // Not podman's --leave-running: the process would go on changing its files while
-        // they are archived. It is stopped, archived, then restored from the checkpoint.
-        for (set, flag) in
-            [(options.tcp_established, "--tcp-established"), (options.file_locks, "--file-locks")]
-        {
-            if set {
-                args.push(OsStr::new(flag));
-            }
-        }
+        args.extend(criu_flags(options.tcp_established, options.file_locks).map(OsStr::new));
         args.push(OsStr::new(&info.id));
-        let podman_result = drain.run(|| self.run(&args));
-        podman_result?;
-        let mut podman_seconds = started.elapsed().as_secs_f64();
-        remove_stale_rootfs_diff(&info.bundle)?;
-        let exporter = exporter
-            .bundle_layout(true)
-            .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers });
-        let export = exporter.export(&info.bundle, out);
-        if !options.keep {
-            for name in CHECKPOINT_LEFTOVERS {
-                let path = info.bundle.join(name);
-                if let Err(e) = std::fs::remove_file(&path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    log::warn!("{}: cannot remove: {e}", path.display());
-                }
-            }
+        drain.run(|| self.run(&args))?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+/// Removes what podman's checkpoint leaves in the userdata dir that its own export removes.
+fn remove_leftovers(bundle: &Path) {
+    for name in CHECKPOINT_LEFTOVERS {
+        let path = bundle.join(name);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("{}: cannot remove: {e}", path.display());
         }
-        // Asked to stay running, the container does so even when its archive failed.
-        let mut restored = Ok(String::new());
-        if options.leave_running {
-            let started = Instant::now();
-            let mut args = vec!["container", "restore", "--keep"];
-            if options.tcp_established {
-                args.push("--tcp-established");
-            }
-            if options.file_locks {
-                args.push("--file-locks");
-            }
-            args.push(&info.id);
-            restored = self.run(&args);
-            podman_seconds += started.elapsed().as_secs_f64();
-        }
-        let export = match (export, restored) {
-            (Ok(export), Ok(_)) => export,
-            (Err(e), Ok(_)) => return Err(e),
-            (Ok(_), Err(e)) => {
-                log::error!("{}: archived to {}, but not running again", info.id, out.display());
-                return Err(e);
-            }
-            (Err(e), Err(restore)) => {
-                log::error!("{}: not running again: {restore}", info.id);
-                return Err(e);
-            }
-        };
-        Ok(CheckpointReport { container: info.id, podman_seconds, export })
     }
 }
 

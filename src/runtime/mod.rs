@@ -231,3 +231,11 @@ fn remove_stale_rootfs_diff(bundle: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The flags that ask CRIU, through podman, to keep established TCP connections and file
+/// locks: the same for a checkpoint and its restore.
+fn criu_flags<'a>(tcp_established: bool, file_locks: bool) -> impl Iterator<Item = &'a str> {
+    [(tcp_established, "--tcp-established"), (file_locks, "--file-locks")]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+}

@@ -18,7 +18,8 @@ use crate::tar::reader::Reader;
 
 use super::replay::{create_args, spec_differences};
 use super::{
-    Container, Podman, RestoreOptions, RestoreReport, RestoreTarget, Scratch, remove_stale_rootfs_diff,
+    Container, Podman, RestoreOptions, RestoreReport, RestoreTarget, Scratch, criu_flags,
+    remove_stale_rootfs_diff,
 };
 
 /// The largest `config.dump` or `spec.dump` read from an archive (memory stays bounded).
@@ -85,12 +86,7 @@ impl Podman {
         };
         let started = Instant::now();
         let mut args = vec!["container", "restore"];
-        if options.tcp_established {
-            args.push("--tcp-established");
-        }
-        if options.file_locks {
-            args.push("--file-locks");
-        }
+        args.extend(criu_flags(options.tcp_established, options.file_locks));
         args.push(&info.id);
         self.run(&args)?;
         *podman_seconds += started.elapsed().as_secs_f64();
