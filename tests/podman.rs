@@ -132,14 +132,7 @@ fn assert_same_entry(a: &Path, b: &Path, holes: bool) {
 /// Sets distinct mtimes (with nanoseconds) on every entry below `root` (root included),
 /// contents before their directory.
 fn set_distinct_mtimes(root: &Path, base: i64) {
-    let all: Vec<PathBuf> = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .contents_first(true)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|e| e.unwrap().into_path())
-        .collect();
-    for (i, path) in all.iter().enumerate() {
+    for (i, path) in entries_contents_first(root).iter().enumerate() {
         let i = i as i64;
         set_mtime(path, base + i * 977, 100_000_001 + i * 13_131_313 % 800_000_000);
     }

@@ -293,14 +293,7 @@ pub fn make_rich_tree(dir: &Path) {
     set_xattr(dir, "user.root-note", b"root of the rich tree");
 
     // --- mtimes last, contents before their directory, root last.
-    let entries: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .contents_first(true)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|e| e.unwrap().into_path())
-        .collect();
-    for (i, path) in entries.iter().enumerate() {
+    for (i, path) in entries_contents_first(dir).iter().enumerate() {
         let i = i as i64;
         let (sec, nsec) = if path == &p("files/future") {
             (4_102_444_800 + 17, 999_999_999)
@@ -309,6 +302,18 @@ pub fn make_rich_tree(dir: &Path) {
         };
         set_mtime(path, sec, if nsec == 0 { 1 } else { nsec });
     }
+}
+
+/// Every entry below `dir` (`dir` included), by name, each directory after its contents:
+/// the order in which setting mtimes leaves them set.
+pub fn entries_contents_first(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .contents_first(true)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .collect()
 }
 
 /// Relative path for messages ("." for the root).
