@@ -410,7 +410,7 @@ impl StaleTemps {
             } else {
                 AtFlags::empty()
             };
-            let path = self.dest.join(OsStr::from_bytes(&[rel, b"/", &name].concat()));
+            let path = self.dest.join(OsStr::from_bytes(rel)).join(name_os);
             match rustix::fs::unlinkat(dir, name_os, flags) {
                 Ok(()) => log::info!("{}: removed a stale temporary name", path.display()),
                 Err(e) => log::warn!(
