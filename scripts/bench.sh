@@ -382,6 +382,12 @@ setup_fs() {
   MNT=$mnt
 }
 
+# resident_bytes DIR: bytes of page cache the files below DIR hold (fincore).
+resident_bytes() {
+  find "$1" -xdev -type f -print0 | xargs -0 -r fincore --bytes --noheadings --output RES 2>/dev/null |
+    awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
 # measure FS OP TOOL RUN MNT FSTYPE OUTPUTS CMD: one timed run of CMD (bash -c), recorded in
 # $RUNS_TSV; OUTPUTS (space-separated paths, may be empty) are deleted afterwards.
 measure() {
@@ -393,6 +399,11 @@ measure() {
   /usr/bin/time -f '%M' -o "$TMPD/rss" bash -c "$cmd" >"$TMPD/stdout" 2>"$TMPD/stderr" || rc=$?
   sync -f "$mnt"
   t1=$(date +%s.%N)
+  # What the run left in the page cache: the resident pages of the filesystem's files (the
+  # caches were dropped before it; other processes' pages do not count).
+  if [[ $fs != many && $fs != rss4 && $RUNS_TSV == "$RES/runs.tsv" ]]; then
+    printf '%s\t%s\t%s\t%s\t%s\n' "$fs" "$op" "$tool" "$run" "$(resident_bytes "$mnt")" >>"$RES/cache.tsv"
+  fi
   if ((rc)); then
     log "$fs $op $tool run $run FAILED (exit $rc): $cmd"
     cat "$TMPD/stderr" >&2

@@ -18,6 +18,7 @@ import sys
 RSS_LIMIT_KIB = 32 * 1024  # 32 MiB
 DISK_LIMIT = 0.01  # archive's extra physical disk use <= 1% of the data
 REFLINK_FACTOR = 1.5
+CACHE_LIMIT = 256 << 20  # page cache a copy-path run may leave, per 4 GiB of data
 
 FS_NAMES = {
     "btrfs": "Btrfs",
@@ -72,7 +73,14 @@ def load(res):
                     ckpt.append((fs, op, int(run), json.loads(js)))
                 except ValueError:
                     pass
-    return runs, meta, ckpt
+    cache = {}
+    p = os.path.join(res, "cache.tsv")
+    if os.path.exists(p):
+        with open(p) as f:
+            for line in f:
+                fs, op, tool, _run, resident = line.rstrip("\n").split("\t")
+                cache.setdefault((fs, op, tool), []).append(int(resident))
+    return runs, meta, ckpt, cache
 
 
 def mib(b):
@@ -97,7 +105,7 @@ def fmt_s(x):
 
 def main():
     res = sys.argv[1]
-    runs, meta, ckpt = load(res)
+    runs, meta, ckpt, cache = load(res)
     order = [f for f in ("btrfs", "xfs", "ext4", "many", "rss4") if any(k[0] == f for k in runs)]
     rows = []
     checks = []  # (description, ok or None)
@@ -191,6 +199,25 @@ def main():
     for cells in rows:
         print("| " + " | ".join(cells.get(k, "") for k, _ in cols) + " |")
     print()
+
+    # Page cache a run leaves behind, on the copy path (ext4, zstd): ckpt within
+    # CACHE_LIMIT per 4 GiB of data, GNU tar for comparison.
+    cache_rows = [(k, statistics.median(v)) for k, v in sorted(cache.items()) if k[0] == "ext4" or k[1] == "zstd"]
+    if cache_rows:
+        print("Page cache left by a run (resident pages of the filesystem's files after it, median):")
+        print()
+        print("| FS | case | tool | resident | target |")
+        print("|---|---|---|--:|---|")
+        for (fs, op, tool), med in cache_rows:
+            data_bytes = int(meta.get("data_bytes." + fs, "0"))
+            target = ""
+            if tool == "ckpt" and data_bytes:
+                limit = CACHE_LIMIT * data_bytes / (4 << 30)
+                ok = med <= limit
+                target = ("PASS" if ok else "FAIL") + " (≤ %s)" % human(limit)
+                checks.append(("%s %s: page cache left ≤ 256 MiB per 4 GiB" % (FS_NAMES[fs], op), ok))
+            print("| %s | %s | %s | %s | %s |" % (FS_NAMES[fs], op, tool_label(fs, op, tool), human(med), target))
+        print()
 
     passed = sum(1 for _, ok in checks if ok is True)
     failed = [d for d, ok in checks if ok is False]

@@ -30,6 +30,7 @@ use crate::export::stream::{Sink, Stream};
 use crate::progress::{Progress, ProgressHandle};
 use crate::sys::mover::{MoveStats, Mover};
 use crate::sys::outfile::{Destination, OutFile, Writing};
+use crate::sys::uncached;
 use crate::tar::compress::{Compression, Encoder, OUTPUT_BUFFER};
 use crate::tar::{DEFAULT_ALIGN, manifest};
 
@@ -312,7 +313,12 @@ impl Exporter {
         fd: BorrowedFd<'_>,
         name: &Path,
     ) -> Result<(u64, u64)> {
-        let output = BufWriter::with_capacity(OUTPUT_BUFFER, FdWriter { fd, written: 0 });
+        // Into a regular file the output is written uncached: it is read again only on import.
+        let st = rustix::fs::fstat(fd).at("fstat", name)?;
+        #[allow(clippy::unnecessary_cast)] // field types differ between targets
+        let file_dev =
+            (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(st.st_dev as u64);
+        let output = BufWriter::with_capacity(OUTPUT_BUFFER, FdWriter { fd, file_dev, written: 0 });
         let mut encoder = Encoder::new(compression, output).at("start compressor for", name)?;
         let mut stream = Stream::new(Sink::Writer(Box::new(&mut encoder)), name, self.progress_receiver());
         stream.write_pieces(pieces)?;
@@ -344,12 +350,17 @@ impl Exporter {
 /// Writes to a descriptor the caller keeps open, counting the bytes.
 struct FdWriter<'a> {
     fd: BorrowedFd<'a>,
+    /// The device of a regular file written from its start, which is written uncached.
+    file_dev: Option<u64>,
     written: u64,
 }
 
 impl Write for FdWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = rustix::io::write(self.fd, buf)?;
+        let n = match self.file_dev {
+            Some(dev) => uncached::pwrite_all(self.fd, dev, buf, self.written).map(|()| buf.len())?,
+            None => rustix::io::write(self.fd, buf)?,
+        };
         self.written += n as u64;
         Ok(n)
     }

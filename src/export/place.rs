@@ -14,6 +14,7 @@ use crate::export::pieces::{Covered, Piece, Pieces};
 use crate::export::source::{self, SourceFile};
 use crate::progress::Progress;
 use crate::sys::mover::{End, Mover, Tail, shrunk, write_all_at};
+use crate::sys::uncached;
 use crate::tar::BLOCK;
 use crate::tar::manifest;
 
@@ -217,8 +218,15 @@ impl<'a> Placer<'a> {
 
     fn flush(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            write_all_at(self.target.file.as_fd(), &self.pending, self.pending_at)
-                .at("write", self.target.path)?;
+            let (fd, dev) = (self.target.file.as_fd(), self.target.dev);
+            // Where nothing is cloned the archive is all copies, and is written uncached like
+            // the copies; between clones, headers are too small to be worth it.
+            let written = if self.mover.may_clone(dev, dev) {
+                write_all_at(fd, &self.pending, self.pending_at)
+            } else {
+                uncached::pwrite_all(fd, dev, &self.pending, self.pending_at)
+            };
+            written.at("write", self.target.path)?;
             self.pending.clear();
         }
         Ok(())

@@ -16,6 +16,7 @@ use crate::export::pieces::{Piece, Pieces};
 use crate::export::source::{self, SourceFile};
 use crate::progress::Progress;
 use crate::sys::mover::shrunk;
+use crate::sys::uncached;
 use crate::tar::manifest;
 
 /// Where the archive's bytes go.
@@ -130,14 +131,18 @@ impl<'a> Stream<'a> {
         let file = source::open(source)?;
         // Checked before anything is sent: data a reader has seen cannot be taken back.
         source::check_unchanged(source, &file)?;
-        // Data that must be hashed goes through user space.
+        // Data that must be hashed goes through user space, and so does data that can be read
+        // without caching it (sendfile would cache it).
         let copied = match &self.sink {
-            Sink::Fd(fd) if self.hasher.is_none() => send(*fd, &file, source.size)
-                .map_err(|e| source::error_of(source, &file, source::transfer_error(e, path, self.name)))?,
+            Sink::Fd(fd) if self.hasher.is_none() && !uncached::supported(source.dev) => {
+                send(*fd, &file, source.size).map_err(|e| {
+                    source::error_of(source, &file, source::transfer_error(e, path, self.name))
+                })?
+            }
             _ => 0,
         };
         self.pos += copied;
-        self.copy_through_buffer(&file, copied, source.size)
+        self.copy_through_buffer(&file, source.dev, copied, source.size)
             .map_err(|e| source::error_of(source, &file, source::transfer_error(e, path, self.name)))?;
         source::check_unchanged(source, &file)?;
         self.bytes_copied += source.size;
@@ -147,7 +152,7 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    fn copy_through_buffer(&mut self, file: &File, from: u64, to: u64) -> io::Result<()> {
+    fn copy_through_buffer(&mut self, file: &File, dev: u64, from: u64, to: u64) -> io::Result<()> {
         if from == to {
             return Ok(());
         }
@@ -157,7 +162,7 @@ impl<'a> Stream<'a> {
         let mut offset = from;
         while offset < to {
             let want = (to - offset).min(self.buf.len() as u64) as usize;
-            let n = std::os::unix::fs::FileExt::read_at(file, &mut self.buf[..want], offset)?;
+            let n = uncached::pread(file.as_fd(), dev, &mut self.buf[..want], offset)?;
             if n == 0 {
                 return Err(shrunk());
             }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 use crate::import::extract::Filesystem;
-use crate::sys::mover::{End, MoveStats, Mover, Tail, write_all_at};
+use crate::sys::mover::{End, MoveStats, Mover, Tail};
+use crate::sys::uncached;
 use crate::tar::reader::{Entry, Reader};
 use crate::tar::round_up;
 
@@ -151,15 +152,44 @@ impl FileData {
             let want = (size - offset).min(self.buf.len() as u64) as usize;
             let buf = &mut self.buf[..want];
             reader.read_exact(buf).map_err(|e| Error::io("read", reader.archive_path(), e))?;
-            for (i, chunk) in buf.chunks(4096).enumerate() {
-                if chunk.iter().any(|&b| b != 0) {
-                    write_all_at(tmp.as_fd(), chunk, start + offset + (i * 4096) as u64)
-                        .at_with("write", path)?;
-                }
+            for (from, to) in data_runs(buf, 4096) {
+                let at = start + offset + from as u64;
+                uncached::pwrite_all(tmp.as_fd(), self.dev, &buf[from..to], at).at_with("write", path)?;
             }
             offset += want as u64;
         }
         self.mover.stats.bytes_copied += size;
         Ok(())
+    }
+}
+
+/// The byte ranges of `buf` that hold data, in whole `block`s (the last may be short): runs of
+/// blocks that are not all zeros, each written with one call.
+fn data_runs(buf: &[u8], block: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut blocks = buf.chunks(block).enumerate().peekable();
+    std::iter::from_fn(move || {
+        let (first, _) = blocks.find(|(_, chunk)| chunk.iter().any(|&b| b != 0))?;
+        let mut end = (first * block + block).min(buf.len());
+        while let Some((i, _)) = blocks.next_if(|(_, chunk)| chunk.iter().any(|&b| b != 0)) {
+            end = (i * block + block).min(buf.len());
+        }
+        Some((first * block, end))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_runs_skip_zero_blocks_and_join_the_rest() {
+        let mut buf = vec![0u8; 4096 * 5 + 100];
+        buf[10] = 1; // block 0
+        buf[4096 + 5] = 1; // block 1
+        buf[4096 * 3] = 1; // block 3
+        buf[4096 * 5 + 99] = 1; // the short last block
+        let runs: Vec<_> = data_runs(&buf, 4096).collect();
+        assert_eq!(runs, [(0, 8192), (4096 * 3, 4096 * 4), (4096 * 5, 4096 * 5 + 100)]);
+        assert_eq!(data_runs(&[0u8; 8192], 4096).count(), 0);
     }
 }

@@ -5,3 +5,4 @@ pub(crate) mod clone;
 pub(crate) mod mover;
 pub(crate) mod outfile;
 pub(crate) mod temp;
+pub(crate) mod uncached;

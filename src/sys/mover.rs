@@ -1,6 +1,6 @@
 //! The data mover: places a byte range of one file into another, sharing extents where the
-//! filesystem can (FICLONERANGE), else copying in the kernel (copy_file_range), else through
-//! a buffer. What works is remembered per pair of filesystems, so a filesystem without reflink
+//! filesystem can (FICLONERANGE), else copying in the kernel (copy_file_range, where it may
+//! still share), else through a buffer with uncached reads and writes (`sys::uncached`). What works is remembered per pair of filesystems, so a filesystem without reflink
 //! costs one failed call, not one per file.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use rustix::io::Errno;
 
-use crate::sys::clone;
+use crate::sys::{clone, uncached};
 
 /// How data gets from one filesystem to another, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,11 +191,12 @@ impl Mover {
             let data = match rustix::fs::seek(src.fd, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(data) => data,
                 // No data after pos: the rest is a hole.
-                Err(Errno::NXIO) => return Ok(written),
+                Err(Errno::NXIO) => end,
                 // No hole support: all of it is data.
                 Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
                 Err(e) => return Err(e.into()),
             };
+            uncached::forget_hole(src.fd, src.dev, pos, data.min(end) - pos);
             if data >= end {
                 return Ok(written);
             }
@@ -216,7 +217,12 @@ impl Mover {
     fn copy(&mut self, src: End<'_>, dst: End<'_>, len: u64, sharing: Sharing) -> io::Result<()> {
         let pair = (src.dev, dst.dev);
         let (mut src_off, mut dst_off, mut left) = (src.offset, dst.offset, len);
-        if sharing == Sharing::Allowed && self.rung(pair) <= Rung::CopyFileRange {
+        // Between filesystems that cannot clone, copy_file_range copies through the page
+        // cache: uncached reads and writes copy the same bytes and leave the cache alone.
+        let uncached = uncached::supported(src.dev) && uncached::supported(dst.dev);
+        let rung = self.rung(pair);
+        if sharing == Sharing::Allowed && (rung == Rung::Clone || (rung == Rung::CopyFileRange && !uncached))
+        {
             while left > 0 {
                 let want = left.min(1 << 30) as usize;
                 match rustix::fs::copy_file_range(
@@ -247,13 +253,11 @@ impl Mover {
         }
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
-            let n = match rustix::io::pread(src.fd, &mut self.buf[..want], src_off) {
-                Ok(0) => return Err(shrunk()),
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
+            let n = match uncached::pread(src.fd, src.dev, &mut self.buf[..want], src_off)? {
+                0 => return Err(shrunk()),
+                n => n,
             };
-            write_all_at(dst.fd, &self.buf[..n], dst_off)?;
+            uncached::pwrite_all(dst.fd, dst.dev, &self.buf[..n], dst_off)?;
             src_off += n as u64;
             dst_off += n as u64;
             left -= n as u64;

@@ -4,10 +4,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use crate::error::{Context, Error, Result};
+use crate::sys::uncached;
 use crate::tar::compress::{self, Compression, Decompressed};
 
 /// An opened archive.
@@ -35,5 +36,9 @@ pub(crate) fn open(archive: &Path) -> Result<Opened> {
             return Ok(Opened::File(file, meta.len()));
         }
     }
-    Ok(Opened::Stream(Box::new(compress::decompress(Box::new(file), archive)?)))
+    // A compressed file is read once: uncached, so it does not evict the running workloads'
+    // pages. Pipes and devices have no page cache to spare.
+    let input: Box<dyn io::Read> =
+        if meta.is_file() { Box::new(uncached::FileReader::new(file, meta.dev())) } else { Box::new(file) };
+    Ok(Opened::Stream(Box::new(compress::decompress(input, archive)?)))
 }
