@@ -94,6 +94,17 @@ pub enum Error {
         /// The runtime's message, or why ckpt refuses.
         reason: String,
     },
+    /// A registry or OCI image layout refused or failed an operation, or served content that
+    /// is not what it claims (a digest mismatch, an oversized or malformed manifest).
+    #[error("{reference}: {op}: {reason}")]
+    Registry {
+        /// The image reference (`HOST/REPO:TAG`, `oci:DIR:TAG`).
+        reference: String,
+        /// The operation (`pull manifest`, `push blob sha256:...`).
+        op: String,
+        /// What went wrong: the registry's answer, or what is wrong with its content.
+        reason: String,
+    },
 }
 
 /// What a caller can do about an [`Error`].
@@ -114,6 +125,8 @@ pub enum ErrorKind {
     Usage,
     /// The container runtime failed or cannot do this faithfully.
     Runtime,
+    /// A registry (or image layout) failed, refused, or served bad content.
+    Registry,
 }
 
 /// `member "NAME" at offset N: `, or `at offset N: ` where no member is concerned (an empty or
@@ -165,6 +178,7 @@ impl Error {
             Error::Unsuitable { .. } => ErrorKind::Unsuitable,
             Error::Usage { .. } => ErrorKind::Usage,
             Error::Runtime { .. } => ErrorKind::Runtime,
+            Error::Registry { .. } => ErrorKind::Registry,
         }
     }
 

@@ -36,6 +36,7 @@ mod hook;
 mod import;
 mod inspect;
 mod progress;
+mod registry;
 mod report;
 mod runtime;
 mod sys;
@@ -50,6 +51,7 @@ pub use import::Importer;
 pub use import::stats::ImportStats;
 pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
 pub use progress::Progress;
+pub use registry::{Access, PullStats, PushStats, Reference, Registry, Version};
 pub use runtime::{
     CheckpointOptions, CheckpointReport, Podman, RestoreOptions, RestoreReport, RestoreTarget,
 };

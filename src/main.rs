@@ -46,6 +46,8 @@ fn run(command: Command, progress: bool) -> ckpt::Result<ExitCode> {
         Command::Hook => hook(),
         Command::Podman(PodmanCommand::Checkpoint(args)) => podman_checkpoint(args, progress),
         Command::Podman(PodmanCommand::Restore(args)) => podman_restore(args),
+        Command::Push(args) => cli::registry::push(args),
+        Command::Pull(args) => cli::registry::pull(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ckpt", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -15,4 +15,5 @@ mod memory;
 mod podman;
 mod podman_e2e;
 mod proptest_roundtrip;
+mod registry;
 mod roundtrip;

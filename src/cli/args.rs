@@ -45,6 +45,12 @@ pub(crate) enum Command {
     /// own configuration applies (containers.conf, storage.conf, CONTAINERS_CONF, ...).
     #[command(subcommand)]
     Podman(PodmanCommand),
+    /// Push a checkpoint (archive or bundle) to a registry or an OCI layout as an image whose
+    /// unchanged files are the same layers as before; prints the manifest digest.
+    Push(crate::cli::registry::PushArgs),
+    /// Pull a checkpoint image into an aligned ckpt archive (or restore it with --import),
+    /// downloading only the layers the local store lacks; prints the manifest digest.
+    Pull(crate::cli::registry::PullArgs),
     /// Print a shell completion script (e.g. `ckpt completions bash > /etc/bash_completion.d/ckpt`).
     Completions {
         #[arg(value_enum)]

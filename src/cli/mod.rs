@@ -3,4 +3,5 @@
 pub(crate) mod args;
 mod bar;
 pub(crate) mod commands;
+pub(crate) mod registry;
 mod summary;

@@ -1,0 +1,354 @@
+//! `ckpt push` and `ckpt pull` against a real registry (Debian's docker-registry, the CNCF
+//! distribution registry, on 127.0.0.1 with filesystem storage in a temp dir) and against
+//! OCI image layouts; skopeo as an independent reader.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A registry on a free port of 127.0.0.1, killed (and its storage removed) on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// None (the test skips) when docker-registry is not installed, except under CI.
+    fn start() -> Option<Registry> {
+        if !skip_unless(Path::new(REGISTRY_BIN).is_file(), "docker-registry is not installed") {
+            return None;
+        }
+        let dir = tempfile::tempdir_in(test_base_dir()).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("config.yml");
+        let storage = dir.path().join("storage");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {REGISTRY_BIN}: {e}"));
+        let registry = Registry { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen on 127.0.0.1:{port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    fn reference(&self, repo_tag: &str) -> String {
+        format!("127.0.0.1:{}/{repo_tag}", self.port)
+    }
+
+    /// The registry's blob files (`.../blobs/sha256/XX/HEX/data`) and their total size.
+    fn blobs(&self) -> (usize, u64) {
+        let root = self.dir.path().join("storage/docker/registry/v2/blobs");
+        let mut count = 0;
+        let mut bytes = 0;
+        for entry in walkdir::WalkDir::new(&root).into_iter().flatten() {
+            if entry.file_type().is_file() && entry.file_name() == "data" {
+                count += 1;
+                bytes += entry.metadata().unwrap().len();
+            }
+        }
+        (count, bytes)
+    }
+
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// The sample bundle with two large CRIU page images (one sparse) beside its small files.
+fn bundle(dir: &Path, seed: u64) -> PathBuf {
+    let path = dir.join(format!("bundle-{seed}"));
+    Bundle::sample()
+        .file("checkpoint/pages-2.img", pseudo_random_bytes(seed, 3 * MIB))
+        .file("checkpoint/pages-3.img", pseudo_random_bytes(1000, 2 * MIB))
+        .sparse("checkpoint/pages-4.img", 8 * MIB as u64, vec![(4096, pseudo_random_bytes(7, 8192))])
+        .write(&path);
+    // A checkpoint's unchanged files keep their mtime; the helper writes them anew.
+    for rel in ["checkpoint/pages-3.img", "checkpoint/pages-4.img"] {
+        set_mtime(&path.join(rel), 1_700_000_000, 5);
+    }
+    path
+}
+
+/// What `ckpt import` of `ckpt export --bundle SRC` gives: the tree a pulled image must equal
+/// (the archive has no `./`, so the root's own metadata is the importer's).
+fn expected_tree(src: &Path) -> PathBuf {
+    let archive = src.with_extension("expected.tar");
+    let tree = src.with_extension("expected");
+    ckpt_ok(&[&"export", &"--bundle", &src, &archive]);
+    ckpt_ok(&[&"import", &archive, &tree]);
+    tree
+}
+
+/// Compares `dest` with the tree the bundle `src` exports to, the root's mtime aside.
+fn assert_same_checkpoint(src: &Path, dest: &Path) {
+    let expected = expected_tree(src);
+    let root = fs::metadata(dest).unwrap().modified().unwrap();
+    fs::File::open(&expected).unwrap().set_modified(root).unwrap();
+    assert_trees_equal(&expected, dest);
+}
+
+fn push_json(src: &Path, reference: &str, store: &Path) -> serde_json::Value {
+    ckpt_json(&[&"push", &"--json", &"--tls-verify=false", &"--store", &store, &src, &reference])
+}
+
+fn pull_json(reference: &str, store: &Path, out: &[Arg]) -> serde_json::Value {
+    let mut args: Vec<Arg> = vec![&"pull", &"--json", &"--tls-verify=false", &"--store", &store, &reference];
+    args.extend_from_slice(out);
+    ckpt_json(&args)
+}
+
+fn layer_digests(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn push_then_pull_on_another_host_then_import_gives_the_same_tree() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 1);
+    let archive = tmp.path().join("src.tar");
+    ckpt_ok(&[&"export", &"--bundle", &src, &archive]);
+    let reference = registry.reference("ckpt/app:cp1");
+    let pushed = push_json(&archive, &reference, &tmp.path().join("store-a"));
+    assert_eq!(json_u64(&pushed, "blobs_skipped"), 0);
+    // A fresh store: nothing is shared with the pushing side.
+    let dest = tmp.path().join("dest");
+    let pulled = pull_json(&reference, &tmp.path().join("store-b"), &[&"--import", &dest]);
+    assert_eq!(pulled["digest"], pushed["digest"]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn pull_writes_a_0600_archive_that_imports_to_the_same_tree() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 2);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&src, &reference, &tmp.path().join("store-a"));
+    let out = tmp.path().join("pulled.tar");
+    pull_json(&reference, &tmp.path().join("store-b"), &[&out]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let verify = ckpt_json(&[&"verify", &"--json", &out]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"import", &out, &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn an_oci_layout_round_trip_gives_the_same_tree_and_skopeo_reads_the_layout() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 3);
+    let layout = tmp.path().join("layout");
+    let reference = format!("oci:{}:cp1", layout.display());
+    let pushed = ckpt_json(&[&"push", &"--json", &"--store", &tmp.path().join("store-a"), &src, &reference]);
+    for name in ["oci-layout", "index.json"] {
+        assert!(layout.join(name).is_file(), "{name} missing");
+    }
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"pull", &"--store", &tmp.path().join("store-b"), &reference, &"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+    if have("skopeo") {
+        let raw = parse_json(&sh("skopeo", &[&"inspect", &"--raw", &reference]));
+        let digest = format!("sha256:{}", sha256_hex(&serde_json::to_vec(&raw).unwrap()));
+        assert_eq!(raw["annotations"]["org.criu.checkpoint.container.name"], "sample-sleeper");
+        // skopeo's re-serialization may differ in bytes; the layers are what must match.
+        assert_eq!(layer_digests(&raw).len(), 4, "{digest}: {raw}");
+        assert!(pushed["digest"].as_str().unwrap().starts_with("sha256:"));
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn skopeo_inspect_shows_the_checkpoint_annotations_podman_cri_o_and_criu_read() {
+    let Some(registry) = Registry::start() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 4);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&src, &reference, &tmp.path().join("store"));
+    let raw = parse_json(&sh(
+        "skopeo",
+        &[&"inspect", &"--raw", &"--tls-verify=false", &format!("docker://{reference}")],
+    ));
+    let annotations = &raw["annotations"];
+    for key in [
+        "io.podman.annotations.checkpoint.name",
+        "io.kubernetes.cri-o.annotations.checkpoint.name",
+        "org.criu.checkpoint.container.name",
+    ] {
+        assert_eq!(annotations[key], "sample-sleeper", "{key}: {raw}");
+    }
+    assert_eq!(annotations["io.podman.annotations.checkpoint.runtime.name"], "crun", "{raw}");
+    assert_eq!(
+        annotations["io.podman.annotations.checkpoint.rootfsImageName"],
+        "docker.io/library/alpine:3.20"
+    );
+    assert_eq!(annotations["org.criu.checkpoint.engine.name"], "podman");
+    // One layer per large file (pages-2, -3, -4), then the small files.
+    assert_eq!(layer_digests(&raw).len(), 4, "{raw}");
+}
+
+#[test]
+fn a_second_push_after_one_large_file_changed_uploads_only_its_layer_and_the_small_files_layer() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let store = tmp.path().join("store");
+    let first = bundle(tmp.path(), 5);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&first, &reference, &store);
+    let (blobs_before, bytes_before) = registry.blobs();
+    // The same container's next checkpoint: pages-2.img changed, the rest did not.
+    let second = bundle(tmp.path(), 6);
+    let stats = push_json(&second, &registry.reference("ckpt/app:cp2"), &store);
+    let (blobs_after, bytes_after) = registry.blobs();
+    // The registry keeps manifests as blobs too.
+    assert_eq!(
+        blobs_after - blobs_before,
+        4,
+        "the changed layer, the small-files layer, the config, the manifest"
+    );
+    let added = bytes_after - bytes_before;
+    assert!(added < 3 * MIB as u64 + 256 * 1024, "{added} bytes added to the registry");
+    assert!(added >= 3 * MIB as u64, "{added} bytes added to the registry");
+    assert_eq!(json_u64(&stats, "blobs_skipped"), 2, "{stats}");
+    let uploaded = json_u64(&stats, "bytes_uploaded");
+    assert!(
+        uploaded < added && added - uploaded < 4096,
+        "{uploaded} uploaded, {added} added: the rest is the manifest"
+    );
+
+    // The second pull into the first pull's store downloads the same two layers only.
+    let pull_store = tmp.path().join("pull-store");
+    pull_json(&reference, &pull_store, &[&tmp.path().join("one.tar")]);
+    let pulled = pull_json(&registry.reference("ckpt/app:cp2"), &pull_store, &[&tmp.path().join("two.tar")]);
+    assert_eq!(json_u64(&pulled, "blobs_downloaded"), 2, "{pulled}");
+    assert_eq!(json_u64(&pulled, "blobs_reused"), 2, "{pulled}");
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"import", &tmp.path().join("two.tar"), &dest]);
+    assert_same_checkpoint(&second, &dest);
+}
+
+#[test]
+fn a_tampered_blob_in_the_registry_fails_the_pull_naming_it_and_leaves_no_out() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 7);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&src, &reference, &tmp.path().join("store-a"));
+    let manifest = parse_json(&sh(
+        "skopeo",
+        &[&"inspect", &"--raw", &"--tls-verify=false", &format!("docker://{reference}")],
+    ));
+    let victim = layer_digests(&manifest)[0].clone();
+    let file = registry.blob_file(&victim);
+    let mut data = fs::read(&file).unwrap();
+    data[10_000] ^= 0x40;
+    fs::write(&file, &data).unwrap();
+    let out = tmp.path().join("out.tar");
+    let store = tmp.path().join("store-b");
+    let failed = ckpt_code(1, &[&"pull", &"--tls-verify=false", &"--store", &store, &reference, &out]);
+    let stderr = stderr_of(&failed);
+    assert!(
+        stderr.contains(&reference) && stderr.contains(&victim) && stderr.contains("digest mismatch"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a partial OUT was left");
+    assert!(!store.join("blobs/sha256").join(victim.strip_prefix("sha256:").unwrap()).exists());
+    assert_eq!(
+        fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("out.tar"))
+            .count(),
+        0
+    );
+    let dest = tmp.path().join("dest");
+    ckpt_code(1, &[&"pull", &"--tls-verify=false", &"--store", &store, &reference, &"--import", &dest]);
+    assert!(!dest.exists(), "DEST was created");
+}
+
+#[test]
+fn a_tampered_blob_in_an_oci_layout_fails_the_pull_and_leaves_nothing_under_dest() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 8);
+    let layout = tmp.path().join("layout");
+    let reference = format!("oci:{}:cp1", layout.display());
+    ckpt_ok(&[&"push", &"--store", &tmp.path().join("store-a"), &src, &reference]);
+    let index = parse_json(&fs::read_to_string(layout.join("index.json")).unwrap());
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let blob = |d: &str| layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
+    let manifest = parse_json(&fs::read_to_string(blob(&manifest_digest)).unwrap());
+    let victim = layer_digests(&manifest).last().unwrap().clone();
+    let mut data = fs::read(blob(&victim)).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    fs::write(blob(&victim), &data).unwrap();
+    let dest = tmp.path().join("dest");
+    let failed =
+        ckpt_code(1, &[&"pull", &"--store", &tmp.path().join("store-b"), &reference, &"--import", &dest]);
+    let stderr = stderr_of(&failed);
+    assert!(stderr.contains(&victim) && stderr.contains("digest mismatch"), "{stderr}");
+    assert!(!dest.exists(), "DEST was created");
+}
+
+#[test]
+fn a_pull_from_a_registry_that_is_down_fails_naming_the_reference() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let reference = format!("127.0.0.1:{port}/ckpt/app:cp1");
+    let out = tmp.path().join("out.tar");
+    let failed =
+        ckpt_code(1, &[&"pull", &"--tls-verify=false", &"--store", &tmp.path().join("s"), &reference, &out]);
+    let stderr = stderr_of(&failed);
+    assert!(stderr.contains(&reference) && stderr.contains("connect"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_reference_without_a_registry_host_is_a_usage_error() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let failed =
+        ckpt_code(2, &[&"pull", &"--store", &tmp.path().join("s"), &"app:latest", &tmp.path().join("o")]);
+    assert!(stderr_of(&failed).contains("\"app:latest\""), "{}", stderr_of(&failed));
+}
