@@ -100,13 +100,7 @@ pub(crate) fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode>
     if args.json {
         println!("{}", summary(&stats));
     }
-    if !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty() {
-        eprintln!(
-            "ckpt: import incomplete: {} existing entries left untouched, {} members refused, {} failed",
-            stats.conflicts.len(),
-            stats.refused.len(),
-            stats.failed.len()
-        );
+    if incomplete(&stats) {
         return Ok(ExitCode::FAILURE);
     }
     Ok(if stats.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) })
@@ -257,4 +251,18 @@ pub(crate) fn man(command: Option<&str>) -> ckpt::Result<ExitCode> {
     clap_mangen::Man::new(page).render(&mut out).expect("rendering into memory cannot fail");
     std::io::stdout().write_all(&out).map_err(|e| ckpt::Error::io("write", "/dev/stdout", e))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an import left entries or members out, which fails the command; says so on stderr.
+pub(crate) fn incomplete(stats: &ckpt::ImportStats) -> bool {
+    let incomplete = !stats.conflicts.is_empty() || !stats.refused.is_empty() || !stats.failed.is_empty();
+    if incomplete {
+        eprintln!(
+            "ckpt: import incomplete: {} existing entries left untouched, {} members refused, {} failed",
+            stats.conflicts.len(),
+            stats.refused.len(),
+            stats.failed.len()
+        );
+    }
+    incomplete
 }

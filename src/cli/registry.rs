@@ -98,13 +98,7 @@ pub(crate) fn pull(args: PullArgs) -> ckpt::Result<ExitCode> {
                 importer = importer.rootfs(ckpt::Rootfs::Diff { upper: upper.clone(), lowers: vec![] });
             }
             let (stats, imported) = registry.pull_import(&reference, dest, importer)?;
-            if !imported.conflicts.is_empty() || !imported.refused.is_empty() || !imported.failed.is_empty() {
-                eprintln!(
-                    "ckpt: import incomplete: {} existing entries left untouched, {} members refused, {} failed",
-                    imported.conflicts.len(),
-                    imported.refused.len(),
-                    imported.failed.len()
-                );
+            if crate::cli::commands::incomplete(&imported) {
                 return Ok(ExitCode::FAILURE);
             }
             stats
