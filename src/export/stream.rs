@@ -1,6 +1,7 @@
 //! The stream writer: writes a planned archive front to back to a pipe, a device or a
-//! compressor, where nothing can be placed by offset or shared. File data goes to a plain
-//! descriptor with sendfile (no copy through user space), to a compressor through a buffer.
+//! compressor, where nothing can be placed by offset or shared. File data is read uncached
+//! into a buffer; to a plain descriptor it goes with sendfile instead (no copy through user
+//! space) where the source's filesystem cannot read uncached, since sendfile caches it.
 
 use std::fs::File;
 use std::io::{self, Write};
