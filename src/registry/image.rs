@@ -37,62 +37,8 @@ pub(crate) struct Image {
 /// `work` for the layer trees.
 pub(crate) fn build(tree: &Path, work: &Path, store: &Store) -> Result<Image> {
     let annotations = annotations(tree)?;
-    let mut inodes: BTreeMap<(u64, u64), Vec<PathBuf>> = BTreeMap::new();
-    let mut dir_times = Vec::new();
-    for entry in walkdir::WalkDir::new(tree).sort_by_file_name() {
-        let entry = entry.map_err(|e| {
-            Error::io(
-                "read directory",
-                e.path().unwrap_or(tree).to_path_buf(),
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io("lstat", entry.path(), std::io::Error::other(e.to_string())))?;
-        if meta.is_dir() {
-            dir_times.push((
-                entry.path().to_path_buf(),
-                meta.accessed().at("stat", entry.path())?,
-                meta.modified().at("stat", entry.path())?,
-            ));
-        } else if meta.is_file() && meta.len() >= OWN_LAYER_MIN {
-            let rel = entry.path().strip_prefix(tree).expect("the walk stays below its root").to_path_buf();
-            inodes.entry((meta.dev(), meta.ino())).or_default().push(rel);
-        }
-    }
-    let mut groups: Vec<Vec<PathBuf>> = inodes.into_values().collect();
-    groups.sort();
-    let layers_dir = work.join("layers");
-    fs::DirBuilder::new().mode(0o700).create(&layers_dir).at("mkdir", &layers_dir)?;
-    let mut layer_trees = Vec::new();
-    for (n, names) in groups.iter().enumerate() {
-        let root = layers_dir.join(n.to_string());
-        let mut made = vec![root.clone()];
-        copy_dir_meta(tree, &root, &mut made)?;
-        for rel in names {
-            let mut from_dir = tree.to_path_buf();
-            let mut to_dir = root.clone();
-            if let Some(parent) = rel.parent() {
-                for component in parent.components() {
-                    from_dir.push(component);
-                    to_dir.push(component);
-                    if !to_dir.exists() {
-                        copy_dir_meta(&from_dir, &to_dir, &mut made)?;
-                    }
-                }
-            }
-            let (from, to) = (tree.join(rel), root.join(rel));
-            fs::rename(&from, &to).at("rename", &from)?;
-        }
-        // A layer's directories are only the way to its file: their own metadata comes from
-        // the last layer, and a fixed mtime keeps this layer's bytes the same when only the
-        // directories changed.
-        for dir in made.iter().rev() {
-            set_times(dir, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH)?;
-        }
-        layer_trees.push(root);
-    }
+    let (groups, dir_times) = large_files(tree)?;
+    let mut layer_trees = own_layers(tree, work, &groups)?;
     for (dir, atime, mtime) in dir_times.iter().rev() {
         set_times(dir, *atime, *mtime)?;
     }
@@ -128,6 +74,76 @@ pub(crate) fn build(tree: &Path, work: &Path, store: &Store) -> Result<Image> {
     }))
     .expect("JSON values serialize");
     Ok(Image { layers, config, manifest })
+}
+
+/// A directory's path with its access and modification times.
+type DirTimes = (PathBuf, SystemTime, SystemTime);
+
+/// The files of `tree` large enough for a layer of their own, grouped by inode (hard links
+/// travel together) and sorted; and every directory's times, to be put back after the
+/// files move out.
+fn large_files(tree: &Path) -> Result<(Vec<Vec<PathBuf>>, Vec<DirTimes>)> {
+    let mut inodes: BTreeMap<(u64, u64), Vec<PathBuf>> = BTreeMap::new();
+    let mut dir_times = Vec::new();
+    for entry in walkdir::WalkDir::new(tree).sort_by_file_name() {
+        let entry = entry.map_err(|e| {
+            Error::io(
+                "read directory",
+                e.path().unwrap_or(tree).to_path_buf(),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| Error::io("lstat", entry.path(), std::io::Error::other(e.to_string())))?;
+        if meta.is_dir() {
+            dir_times.push((
+                entry.path().to_path_buf(),
+                meta.accessed().at("stat", entry.path())?,
+                meta.modified().at("stat", entry.path())?,
+            ));
+        } else if meta.is_file() && meta.len() >= OWN_LAYER_MIN {
+            let rel = entry.path().strip_prefix(tree).expect("the walk stays below its root").to_path_buf();
+            inodes.entry((meta.dev(), meta.ino())).or_default().push(rel);
+        }
+    }
+    let mut groups: Vec<Vec<PathBuf>> = inodes.into_values().collect();
+    groups.sort();
+    Ok((groups, dir_times))
+}
+
+/// Moves each group of `groups` out of `tree` into a layer tree of its own under `work`,
+/// with the directories on the way to it; the layer trees, in order.
+fn own_layers(tree: &Path, work: &Path, groups: &[Vec<PathBuf>]) -> Result<Vec<PathBuf>> {
+    let layers_dir = work.join("layers");
+    fs::DirBuilder::new().mode(0o700).create(&layers_dir).at("mkdir", &layers_dir)?;
+    let mut layer_trees = Vec::new();
+    for (n, names) in groups.iter().enumerate() {
+        let root = layers_dir.join(n.to_string());
+        let mut made = vec![root.clone()];
+        copy_dir_meta(tree, &root, &mut made)?;
+        for rel in names {
+            let mut from_dir = tree.to_path_buf();
+            let mut to_dir = root.clone();
+            for component in rel.parent().into_iter().flat_map(Path::components) {
+                from_dir.push(component);
+                to_dir.push(component);
+                if !to_dir.exists() {
+                    copy_dir_meta(&from_dir, &to_dir, &mut made)?;
+                }
+            }
+            let (from, to) = (tree.join(rel), root.join(rel));
+            fs::rename(&from, &to).at("rename", &from)?;
+        }
+        // A layer's directories are only the way to its file: their own metadata comes from
+        // the last layer, and a fixed mtime keeps this layer's bytes the same when only the
+        // directories changed.
+        for dir in made.iter().rev() {
+            set_times(dir, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH)?;
+        }
+        layer_trees.push(root);
+    }
+    Ok(layer_trees)
 }
 
 /// Creates `to` with `from`'s mode and owner.

@@ -124,7 +124,8 @@ impl Registry {
             blobs_skipped: 0,
             seconds: 0.0,
         };
-        let config_digest = Digest::of(&image.config);
+        let config = work.path().join("config.json");
+        std::fs::write(&config, &image.config).map_err(|e| Error::io("write", &config, e))?;
         match &target {
             Target::Registry(client, version) => {
                 let tag = match version {
@@ -136,44 +137,16 @@ impl Registry {
                         ));
                     }
                 };
-                for (digest, size) in &image.layers {
-                    if client.has_blob(digest)? {
-                        stats.blobs_skipped += 1;
-                    } else {
-                        client.push_blob(digest, &store.blob(digest))?;
-                        stats.blobs_uploaded += 1;
-                        stats.bytes_uploaded += size;
-                    }
-                }
-                if client.has_blob(&config_digest)? {
-                    stats.blobs_skipped += 1;
-                } else {
-                    let path = work.path().join("config.json");
-                    std::fs::write(&path, &image.config).map_err(|e| Error::io("write", &path, e))?;
-                    client.push_blob(&config_digest, &path)?;
-                    stats.blobs_uploaded += 1;
-                    stats.bytes_uploaded += image.config.len() as u64;
-                }
+                let has = |digest: &Digest, _size| client.has_blob(digest);
+                let mut put = |digest: &Digest, path: &Path| client.push_blob(digest, path);
+                send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 client.push_manifest(tag, &image.manifest, MANIFEST_TYPE)?;
             }
             Target::Layout(layout, tag) => {
                 layout.create()?;
-                for (digest, size) in &image.layers {
-                    if layout.has_blob(digest, *size) {
-                        stats.blobs_skipped += 1;
-                    } else {
-                        layout.put_blob(digest, &store.blob(digest))?;
-                        stats.blobs_uploaded += 1;
-                        stats.bytes_uploaded += size;
-                    }
-                }
-                if layout.has_blob(&config_digest, image.config.len() as u64) {
-                    stats.blobs_skipped += 1;
-                } else {
-                    layout.put_bytes(&config_digest, &image.config)?;
-                    stats.blobs_uploaded += 1;
-                    stats.bytes_uploaded += image.config.len() as u64;
-                }
+                let has = |digest: &Digest, size| Ok(layout.has_blob(digest, size));
+                let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path);
+                send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 let manifest_digest = Digest::of(&image.manifest);
                 layout.put_bytes(&manifest_digest, &image.manifest)?;
                 layout.tag(tag, &manifest_digest, image.manifest.len() as u64)?;
@@ -325,6 +298,31 @@ fn check_digest(data: &[u8], expected: &Digest) -> std::result::Result<(), Strin
     let got = Digest::of(data);
     if &got != expected {
         return Err(format!("digest mismatch: expected {expected}, the data hashes to {got}"));
+    }
+    Ok(())
+}
+
+/// Sends the blobs of `image` the target lacks (`has` says which it has): each layer from
+/// the store, then the config from `config`; counted in `stats`.
+fn send_blobs(
+    image: &image::Image,
+    store: &Store,
+    config: &Path,
+    stats: &mut PushStats,
+    has: &dyn Fn(&Digest, u64) -> Result<bool>,
+    put: &mut dyn FnMut(&Digest, &Path) -> Result<()>,
+) -> Result<()> {
+    let config_blob: (Digest, PathBuf, u64) =
+        (Digest::of(&image.config), config.to_path_buf(), image.config.len() as u64);
+    let layers = image.layers.iter().map(|(digest, size)| (digest.clone(), store.blob(digest), *size));
+    for (digest, path, size) in layers.chain([config_blob]) {
+        if has(&digest, size)? {
+            stats.blobs_skipped += 1;
+        } else {
+            put(&digest, &path)?;
+            stats.blobs_uploaded += 1;
+            stats.bytes_uploaded += size;
+        }
     }
     Ok(())
 }
