@@ -87,15 +87,10 @@ fn large_files(tree: &Path) -> Result<(Vec<Vec<PathBuf>>, Vec<DirTimes>)> {
     let mut dir_times = Vec::new();
     for entry in walkdir::WalkDir::new(tree).sort_by_file_name() {
         let entry = entry.map_err(|e| {
-            Error::io(
-                "read directory",
-                e.path().unwrap_or(tree).to_path_buf(),
-                std::io::Error::other(e.to_string()),
-            )
+            let path = e.path().unwrap_or(tree).to_path_buf();
+            Error::io("read directory", path, walk_error(e))
         })?;
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io("lstat", entry.path(), std::io::Error::other(e.to_string())))?;
+        let meta = entry.metadata().map_err(|e| Error::io("lstat", entry.path(), walk_error(e)))?;
         if meta.is_dir() {
             dir_times.push((
                 entry.path().to_path_buf(),
@@ -110,6 +105,12 @@ fn large_files(tree: &Path) -> Result<(Vec<Vec<PathBuf>>, Vec<DirTimes>)> {
     let mut groups: Vec<Vec<PathBuf>> = inodes.into_values().collect();
     groups.sort();
     Ok((groups, dir_times))
+}
+
+/// The system's error behind a walk error (its errno kept), or the walk's own (a loop).
+fn walk_error(e: walkdir::Error) -> std::io::Error {
+    let text = e.to_string();
+    e.into_io_error().unwrap_or_else(|| std::io::Error::other(text))
 }
 
 /// Moves each group of `groups` out of `tree` into a layer tree of its own under `work`,
