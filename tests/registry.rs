@@ -131,11 +131,13 @@ fn expected_tree(src: &Path) -> PathBuf {
     tree
 }
 
-/// Compares `dest` with the tree the bundle `src` exports to, the root's mtime aside.
+/// Compares `dest` with the tree the bundle `src` exports to, the root's mtime and mode
+/// aside (the importer's: podman's image root is 0555).
 fn assert_same_checkpoint(src: &Path, dest: &Path) {
     let expected = expected_tree(src);
-    let root = fs::metadata(dest).unwrap().modified().unwrap();
-    fs::File::open(&expected).unwrap().set_modified(root).unwrap();
+    let root = fs::metadata(dest).unwrap();
+    fs::File::open(&expected).unwrap().set_modified(root.modified().unwrap()).unwrap();
+    fs::set_permissions(&expected, root.permissions()).unwrap();
     assert_trees_equal(&expected, dest);
 }
 
@@ -518,4 +520,31 @@ fn an_authfile_in_podmans_format_authenticates_push_and_pull() {
     let dest = tmp.path().join("dest");
     ckpt_ok(&[&"import", &out, &dest]);
     assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn podman_pull_of_a_pushed_checkpoint_shows_its_checkpoint_annotations_and_its_tree() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let Some(pm) = Podman::new(&s) else { return };
+    let Some(registry) = Registry::start() else { return };
+    let src = bundle(&s.path(""), 14);
+    let reference = registry.reference("ckpt/app:cp1");
+    let pushed = push_json(&src, &reference, &s.path("store"));
+    pm.ok(&[&"pull", &"-q", &"--tls-verify=false", &reference]);
+    let inspected: serde_json::Value = serde_json::from_str(&pm.ok(&[&"image", &"inspect", &reference]))
+        .expect("podman image inspect: JSON");
+    let image = &inspected[0];
+    let digest = pushed["digest"].as_str().unwrap();
+    assert_eq!(image["Digest"], digest, "{image}");
+    // The keys podman reads back from its own store to treat the image as a checkpoint.
+    let annotations = &image["Annotations"];
+    assert_eq!(annotations["io.podman.annotations.checkpoint.name"], "sample-sleeper", "{image}");
+    assert_eq!(annotations["io.podman.annotations.checkpoint.runtime.name"], "crun", "{image}");
+    assert_eq!(annotations["io.kubernetes.cri-o.annotations.checkpoint.name"], "sample-sleeper");
+    assert_eq!(annotations["org.criu.checkpoint.container.name"], "sample-sleeper");
+    assert_eq!(image["RootFS"]["Layers"].as_array().unwrap().len(), 4, "{image}");
+    // podman's own union of the layers is the checkpoint's tree.
+    let merged = PathBuf::from(pm.ok(&[&"image", &"mount", &reference]));
+    assert_same_checkpoint(&src, &merged);
+    pm.ok(&[&"image", &"unmount", &reference]);
 }
