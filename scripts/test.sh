@@ -49,6 +49,8 @@ declare -A pkg_of=(
   [podman]=podman
   [runc]=runc
   [conmon]=conmon
+  # htpasswd -Bbn writes the users file of the registry tests' auth: htpasswd registry.
+  [htpasswd]=apache2-utils
 )
 # Packages whose presence a command does not tell: busybox-static (the dynamic busybox
 # package also installs /bin/busybox, but the test image needs the static one), skopeo and

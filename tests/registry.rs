@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const HTPASSWD_BIN: &str = "/usr/bin/htpasswd";
 
 /// A registry on a free port of 127.0.0.1, killed (and its storage removed) on drop.
 struct Registry {
@@ -22,21 +23,39 @@ struct Registry {
 impl Registry {
     /// None (the test skips) when docker-registry is not installed, except under CI.
     fn start() -> Option<Registry> {
+        Registry::start_with(None)
+    }
+
+    /// A registry that accepts only `user`/`password` (htpasswd, bcrypt); None (skip) when
+    /// docker-registry or htpasswd (apache2-utils) is missing, except under CI.
+    fn start_with_user(user: &str, password: &str) -> Option<Registry> {
+        Registry::start_with(Some((user, password)))
+    }
+
+    fn start_with(user: Option<(&str, &str)>) -> Option<Registry> {
         if !skip_unless(Path::new(REGISTRY_BIN).is_file(), "docker-registry is not installed") {
+            return None;
+        }
+        if user.is_some() && !skip_unless(Path::new(HTPASSWD_BIN).is_file(), "htpasswd is not installed") {
             return None;
         }
         let dir = tempfile::tempdir_in(test_base_dir()).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("storage");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((name, password)) = user {
+            let htpasswd = dir.path().join("htpasswd");
+            fs::write(&htpasswd, sh(HTPASSWD_BIN, &[&"-Bbn", &name, &password])).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: ckpt-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        fs::write(&config, yaml).unwrap();
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
@@ -112,11 +131,13 @@ fn expected_tree(src: &Path) -> PathBuf {
     tree
 }
 
-/// Compares `dest` with the tree the bundle `src` exports to, the root's mtime aside.
+/// Compares `dest` with the tree the bundle `src` exports to, the root's mtime and mode
+/// aside (the importer's: podman's image root is 0555).
 fn assert_same_checkpoint(src: &Path, dest: &Path) {
     let expected = expected_tree(src);
-    let root = fs::metadata(dest).unwrap().modified().unwrap();
-    fs::File::open(&expected).unwrap().set_modified(root).unwrap();
+    let root = fs::metadata(dest).unwrap();
+    fs::File::open(&expected).unwrap().set_modified(root.modified().unwrap()).unwrap();
+    fs::set_permissions(&expected, root.permissions()).unwrap();
     assert_trees_equal(&expected, dest);
 }
 
@@ -351,4 +372,179 @@ fn a_reference_without_a_registry_host_is_a_usage_error() {
     let failed =
         ckpt_code(2, &[&"pull", &"--store", &tmp.path().join("s"), &"app:latest", &tmp.path().join("o")]);
     assert!(stderr_of(&failed).contains("\"app:latest\""), "{}", stderr_of(&failed));
+}
+
+const USER: &str = "ckpt-user";
+const PASSWORD: &str = "s3cret pass";
+
+/// Entries of `dir` whose name contains `name`: a failed pull must leave none (no OUT, no
+/// temporary beside it).
+fn entries_named(dir: &Path, name: &str) -> usize {
+    fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(name)).count()
+}
+
+#[test]
+fn push_and_pull_with_the_right_creds_against_an_htpasswd_registry_give_the_same_tree() {
+    let Some(registry) = Registry::start_with_user(USER, PASSWORD) else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 11);
+    let reference = registry.reference("ckpt/app:cp1");
+    let creds = format!("{USER}:{PASSWORD}");
+    ckpt_ok(&[
+        &"push",
+        &"--tls-verify=false",
+        &"--creds",
+        &creds,
+        &"--store",
+        &tmp.path().join("a"),
+        &src,
+        &reference,
+    ]);
+    assert!(registry.blobs().0 >= 4, "nothing reached the registry");
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[
+        &"pull",
+        &"--tls-verify=false",
+        &"--creds",
+        &creds,
+        &"--store",
+        &tmp.path().join("b"),
+        &reference,
+        &"--import",
+        &dest,
+    ]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn a_wrong_password_fails_push_and_pull_with_exit_1_naming_the_reference_and_leaves_no_out() {
+    let Some(registry) = Registry::start_with_user(USER, PASSWORD) else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 12);
+    let reference = registry.reference("ckpt/app:cp1");
+    let wrong = format!("{USER}:not-{PASSWORD}");
+    let failed = ckpt_code(
+        1,
+        &[
+            &"push",
+            &"--tls-verify=false",
+            &"--creds",
+            &wrong,
+            &"--store",
+            &tmp.path().join("a"),
+            &src,
+            &reference,
+        ],
+    );
+    let stderr = stderr_of(&failed);
+    assert!(
+        stderr.contains(&reference) && stderr.contains("authenticate") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert_eq!(registry.blobs().0, 0, "a refused push stored blobs");
+
+    // Something to pull, pushed with the right password.
+    ckpt_ok(&[
+        &"push",
+        &"--tls-verify=false",
+        &"--creds",
+        &format!("{USER}:{PASSWORD}"),
+        &"--store",
+        &tmp.path().join("a"),
+        &src,
+        &reference,
+    ]);
+    let out = tmp.path().join("out.tar");
+    let store = tmp.path().join("b");
+    let failed = ckpt_code(
+        1,
+        &[&"pull", &"--tls-verify=false", &"--creds", &wrong, &"--store", &store, &reference, &out],
+    );
+    let stderr = stderr_of(&failed);
+    assert!(
+        stderr.contains(&reference) && stderr.contains("authenticate") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert_eq!(entries_named(tmp.path(), "out.tar"), 0, "a refused pull left OUT or its temporary");
+    let dest = tmp.path().join("dest");
+    let failed = ckpt_code(
+        1,
+        &[
+            &"pull",
+            &"--tls-verify=false",
+            &"--creds",
+            &wrong,
+            &"--store",
+            &store,
+            &reference,
+            &"--import",
+            &dest,
+        ],
+    );
+    assert!(stderr_of(&failed).contains(&reference), "{}", stderr_of(&failed));
+    assert!(!dest.exists(), "a refused pull created DEST");
+}
+
+#[test]
+fn an_authfile_in_podmans_format_authenticates_push_and_pull() {
+    use base64::Engine;
+    let Some(registry) = Registry::start_with_user(USER, PASSWORD) else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 13);
+    let reference = registry.reference("ckpt/app:cp1");
+    let host = format!("127.0.0.1:{}", registry.port);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let authfile = tmp.path().join("auth.json");
+    fs::write(&authfile, serde_json::json!({ "auths": { host: { "auth": auth } } }).to_string()).unwrap();
+    ckpt_ok(&[
+        &"push",
+        &"--tls-verify=false",
+        &"--authfile",
+        &authfile,
+        &"--store",
+        &tmp.path().join("a"),
+        &src,
+        &reference,
+    ]);
+    let out = tmp.path().join("out.tar");
+    ckpt_ok(&[
+        &"pull",
+        &"--tls-verify=false",
+        &"--authfile",
+        &authfile,
+        &"--store",
+        &tmp.path().join("b"),
+        &reference,
+        &out,
+    ]);
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"import", &out, &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn podman_pull_of_a_pushed_checkpoint_shows_its_checkpoint_annotations_and_its_tree() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let Some(pm) = Podman::new(&s) else { return };
+    let Some(registry) = Registry::start() else { return };
+    let src = bundle(&s.path(""), 14);
+    let reference = registry.reference("ckpt/app:cp1");
+    let pushed = push_json(&src, &reference, &s.path("store"));
+    pm.ok(&[&"pull", &"-q", &"--tls-verify=false", &reference]);
+    let inspected: serde_json::Value = serde_json::from_str(&pm.ok(&[&"image", &"inspect", &reference]))
+        .expect("podman image inspect: JSON");
+    let image = &inspected[0];
+    let digest = pushed["digest"].as_str().unwrap();
+    assert_eq!(image["Digest"], digest, "{image}");
+    // The keys podman reads back from its own store to treat the image as a checkpoint.
+    let annotations = &image["Annotations"];
+    assert_eq!(annotations["io.podman.annotations.checkpoint.name"], "sample-sleeper", "{image}");
+    assert_eq!(annotations["io.podman.annotations.checkpoint.runtime.name"], "crun", "{image}");
+    assert_eq!(annotations["io.kubernetes.cri-o.annotations.checkpoint.name"], "sample-sleeper");
+    assert_eq!(annotations["org.criu.checkpoint.container.name"], "sample-sleeper");
+    assert_eq!(image["RootFS"]["Layers"].as_array().unwrap().len(), 4, "{image}");
+    // podman's own union of the layers is the checkpoint's tree.
+    let merged = PathBuf::from(pm.ok(&[&"image", &"mount", &reference]));
+    assert_same_checkpoint(&src, &merged);
+    pm.ok(&[&"image", &"unmount", &reference]);
 }
