@@ -38,6 +38,7 @@ declare -A pkg_of=(
   [setcap]=libcap2-bin
   [getcap]=libcap2-bin
   [findmnt]=util-linux
+  [fincore]=util-linux
   [mount]=mount
   [umount]=mount
   [losetup]=mount

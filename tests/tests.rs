@@ -12,6 +12,7 @@ mod hook;
 mod hostile;
 mod interop;
 mod memory;
+mod page_cache;
 mod podman;
 mod podman_e2e;
 mod proptest_roundtrip;

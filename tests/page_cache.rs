@@ -1,0 +1,104 @@
+//! Copies leave the page cache as they found it: where ckpt copies rather than clones, the
+//! pages it reads and writes are dropped once clean (RWF_DONTCACHE), and pages that were
+//! cached before it ran stay. Measured with `fincore` on the files involved, on XFS (which
+//! supports uncached I/O), so other processes' pages do not count.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// Bytes of `path` in the page cache.
+fn resident(path: &Path) -> u64 {
+    let out = sh("fincore", &[&"--bytes", &"--noheadings", &"--output", &"RES", &path]);
+    out.trim().parse().unwrap_or_else(|e| panic!("fincore {}: {out:?}: {e}", path.display()))
+}
+
+fn resident_all(paths: &[PathBuf]) -> u64 {
+    paths.iter().map(|p| resident(p)).sum()
+}
+
+/// Writes `path` back and drops its pages, so that the run under test starts cold for it.
+fn evict(path: &Path) {
+    let file = fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    rustix::fs::fadvise(file.as_fd(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    assert_eq!(resident(path), 0, "{}: still cached after fadvise(DONTNEED)", path.display());
+}
+
+/// An XFS scratch area with a tree of a 32 MiB file and an 8 MiB sparse file, not cached.
+fn cold_tree() -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
+    if !require_root("loop-mounted XFS") || !have("fincore") {
+        return None;
+    }
+    let scratch = scratch(FsKind::Xfs)?;
+    let src = scratch.root.join("src");
+    fs::create_dir(&src).unwrap();
+    let big = src.join("pages.img");
+    fs::write(&big, pseudo_random_bytes(7, 32 << 20)).unwrap();
+    let sparse = src.join("sparse.img");
+    let file = fs::File::create(&sparse).unwrap();
+    file.set_len(8 << 20).unwrap();
+    for at in [0u64, 3 << 20, 6 << 20] {
+        std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_random_bytes(at, 256 << 10), at).unwrap();
+    }
+    let files = vec![big, sparse];
+    for f in &files {
+        evict(f);
+    }
+    Some((scratch, src, files))
+}
+
+/// What may stay cached of a run that moved 40 MiB: headers and bookkeeping.
+const LEFT_AT_MOST: u64 = 1 << 20;
+
+#[test]
+fn a_copying_export_and_import_leave_neither_the_files_nor_the_archive_cached() {
+    let Some((scratch, src, files)) = cold_tree() else { return };
+    let archive = scratch.root.join("a.tar");
+    ckpt_ok(&[&"export", &"--no-clone", &src, &archive]);
+    sync_fs(&scratch.root);
+    let exported = resident_all(&files) + resident(&archive);
+    assert!(exported <= LEFT_AT_MOST, "export left {exported} bytes cached");
+
+    evict(&archive);
+    let dest = scratch.root.join("dest");
+    ckpt_ok(&[&"import", &"--no-clone", &archive, &dest]);
+    sync_fs(&scratch.root);
+    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
+    let imported = resident_all(&restored) + resident(&archive);
+    assert!(imported <= LEFT_AT_MOST, "import left {imported} bytes cached");
+    assert_same_bytes(&files[0], &restored[0]);
+    assert_same_bytes(&files[1], &restored[1]);
+}
+
+#[test]
+fn a_zstd_export_and_its_import_leave_neither_the_files_nor_the_archive_cached() {
+    let Some((scratch, src, files)) = cold_tree() else { return };
+    let archive = scratch.root.join("a.tar.zst");
+    ckpt_ok(&[&"export", &"--compress", &"zstd", &src, &archive]);
+    sync_fs(&scratch.root);
+    let exported = resident_all(&files) + resident(&archive);
+    assert!(exported <= LEFT_AT_MOST, "zstd export left {exported} bytes cached");
+
+    evict(&archive);
+    let dest = scratch.root.join("dest");
+    ckpt_ok(&[&"import", &archive, &dest]);
+    sync_fs(&scratch.root);
+    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
+    let imported = resident_all(&restored) + resident(&archive);
+    assert!(imported <= LEFT_AT_MOST, "zstd import left {imported} bytes cached");
+    assert_same_bytes(&files[0], &restored[0]);
+}
+
+#[test]
+fn pages_cached_before_a_copying_export_stay_cached() {
+    let Some((scratch, src, files)) = cold_tree() else { return };
+    let big = &files[0];
+    let size = fs::metadata(big).unwrap().len();
+    fs::read(big).unwrap();
+    assert_eq!(resident(big), size, "reading {} did not cache it", big.display());
+    ckpt_ok(&[&"export", &"--no-clone", &src, &scratch.root.join("a.tar")]);
+    assert_eq!(resident(big), size, "the export evicted pages it found cached");
+}
