@@ -436,6 +436,46 @@ on_btrfs_and_xfs! {
 }
 
 on_btrfs_and_xfs! {
+    /// The checkpointed image is not the image the replayed `podman create` made the new
+    /// container of: exit 1 naming the image, and no new container is left behind.
+    fn restore_onto_a_different_image_is_refused_and_leaves_no_container(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        pm.ok(&[&"container", &"checkpoint", &"--export", &archive, &"--compress", &"none", &"c1"]);
+        let other = "0".repeat(64);
+        let edited = edited_podman_archive(s, &archive, |config| {
+            config["rootfsImageID"] = serde_json::Value::from(other.clone());
+        });
+        let before = pm.container_ids();
+        let out = pm.ckpt_code(1, &[&"podman", &"restore", &"--name", &"c2", &edited]);
+        let err = stderr_of(&out);
+        assert!(err.contains(&other) && err.contains("image"), "the refusal must name the image: {err}");
+        assert_eq!(pm.container_ids(), before, "a refused restore left a container behind");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// The new container runs under the checkpointed spec with the old container's places
+    /// made its own: nothing in its runtime spec names the old container, its /etc/hosts is
+    /// its own file, and the old container, still there, keeps running.
+    fn restored_container_spec_names_only_its_own_places(s, pm) {
+        let old = pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        let before_checkpoint = pm.counter("c1");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        let new = pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", before_checkpoint);
+        let bundle = pm.inspect("c2", "{{.StaticDir}}");
+        let spec = fs::read_to_string(Path::new(&bundle).join("config.json")).unwrap();
+        assert!(!spec.contains(&old) && spec.contains(&new), "c2's spec names c1 ({old}): {spec}");
+        let hosts = pm.inspect("c2", "{{.HostsPath}}");
+        assert!(hosts.contains(&new), "c2's /etc/hosts is {hosts}");
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
+        pm.assert_counter_continues("c1", before_checkpoint);
+    }
+}
+
+on_btrfs_and_xfs! {
     /// Rolling back into a running container is refused (exit 1, says it is running), and
     /// the container keeps running untouched.
     fn rollback_into_running_container_is_refused(s, pm) {

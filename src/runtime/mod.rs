@@ -10,11 +10,12 @@
 //!   CRIU images from the page cache. ckpt then archives the userdata dir's checkpoint
 //!   members and the rootfs changes from the layer's upper dir.
 //! - Restore into a new container: the archive's `config.dump` holds the command line that
-//!   created the container (`CreateCommand`); ckpt replays it as `podman create`, makes podman
-//!   write the new container's runtime spec (`podman init`, `podman stop`), refuses if that
-//!   spec differs from the archive's `spec.dump` where it matters to the process, clones the
-//!   checkpoint into the new userdata dir and the rootfs changes into the new upper dir, and
-//!   has podman restore the process (`podman container restore`).
+//!   created the container (`CreateCommand`); ckpt replays it as `podman create`, gives the
+//!   new container the archive's `spec.dump` as its runtime spec with the old container's
+//!   paths made the new one's (as podman's own `restore --import` does, without a `podman
+//!   init` and `stop` to write a spec that is then replaced), clones the checkpoint into the
+//!   new userdata dir and the rootfs changes into the new upper dir, and has podman restore
+//!   the process (`podman container restore`).
 //! - Rollback: the same container gets the archive's checkpoint and rootfs changes, built
 //!   beside its own and swapped in with `renameat2(RENAME_EXCHANGE)`, then is restored.
 
@@ -114,6 +115,10 @@ struct Container {
     state: String,
     /// The userdata dir: podman's checkpoint bundle.
     bundle: PathBuf,
+    /// The run dir podman keeps the container's pid file in (and `/etc/hosts`, ...).
+    run_dir: Option<PathBuf>,
+    /// The ID of the image the container's rootfs is made of.
+    image: String,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
     /// Named volumes mounted into the container.
@@ -149,6 +154,8 @@ impl Podman {
             id: text("/Id"),
             state: text("/State/Status"),
             bundle: bundle.into(),
+            run_dir: Path::new(&text("/PidFile")).parent().map(Path::to_path_buf),
+            image: text("/Image"),
             upper: upper.into(),
             lowers: lowers.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
             volumes: c

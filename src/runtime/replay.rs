@@ -1,5 +1,7 @@
 //! Recreating a checkpointed container: podman's recorded command line replayed as
-//! `podman create`, and the runtime specs compared where they shape the restored process.
+//! `podman create`, and the runtime spec the process ran under given to the new container.
+
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -63,82 +65,66 @@ pub(super) fn create_args(config: &Value, name: &str) -> std::result::Result<Vec
     Ok(args)
 }
 
-/// The parts of two OCI runtime specs in which they differ, of those that shape the process a
-/// checkpoint restores: what runs, as whom, with which privileges, limits, namespaces and
-/// mounts. Names, IDs, hostnames and host paths differ between two containers by nature.
-pub(super) fn spec_differences(old: &Value, new: &Value) -> Vec<String> {
-    let mut differences = Vec::new();
-    for (what, pointer) in [
-        ("process arguments", "/process/args"),
-        ("working directory", "/process/cwd"),
-        ("user", "/process/user"),
-        ("terminal", "/process/terminal"),
-        ("capabilities", "/process/capabilities"),
-        ("rlimits", "/process/rlimits"),
-        ("no_new_privileges", "/process/noNewPrivileges"),
-        ("read-only rootfs", "/root/readonly"),
-        ("seccomp profile", "/linux/seccomp"),
-        ("masked paths", "/linux/maskedPaths"),
-        ("read-only paths", "/linux/readonlyPaths"),
-        ("sysctls", "/linux/sysctl"),
-        ("ID mappings", "/linux/uidMappings"),
-    ] {
-        if old.pointer(pointer) != new.pointer(pointer) {
-            differences.push(what.to_string());
+/// The checkpointed container's own places, from its `config.dump`, and the new container's.
+pub(super) struct Places<'a> {
+    /// The checkpointed container's ID.
+    pub(super) old_id: &'a str,
+    /// Its userdata dir and its run dir (where podman kept its pid file).
+    pub(super) old_dirs: [Option<&'a Path>; 2],
+    /// The new container's ID.
+    pub(super) new_id: &'a str,
+    /// Its userdata dir and its run dir.
+    pub(super) new_dirs: [Option<&'a Path>; 2],
+    /// Where podman will mount the new container's rootfs.
+    pub(super) new_root: &'a Path,
+}
+
+/// The runtime spec a new container restores the checkpoint with: `spec.dump`, the spec the
+/// checkpointed process ran under (podman's own `restore --import` uses it as the new
+/// container's `config.json` too), with what belonged to the old container made the new
+/// one's: the rootfs, mount sources in its userdata and run dirs, its cgroup, and the
+/// hostname podman derived from its ID. A mount of some other file of the old container's
+/// cannot be given to the new one: refused.
+pub(super) fn respec(spec: &Value, places: &Places<'_>) -> std::result::Result<Value, String> {
+    let mut spec = spec.clone();
+    let root = spec.pointer_mut("/root/path").ok_or("spec.dump has no root path")?;
+    *root = places.new_root.to_string_lossy().into();
+    for mount in spec.get_mut("mounts").and_then(Value::as_array_mut).into_iter().flatten() {
+        let Some(source) = mount.get("source").and_then(Value::as_str) else { continue };
+        if !source.contains(places.old_id) {
+            continue;
+        }
+        let moved = places.old_dirs.iter().zip(&places.new_dirs).find_map(|(old, new)| {
+            let rest = Path::new(source).strip_prefix((*old)?).ok()?;
+            Some(new.as_ref()?.join(rest))
+        });
+        let destination = mount.get("destination").and_then(Value::as_str).unwrap_or_default();
+        let moved = moved.ok_or_else(|| {
+            format!("the mount on {destination} is the checkpointed container's own {source}")
+        })?;
+        mount["source"] = moved.to_string_lossy().into();
+    }
+    if let Some(cgroup) = spec.pointer_mut("/linux/cgroupsPath")
+        && let Some(path) = cgroup.as_str()
+    {
+        *cgroup = path.replace(places.old_id, places.new_id).into();
+    }
+    let (old_host, new_host) = (short(places.old_id), short(places.new_id));
+    if let Some(hostname) = spec.get_mut("hostname").filter(|h| h.as_str() == Some(old_host)) {
+        *hostname = new_host.into();
+    }
+    let old_env = format!("HOSTNAME={old_host}");
+    for var in spec.pointer_mut("/process/env").and_then(Value::as_array_mut).into_iter().flatten() {
+        if var.as_str() == Some(&old_env) {
+            *var = format!("HOSTNAME={new_host}").into();
         }
     }
-    if env(old) != env(new) {
-        differences.push("environment".into());
-    }
-    if namespaces(old) != namespaces(new) {
-        differences.push("namespaces".into());
-    }
-    if mounts(old) != mounts(new) {
-        differences.push("mounts".into());
-    }
-    differences
+    Ok(spec)
 }
 
-/// The environment, less `HOSTNAME`, which podman sets to each container's own.
-fn env(spec: &Value) -> Vec<&str> {
-    let mut env: Vec<&str> =
-        strings(spec.pointer("/process/env")).filter(|v| !v.starts_with("HOSTNAME=")).collect();
-    env.sort_unstable();
-    env
-}
-
-fn namespaces(spec: &Value) -> Vec<&str> {
-    let mut types: Vec<&str> = spec
-        .pointer("/linux/namespaces")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|ns| ns.get("type").and_then(Value::as_str))
-        .collect();
-    types.sort_unstable();
-    types
-}
-
-/// Each mount's destination, type and options (its source is a path on the host).
-fn mounts(spec: &Value) -> Vec<(String, String, Vec<&str>)> {
-    let mut mounts: Vec<_> = spec
-        .get("mounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let text = |key| m.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-            let mut options: Vec<&str> = strings(m.get("options")).collect();
-            options.sort_unstable();
-            (text("destination"), text("type"), options)
-        })
-        .collect();
-    mounts.sort();
-    mounts
-}
-
-fn strings(value: Option<&Value>) -> impl Iterator<Item = &str> {
-    value.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+/// The hostname podman gives a container whose hostname was not set: its ID's first 12 digits.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]
@@ -180,18 +166,63 @@ mod tests {
         assert!(create_args(&serde_json::json!({}), "x").is_err());
     }
 
+    fn places<'a>(old_dirs: [Option<&'a Path>; 2], new_dirs: [Option<&'a Path>; 2]) -> Places<'a> {
+        Places { old_id: OLD, old_dirs, new_id: NEW, new_dirs, new_root: Path::new("/s/overlay/l2/merged") }
+    }
+
+    const OLD: &str = "aaaaaaaaaaaa1111";
+    const NEW: &str = "bbbbbbbbbbbb2222";
+
+    fn dumped() -> Value {
+        serde_json::json!({
+            "hostname": "aaaaaaaaaaaa",
+            "root": {"path": "/s/overlay/l1/merged"},
+            "process": {"args": ["sh"], "env": ["HOSTNAME=aaaaaaaaaaaa", "X=1"]},
+            "linux": {"cgroupsPath": "/libpod_parent/libpod-aaaaaaaaaaaa1111"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "source": "/run/c/aaaaaaaaaaaa1111/userdata/hosts"},
+                {"destination": "/dev/shm", "source": "/s/c/aaaaaaaaaaaa1111/userdata/shm"},
+                {"destination": "/srv", "source": "/home/u/srv"}
+            ]
+        })
+    }
+
     #[test]
-    fn spec_differences_ignore_hostname_and_host_paths_but_not_capabilities() {
-        let old = serde_json::json!({
-            "hostname": "a", "process": {"args": ["sh"], "env": ["HOSTNAME=a", "X=1"], "capabilities": {"bounding": ["CAP_KILL"]}},
-            "mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/old/hosts", "options": ["bind"]}]
-        });
-        let mut new = old.clone();
-        new["hostname"] = "b".into();
-        new["process"]["env"] = serde_json::json!(["X=1", "HOSTNAME=b"]);
-        new["mounts"][0]["source"] = "/new/hosts".into();
-        assert!(spec_differences(&old, &new).is_empty());
-        new["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_KILL", "CAP_SYS_ADMIN"]);
-        assert_eq!(spec_differences(&old, &new), ["capabilities"]);
+    fn respec_gives_the_new_container_its_root_dirs_cgroup_and_hostname() {
+        let (old_static, old_run) =
+            (Path::new("/s/c/aaaaaaaaaaaa1111/userdata"), Path::new("/run/c/aaaaaaaaaaaa1111/userdata"));
+        let (new_static, new_run) =
+            (Path::new("/s/c/bbbbbbbbbbbb2222/userdata"), Path::new("/run/c/bbbbbbbbbbbb2222/userdata"));
+        let spec =
+            respec(&dumped(), &places([Some(old_static), Some(old_run)], [Some(new_static), Some(new_run)]))
+                .unwrap();
+        assert_eq!(spec["root"]["path"], "/s/overlay/l2/merged");
+        assert_eq!(spec["hostname"], "bbbbbbbbbbbb");
+        assert_eq!(spec["process"]["env"], serde_json::json!(["HOSTNAME=bbbbbbbbbbbb", "X=1"]));
+        assert_eq!(spec["linux"]["cgroupsPath"], "/libpod_parent/libpod-bbbbbbbbbbbb2222");
+        let sources: Vec<&str> =
+            spec["mounts"].as_array().unwrap().iter().map(|m| m["source"].as_str().unwrap()).collect();
+        assert_eq!(
+            sources,
+            [
+                "proc",
+                "/run/c/bbbbbbbbbbbb2222/userdata/hosts",
+                "/s/c/bbbbbbbbbbbb2222/userdata/shm",
+                "/home/u/srv"
+            ]
+        );
+        assert_eq!(spec["process"]["args"], dumped()["process"]["args"]);
+    }
+
+    #[test]
+    fn respec_refuses_a_mount_of_the_old_containers_files_outside_its_known_dirs() {
+        let old_static = Path::new("/s/c/aaaaaaaaaaaa1111/userdata");
+        let new_static = Path::new("/s/c/bbbbbbbbbbbb2222/userdata");
+        let why = respec(&dumped(), &places([Some(old_static), None], [Some(new_static), None])).unwrap_err();
+        assert!(
+            why.contains("/etc/hosts") && why.contains("/run/c/aaaaaaaaaaaa1111/userdata/hosts"),
+            "{why}"
+        );
     }
 }

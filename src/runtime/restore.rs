@@ -16,7 +16,7 @@ use crate::import::stats::ImportStats;
 use crate::tar::archive;
 use crate::tar::reader::Reader;
 
-use super::replay::{create_args, spec_differences};
+use super::replay::{Places, create_args, respec};
 use super::{
     Container, Podman, RestoreOptions, RestoreReport, RestoreTarget, Scratch, criu_flags,
     remove_stale_rootfs_diff,
@@ -127,28 +127,50 @@ impl Podman {
         Ok(id)
     }
 
-    /// Gives the new container `id` its runtime spec and leaves it exited, as restore needs,
-    /// and checks that spec against the archive's.
+    /// Gives the new container `id` the runtime spec the checkpointed process ran under, with
+    /// the old container's places made its own; podman's restore then mounts its rootfs and
+    /// makes its `/etc/hosts`, secrets and `/dev/shm` as it would for `init`.
     fn prepare_new(&self, id: &str, archive: &Path, dumps: &Dumps) -> Result<Container> {
-        self.run(&["init", id])?;
-        self.run(&["stop", "-t", "0", id])?;
         let info = self.inspect(id)?;
-        if let Some(old) = &dumps.spec {
-            let config = info.bundle.join("config.json");
-            let new: Value = serde_json::from_slice(&std::fs::read(&config).at("read", &config)?)
-                .map_err(|e| Error::unsuitable(&config, format!("not JSON: {e}")))?;
-            let differences = spec_differences(old, &new);
-            if !differences.is_empty() {
-                return Err(Error::unsuitable(
-                    archive,
-                    format!(
-                        "the recreated container would not be the checkpointed one: its {} differ from spec.dump; \
-                         restore it with podman container restore --import",
-                        differences.join(", ")
-                    ),
-                ));
-            }
+        let spec = dumps.spec.as_ref().ok_or_else(|| {
+            Error::unsuitable(
+                archive,
+                "has no spec.dump: the runtime spec the process ran under is not known",
+            )
+        })?;
+        let config = dumps.config.as_ref().expect("a new container is made from config.dump");
+        let text = |key: &str| config.get(key).and_then(Value::as_str).filter(|v| !v.is_empty());
+        let refuse = |why: String| {
+            Error::unsuitable(
+                archive,
+                format!("{why}; the recreated container would not be the checkpointed one"),
+            )
+        };
+        if let Some(image) = text("rootfsImageID").filter(|image| *image != info.image) {
+            return Err(refuse(format!(
+                "the checkpointed container ran on image {image}, the new one is made of {}",
+                info.image
+            )));
         }
+        let old_id = text("id").ok_or_else(|| refuse("config.dump has no container ID".into()))?;
+        let layer = info
+            .upper
+            .parent()
+            .ok_or_else(|| Error::unsuitable(&info.upper, "a layer's diff dir has a parent"))?;
+        let places = Places {
+            old_id,
+            old_dirs: [
+                text("staticDir").map(Path::new),
+                text("pid_file").and_then(|p| Path::new(p).parent()),
+            ],
+            new_id: &info.id,
+            new_dirs: [Some(info.bundle.as_path()), info.run_dir.as_deref()],
+            new_root: &layer.join("merged"),
+        };
+        let spec = respec(spec, &places).map_err(refuse)?;
+        let path = info.bundle.join("config.json");
+        let json = serde_json::to_vec(&spec).expect("a JSON value serializes");
+        std::fs::write(&path, json).at("write", &path)?;
         Ok(info)
     }
 
