@@ -476,6 +476,25 @@ on_btrfs_and_xfs! {
 }
 
 on_btrfs_and_xfs! {
+    /// A container on podman's bridge network (a network namespace podman sets up, not the
+    /// suite's default of none) is restored into a new container that continues with an
+    /// address of its own.
+    fn restore_of_a_bridge_networked_container_continues_with_its_own_address(s, pm) {
+        pm.run_counter("c1", &[&"--network", &"bridge"]);
+        let address = |name: &str| exec_sh(pm, name, "ip -4 -o addr show eth0 | awk '{print $4}'");
+        let old_address = address("c1");
+        assert!(!old_address.is_empty(), "c1 has no eth0 address");
+        let archive = s.path("c1.tar");
+        let before_checkpoint = pm.counter("c1");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", before_checkpoint);
+        let new_address = address("c2");
+        assert!(!new_address.is_empty() && new_address != old_address, "c1 {old_address}, c2 {new_address}");
+    }
+}
+
+on_btrfs_and_xfs! {
     /// Rolling back into a running container is refused (exit 1, says it is running), and
     /// the container keeps running untouched.
     fn rollback_into_running_container_is_refused(s, pm) {
