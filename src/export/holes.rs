@@ -99,6 +99,30 @@ mod tests {
     }
 
     #[test]
+    fn data_written_into_a_planned_hole_is_a_change() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        file.write_all_at(&[1; 4096], 0).unwrap();
+        let source = SourceFile {
+            path: path.clone(),
+            dir: std::sync::Arc::new(File::open(dir.path()).unwrap().into()),
+            size: 1 << 20,
+            dev: 0,
+            ino: 0,
+            mtime: (0, 0),
+        };
+        let planned = data_map(&file, 1 << 20).unwrap().unwrap();
+        assert_eq!(planned.fragments, [(0, 4096), (1 << 20, 0)]);
+        check_unchanged(&source, &file, &planned).unwrap();
+        file.write_all_at(&[1; 4096], 512 << 10).unwrap();
+        let error = check_unchanged(&source, &file, &planned).unwrap_err().to_string();
+        assert!(error.contains("holes moved") && error.contains(&*path.to_string_lossy()), "{error}");
+    }
+
+    #[test]
     fn a_file_of_holes_maps_to_its_end_only() {
         let file = tempfile::tempfile().unwrap();
         file.set_len(1 << 20).unwrap();
