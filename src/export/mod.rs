@@ -29,6 +29,7 @@ use crate::export::pieces::{Counts, Pieces};
 use crate::export::place::{Placer, Target};
 use crate::export::stream::{Sink, Stream};
 use crate::progress::{Progress, ProgressHandle};
+use crate::sys::behind;
 use crate::sys::mover::{MoveStats, Mover};
 use crate::sys::outfile::{Destination, OutFile, Writing};
 use crate::sys::uncached;
@@ -211,6 +212,8 @@ impl Exporter {
         if let Some(progress) = self.progress_receiver() {
             progress.finish();
         }
+        // Where uncached writes were refused, the last pages written are still cached.
+        behind::settle();
         let mut stats = result?;
         stats.skipped = skipped.take();
         stats.skipped.sort();

@@ -180,7 +180,9 @@ impl<'a> Stream<'a> {
         // without caching it (sendfile would cache it).
         let sent = match &self.sink {
             Sink::Fd(fd) if self.hasher.is_none() && !uncached::supported(source.dev) => {
-                send(*fd, file, from, to).map_err(fail)?
+                let sent = send(*fd, file, from, to).map_err(fail)?;
+                uncached::forget_read(file.as_fd(), source.dev, from, sent - from);
+                sent
             }
             _ => from,
         };
