@@ -269,3 +269,38 @@ fn a_zstd_export_stores_holes_as_sparse_members_and_import_keeps_them() {
 fn a_gzip_export_stores_holes_as_sparse_members_and_import_keeps_them() {
     compressed_round_trip("gzip");
 }
+
+#[test]
+fn a_zstd_bundle_export_stores_the_pages_image_sparse_and_the_nested_rootfs_diff_plain() {
+    if !have("zstd") {
+        return;
+    }
+    let s = scratch(FsKind::Plain).expect("a plain scratch directory is always available");
+    let (bundle, upper) = (s.root.join("bundle"), s.root.join("upper"));
+    let pages = "checkpoint/pages-9.img";
+    Bundle::sample().sparse(pages, 8 * MIB, vec![(4 * MIB, pseudo_random_bytes(9, 1 << 16))]).write(&bundle);
+    fs::create_dir_all(upper.join("var")).unwrap();
+    sparse_file(&upper.join("var/holes.img"), 8 * MIB, &[(0, 1 << 16)]);
+    let archive = s.root.join("a.tar.zst");
+    ckpt_ok(&[&"export", &"--compress", &"zstd", &"--rootfs-diff", &upper, &bundle, &archive]);
+
+    let tar = s.root.join("a.tar");
+    sh("sh", &[&"-c", &format!("zstd -dc '{}' > '{}'", archive.display(), tar.display())]);
+    let outer = raw_members(&fs::read(&tar).unwrap());
+    let member = |members: &[RawMember], name: &str| -> RawMember {
+        let found = members.iter().find(|m| m.name() == name.as_bytes());
+        found.unwrap_or_else(|| panic!("no member {name}")).clone()
+    };
+    assert_eq!(member(&outer, pages).sparse_records().len(), 4, "{pages} is not a sparse member");
+    let inner = raw_members(&member(&outer, "rootfs-diff.tar").data);
+    assert!(
+        member(&inner, "var/holes.img").sparse_records().is_empty(),
+        "a sparse member inside rootfs-diff.tar"
+    );
+
+    let (bundle2, upper2) = (s.root.join("bundle2"), s.root.join("upper2"));
+    ckpt_ok(&[&"import", &"--rootfs-diff", &upper2, &archive, &bundle2]);
+    assert_same_bytes(&bundle.join(pages), &bundle2.join(pages));
+    assert_same_bytes(&upper.join("var/holes.img"), &upper2.join("var/holes.img"));
+    assert!(allocated_bytes(&bundle2.join(pages)) <= allocated_bytes(&bundle.join(pages)) + 64 * 1024);
+}
