@@ -90,7 +90,9 @@ pub(crate) fn wrote(fd: BorrowedFd<'_>, offset: u64, len: u64) {
 }
 
 /// Waits for the queued writes to reach the disk (one `syncfs` per filesystem) and drops
-/// their pages: at the end of an export or import, so that it leaves the cache as it was.
+/// the pages of the files they went to, all of them: ranges that left the queue while still
+/// under writeback included. At the end of an export or import, whose output files these
+/// are, so that it leaves the cache as it was.
 pub(crate) fn settle() {
     let ranges = {
         let mut queue = queue();
@@ -98,13 +100,17 @@ pub(crate) fn settle() {
         std::mem::take(&mut queue.ranges)
     };
     let mut synced = Vec::new();
+    let mut dropped = Vec::new();
     for range in &ranges {
         if !synced.contains(&range.id.0) {
             // Only advice too: whoever needs the data durable syncs it themselves.
             let _ = rustix::fs::syncfs(&range.file);
             synced.push(range.id.0);
         }
-        drop_pages(std::os::fd::AsFd::as_fd(&range.file), range.offset, range.len);
+        if !dropped.contains(&range.id) {
+            let _ = rustix::fs::fadvise(&range.file, 0, None, Advice::DontNeed);
+            dropped.push(range.id);
+        }
     }
 }
 
