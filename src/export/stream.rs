@@ -1,8 +1,9 @@
 //! The stream writer: writes a planned archive front to back to a pipe, a device or a
 //! compressor, where nothing can be placed by offset or shared. File data is read uncached
 //! into a buffer; to a plain descriptor it goes with sendfile instead (no copy through user
-//! space) where the source's filesystem cannot read uncached, since sendfile caches it. A
-//! sparse member's data is its map followed by the source's data ranges.
+//! space) where the source's filesystem cannot read uncached, since sendfile caches it (the
+//! pages it read are dropped after). A sparse member's data is its map followed by the
+//! source's data ranges.
 
 use std::fs::File;
 use std::io::{self, Write};
