@@ -135,3 +135,20 @@ fn a_copying_import_on_btrfs_leaves_neither_the_archive_nor_the_files_cached() {
     assert_same_bytes(&files[0], &restored[0]);
     assert_same_bytes(&files[1], &restored[1]);
 }
+
+#[test]
+fn a_piped_export_on_btrfs_leaves_the_files_uncached() {
+    let Some((_scratch, src, files)) = cold_tree_on(FsKind::Btrfs) else { return };
+    let mut child = std::process::Command::new(ckpt_bin())
+        .arg("export")
+        .arg(&src)
+        .arg("-")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let streamed = std::io::copy(child.stdout.as_mut().unwrap(), &mut std::io::sink()).unwrap();
+    assert!(child.wait().unwrap().success(), "ckpt export {} -", src.display());
+    assert!(streamed > 32 << 20, "{streamed} bytes streamed");
+    let left = resident_all(&files);
+    assert!(left <= LEFT_AT_MOST, "a piped export on Btrfs left {left} bytes of its files cached");
+}
