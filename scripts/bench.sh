@@ -17,7 +17,8 @@
 #   * times, --runs times each, interleaved (run 1 of every tool, then run 2, ...):
 #       export: ckpt export | GNU tar -cf | bsdtar -cf | cp -a --reflink=always (ext4: cp -a)
 #       import: ckpt import | GNU tar -xf (of GNU tar's archive) | cp (the export's cp runs)
-#       pipe:   ckpt export DIR - | cat >/dev/null  vs  tar -cf - DIR | cat >/dev/null
+#       pipe:   ckpt export DIR - | wc -c  vs  tar -cf - DIR | wc -c  (the bytes each stream
+#               carries are reported, with those of an untimed tar --sparse -cf - DIR)
 #       zstd:   ckpt export --compress zstd  vs  tar -I 'zstd -T0' -cf
 #     and on a separate Btrfs image 100,000 files of 0-8 KB (--files): ckpt export/import vs
 #     GNU tar -cf/-xf; with --rss-scale also ckpt on a 4x larger tree (4x size, 4x file
@@ -421,6 +422,9 @@ measure() {
   if [[ $op == zstd && $run == 1 ]]; then
     meta "zsize.$fs.$tool" "$(stat -c %s "$outs")"
   fi
+  if [[ $op == pipe && $run == 1 ]]; then
+    meta "psize.$fs.$tool" "$(tr -d ' \n' <"$TMPD/stdout")"
+  fi
   if [[ -s $TMPD/stderr ]]; then
     log "  stderr: $(head -c 300 "$TMPD/stderr" | tr '\n' ' ')"
   fi
@@ -527,10 +531,11 @@ bench_fs() {
     log "$fs: export to a pipe"
     for ((r = 1; r <= RUNS; r++)); do
       if ((HAVE_PIPE)); then
-        measure "$fs" pipe ckpt "$r" "$M" "$fs" "" "set -o pipefail; $CKPT export $M/data - | cat >/dev/null"
+        measure "$fs" pipe ckpt "$r" "$M" "$fs" "" "set -o pipefail; $CKPT export $M/data - | wc -c"
       fi
-      measure "$fs" pipe gnutar "$r" "$M" "$fs" "" "set -o pipefail; tar -C $M -cf - data | cat >/dev/null"
+      measure "$fs" pipe gnutar "$r" "$M" "$fs" "" "set -o pipefail; tar -C $M -cf - data | wc -c"
     done
+    meta "psize.$fs.gnutar-sparse" "$(tar -C "$M" --sparse -cf - data | wc -c)"
   fi
 
   if has_case zstd; then

@@ -61,7 +61,7 @@ fn interop_dir() -> PathBuf {
 }
 
 /// The Go reader, built once per test process.
-fn go_reader() -> Option<&'static Path> {
+pub(crate) fn go_reader() -> Option<&'static Path> {
     static GO: OnceLock<Option<PathBuf>> = OnceLock::new();
     let built = GO.get_or_init(|| {
         if !Command::new("go").arg("version").output().is_ok_and(|o| o.status.success()) {

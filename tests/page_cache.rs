@@ -1,7 +1,8 @@
 //! Copies leave the page cache as they found it: where ckpt copies rather than clones, the
 //! pages it reads and writes are dropped once clean (RWF_DONTCACHE), and pages that were
-//! cached before it ran stay. Measured with `fincore` on the files involved, on XFS (which
-//! supports uncached I/O), so other processes' pages do not count.
+//! cached before it ran stay. Measured with `fincore` on the files involved, so other
+//! processes' pages do not count: on XFS, which supports uncached I/O, and on Btrfs, which
+//! refuses it (6.18) and where ckpt drops what it read and wrote behind itself.
 
 use std::fs;
 use std::os::fd::AsFd;
@@ -29,10 +30,15 @@ fn evict(path: &Path) {
 
 /// An XFS scratch area with a tree of a 32 MiB file and an 8 MiB sparse file, not cached.
 fn cold_tree() -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
-    if !require_root("loop-mounted XFS") || !have("fincore") {
+    cold_tree_on(FsKind::Xfs)
+}
+
+/// The same on `kind`.
+fn cold_tree_on(kind: FsKind) -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
+    if !require_root("loop-mounted filesystems") || !have("fincore") {
         return None;
     }
-    let scratch = scratch(FsKind::Xfs)?;
+    let scratch = scratch(kind)?;
     let src = scratch.root.join("src");
     fs::create_dir(&src).unwrap();
     let big = src.join("pages.img");
@@ -101,4 +107,48 @@ fn pages_cached_before_a_copying_export_stay_cached() {
     assert_eq!(resident(big), size, "reading {} did not cache it", big.display());
     ckpt_ok(&[&"export", &"--no-clone", &src, &scratch.root.join("a.tar")]);
     assert_eq!(resident(big), size, "the export evicted pages it found cached");
+}
+
+#[test]
+fn a_zstd_export_on_btrfs_leaves_neither_the_files_nor_the_archive_cached() {
+    let Some((scratch, src, files)) = cold_tree_on(FsKind::Btrfs) else { return };
+    let archive = scratch.root.join("a.tar.zst");
+    ckpt_ok(&[&"export", &"--compress", &"zstd", &src, &archive]);
+    sync_fs(&scratch.root);
+    let exported = resident_all(&files) + resident(&archive);
+    assert!(exported <= LEFT_AT_MOST, "zstd export on Btrfs left {exported} bytes cached");
+}
+
+#[test]
+fn a_copying_import_on_btrfs_leaves_neither_the_archive_nor_the_files_cached() {
+    let Some((scratch, src, files)) = cold_tree_on(FsKind::Btrfs) else { return };
+    let archive = scratch.root.join("a.tar");
+    ckpt_ok(&[&"export", &src, &archive]);
+    sync_fs(&scratch.root);
+    evict(&archive);
+    let dest = scratch.root.join("dest");
+    ckpt_ok(&[&"import", &"--no-clone", &archive, &dest]);
+    sync_fs(&scratch.root);
+    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
+    let imported = resident_all(&restored) + resident(&archive);
+    assert!(imported <= LEFT_AT_MOST, "--no-clone import on Btrfs left {imported} bytes cached");
+    assert_same_bytes(&files[0], &restored[0]);
+    assert_same_bytes(&files[1], &restored[1]);
+}
+
+#[test]
+fn a_piped_export_on_btrfs_leaves_the_files_uncached() {
+    let Some((_scratch, src, files)) = cold_tree_on(FsKind::Btrfs) else { return };
+    let mut child = std::process::Command::new(ckpt_bin())
+        .arg("export")
+        .arg(&src)
+        .arg("-")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let streamed = std::io::copy(child.stdout.as_mut().unwrap(), &mut std::io::sink()).unwrap();
+    assert!(child.wait().unwrap().success(), "ckpt export {} -", src.display());
+    assert!(streamed > 32 << 20, "{streamed} bytes streamed");
+    let left = resident_all(&files);
+    assert!(left <= LEFT_AT_MOST, "a piped export on Btrfs left {left} bytes of its files cached");
 }

@@ -39,8 +39,8 @@ def tool_label(fs, op, tool):
         ("import", "ckpt"): "ckpt import",
         ("import", "gnutar"): "GNU tar -xf",
         ("import", "cp"): cp + " (export's runs)",
-        ("pipe", "ckpt"): "ckpt export DIR - \\| cat",
-        ("pipe", "gnutar"): "tar -cf - DIR \\| cat",
+        ("pipe", "ckpt"): "ckpt export DIR - \\| wc -c",
+        ("pipe", "gnutar"): "tar -cf - DIR \\| wc -c",
         ("zstd", "ckpt"): "ckpt export --compress zstd",
         ("zstd", "gnutar"): "tar -I 'zstd -T0' -cf",
     }
@@ -251,6 +251,13 @@ def main():
             op, FS_NAMES[fs], human(js.get("bytes", 0)), human(js.get("bytes_cloned", 0)),
             human(js.get("bytes_copied", 0)),
             ", archive %s" % human(js["archive_bytes"]) if "archive_bytes" in js else ""))
+    for fs in order:
+        streamed = [(label, meta.get("psize.%s.%s" % (fs, tool)))
+                    for tool, label in (("ckpt", "ckpt export DIR -"), ("gnutar", "tar -cf - DIR"),
+                                        ("gnutar-sparse", "tar --sparse -cf - DIR"))]
+        if any(n for _, n in streamed):
+            print("- %s bytes a pipe carries: %s" % (FS_NAMES[fs], ", ".join(
+                "%s %s" % (label, human(int(n))) for label, n in streamed if n)))
     for fs in order:
         for op in ("zstd",):
             for tool in ("ckpt", "gnutar"):

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::error::Result;
 use crate::export::source::SourceFile;
 use crate::tar::meta::{Kind, Meta};
+use crate::tar::sparse::SparseMap;
 
 /// A tar archive nested inside this one, laid out so that its members' data is aligned in the
 /// outer file too. Its length was found by a first pass over its members, because the outer
@@ -30,6 +31,8 @@ pub(crate) type Members<'a> = Box<dyn Iterator<Item = Result<Member>> + 'a>;
 pub(crate) enum Body {
     None,
     File(SourceFile),
+    /// A file stored as a pax sparse 1.0 member (in streams): its map, then its data ranges.
+    Sparse(SourceFile, SparseMap),
     /// Small generated content (a JSON list, a manifest).
     Bytes(Vec<u8>),
     Archive(Nested),
@@ -52,7 +55,8 @@ impl Member {
     /// Whether the digest manifest lists this member when it is at the top level: every
     /// regular member, as verify checks (the manifest itself is not planned as a member).
     pub(crate) fn in_manifest(&self) -> bool {
-        self.kind == Kind::Regular && matches!(self.body, Body::File(_) | Body::Bytes(_) | Body::Archive(_))
+        self.kind == Kind::Regular
+            && matches!(self.body, Body::File(_) | Body::Sparse(..) | Body::Bytes(_) | Body::Archive(_))
     }
 
     /// The size the tar header announces.
@@ -60,6 +64,7 @@ impl Member {
         match &self.body {
             Body::None => 0,
             Body::File(f) => f.size,
+            Body::Sparse(_, map) => map.pax1_text().len() as u64 + map.data_len(),
             Body::Bytes(b) => b.len() as u64,
             Body::Archive(nested) => nested.len,
             Body::Manifest(len) => *len,

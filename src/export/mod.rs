@@ -1,6 +1,7 @@
 //! Export: walk a tree, plan the archive, place it into a file that appears only when complete.
 
 pub(crate) mod bundle;
+pub(crate) mod holes;
 pub(crate) mod layer;
 pub(crate) mod member;
 pub(crate) mod pieces;
@@ -28,6 +29,7 @@ use crate::export::pieces::{Counts, Pieces};
 use crate::export::place::{Placer, Target};
 use crate::export::stream::{Sink, Stream};
 use crate::progress::{Progress, ProgressHandle};
+use crate::sys::behind;
 use crate::sys::mover::{MoveStats, Mover};
 use crate::sys::outfile::{Destination, OutFile, Writing};
 use crate::sys::uncached;
@@ -210,6 +212,8 @@ impl Exporter {
         if let Some(progress) = self.progress_receiver() {
             progress.finish();
         }
+        // Where uncached writes were refused, the last pages written are still cached.
+        behind::settle();
         let mut stats = result?;
         stats.skipped = skipped.take();
         stats.skipped.sort();
@@ -221,8 +225,9 @@ impl Exporter {
         Ok(stats)
     }
 
-    /// The archive for `src`, planned member by member as it is written.
-    fn pieces(&self, src: &Path, align: u64, skipped: &Skipped) -> Result<Pieces<'static>> {
+    /// The archive for `src`, planned member by member as it is written; with `holes`, files
+    /// with holes are stored as sparse members.
+    fn pieces(&self, src: &Path, align: u64, skipped: &Skipped, holes: bool) -> Result<Pieces<'static>> {
         let bundle = self.bundle || self.rootfs.is_some();
         let (members, rootfs_bytes) = if bundle {
             bundle::members(src, self.rootfs.as_ref(), self.whiteouts, align, skipped)?
@@ -237,7 +242,8 @@ impl Exporter {
             let prefix = if bundle { "" } else { "./" };
             [prefix.as_bytes(), manifest::NAME].concat()
         });
-        Ok(Pieces::new(members, align, manifest_name))
+        let pieces = Pieces::new(members, align, manifest_name);
+        Ok(if holes { pieces.sparse_files() } else { pieces })
     }
 
     /// Places the archive by offset, sharing data with the sources where possible.
@@ -251,7 +257,7 @@ impl Exporter {
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
         let align = self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block));
-        let mut pieces = self.pieces(src, align, skipped)?;
+        let mut pieces = self.pieces(src, align, skipped, false)?;
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
         let mut placer =
@@ -281,11 +287,15 @@ impl Exporter {
         }
         // Standard output redirected into a file inside SRC: that file is the archive.
         let st = rustix::fs::fstat(fd).at("fstat", name)?;
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         #[allow(clippy::unnecessary_cast)] // field types differ between targets
-        let _writing = (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
-            .then(|| Writing::new(st.st_dev as u64, st.st_ino as u64));
+        let _writing = regular.then(|| Writing::new(st.st_dev as u64, st.st_ino as u64));
         let align = self.align.unwrap_or(DEFAULT_ALIGN);
-        let mut pieces = self.pieces(src, align, skipped)?;
+        // A pipe or device cannot keep holes by offset, and a compressor would be fed the
+        // zeros: there files with holes become sparse members. A seekable regular file on
+        // standard output gets plain members, as a file archive has.
+        let holes = self.compression.is_some() || !regular;
+        let mut pieces = self.pieces(src, align, skipped, holes)?;
         let (copied, written) = match self.compression {
             None => {
                 // A larger pipe lets sendfile move more per call and the reader wake less often
@@ -339,7 +349,7 @@ impl Exporter {
     ) -> Result<ExportStats> {
         let compression = self.compression.expect("compressed output");
         let align = self.align.unwrap_or(DEFAULT_ALIGN);
-        let mut pieces = self.pieces(src, align, skipped)?;
+        let mut pieces = self.pieces(src, align, skipped, true)?;
         let (copied, written) =
             self.write_compressed(&mut pieces, compression, out_file.file().as_fd(), out)?;
         out_file.commit()?;

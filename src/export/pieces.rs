@@ -2,12 +2,14 @@
 //! at a time, so an export holds a window of members rather than the whole tree.
 
 use crate::error::{Error, Result};
+use crate::export::holes;
 use crate::export::member::Members;
 use crate::export::member::{Body, Member};
 use crate::export::plan::{Planner, encode_headers};
 use crate::export::source::SourceFile;
 use crate::tar::manifest;
 use crate::tar::meta::{Kind, Meta};
+use crate::tar::sparse::SparseMap;
 
 /// A part of the archive and where it goes. Offsets only grow.
 pub(crate) enum Piece {
@@ -20,6 +22,12 @@ pub(crate) enum Piece {
     File {
         offset: u64,
         source: SourceFile,
+    },
+    /// A sparse member's data: its map, then the data ranges of `source` it lists.
+    Sparse {
+        offset: u64,
+        source: SourceFile,
+        map: SparseMap,
     },
     Bytes {
         offset: u64,
@@ -80,6 +88,8 @@ pub(crate) struct Pieces<'a> {
     counts: Counts,
     /// The whole archive's length, known once its end has been returned.
     len: Option<u64>,
+    /// Whether files with holes become sparse members.
+    holes: bool,
 }
 
 impl<'a> Pieces<'a> {
@@ -93,7 +103,16 @@ impl<'a> Pieces<'a> {
             manifest: manifest_name.map(|name| ManifestPlan { name, len: 0, mtime: 0 }),
             counts: Counts::default(),
             len: None,
+            holes: false,
         }
+    }
+
+    /// Stores top-level files whose holes are worth it as pax sparse members (see
+    /// [`holes::MIN_SAVING`]), for an output that cannot keep holes by offset. A nested archive's
+    /// members stay plain: its length was planned before.
+    pub(crate) fn sparse_files(mut self) -> Self {
+        self.holes = true;
+        self
     }
 
     pub(crate) fn counts(&self) -> Counts {
@@ -105,10 +124,13 @@ impl<'a> Pieces<'a> {
         self.len
     }
 
-    fn header(&mut self, member: Member) -> Result<Piece> {
+    fn header(&mut self, mut member: Member) -> Result<Piece> {
         let top = self.levels.len() == 1;
+        if top && self.holes {
+            member.body = holes::plan(member.body)?;
+        }
         self.counts.entries += 1;
-        if let Body::File(source) = &member.body {
+        if let Body::File(source) | Body::Sparse(source, _) = &member.body {
             self.counts.files += 1;
             self.counts.bytes += source.size;
         }
@@ -138,6 +160,7 @@ impl<'a> Pieces<'a> {
         self.body = match placed.member.body {
             Body::None => None,
             Body::File(source) => Some(Piece::File { offset: data_offset, source }),
+            Body::Sparse(source, map) => Some(Piece::Sparse { offset: data_offset, source, map }),
             Body::Bytes(bytes) => Some(Piece::Bytes { offset: data_offset, bytes }),
             Body::Manifest(len) => Some(Piece::Manifest { offset: data_offset, len }),
             Body::Archive(nested) => {

@@ -116,6 +116,8 @@ impl<'a> Placer<'a> {
                         self.fill_file(&source, &file, offset, cloned)?;
                     }
                     Piece::Manifest { offset, len } => manifest_at = Some((offset, len)),
+                    // Only streams plan sparse members: here holes stay holes by offset.
+                    Piece::Sparse { .. } => unreachable!("a sparse member in a file archive"),
                     Piece::End { offset } => self.put(offset, &[0u8; 1024])?,
                 }
             }
@@ -240,7 +242,7 @@ impl<'a> Placer<'a> {
         let mut manifest = Vec::with_capacity(len as usize);
         for covered in std::mem::take(&mut self.covered) {
             let hash =
-                manifest::hash_range(fd, covered.data_offset, covered.size, &mut self.buf, &mut |_| {})
+                manifest::hash_range(fd, covered.data_offset, covered.size, None, &mut self.buf, &mut |_| {})
                     .at("read back", path)?;
             manifest.extend(manifest::line(&covered.name, &hash));
         }

@@ -9,6 +9,9 @@
 //!          | pax header | pax records+comment | ustar header | file data ... | pad to 512 |
 //! ```
 
+use std::borrow::Cow;
+
+use crate::export::holes;
 use crate::export::member::{Body, Member};
 use crate::tar::meta::{Kind, Meta};
 use crate::tar::{BLOCK, must_align, pax, round_up};
@@ -57,7 +60,12 @@ impl Planner {
     pub(crate) fn place(&mut self, member: Member) -> Placed {
         let records = pax_records(&member).len();
         let aligned = needs_alignment(&member, self.align);
-        let (pax_len, padding) = pax_layout(self.offset, records, aligned, self.align);
+        // A sparse member's data starts with its map: the fragments after it are aligned.
+        let map_len = match &member.body {
+            Body::Sparse(_, map) => map.pax1_text().len() as u64,
+            _ => 0,
+        };
+        let (pax_len, padding) = pax_layout(self.offset + map_len, records, aligned, self.align);
         let data_offset =
             self.offset + BLOCK + if pax_len > 0 { BLOCK + round_up(pax_len, BLOCK) } else { 0 };
         let placed = Placed { member, header_offset: self.offset, pax_len, padding, data_offset };
@@ -80,6 +88,7 @@ fn needs_alignment(member: &Member, align: u64) -> bool {
     align > BLOCK
         && match &member.body {
             Body::File(f) => must_align(f.size, align),
+            Body::Sparse(_, map) => must_align(map.data_len(), align),
             Body::Archive(_) => true,
             _ => false,
         }
@@ -135,17 +144,31 @@ pub(crate) fn encode_headers(placed: &Placed) -> Vec<u8> {
     out
 }
 
+/// The name in the member's ustar header (or `path` record): a sparse member's stand-in.
+fn header_name(member: &Member) -> Cow<'_, [u8]> {
+    match &member.body {
+        Body::Sparse(..) => Cow::Owned(holes::stand_in_name(&member.name)),
+        _ => Cow::Borrowed(&member.name),
+    }
+}
+
 /// The pax records a member needs, without padding.
 fn pax_records(member: &Member) -> Vec<u8> {
     let mut out = Vec::new();
-    let path = split_ustar_name(&member.name).is_none().then_some(&member.name);
+    let name = header_name(member);
+    let path = split_ustar_name(&name).is_none().then_some(&*name);
     let linkpath = match &member.kind {
-        Kind::Symlink(target) | Kind::HardLink(target) if target.len() > 100 => Some(target),
+        Kind::Symlink(target) | Kind::HardLink(target) if target.len() > 100 => Some(&target[..]),
         _ => None,
     };
+    let sparse = match &member.body {
+        Body::Sparse(_, map) => Some(map),
+        _ => None,
+    };
+    let sparse_name = sparse.map(|_| &member.name[..]);
     // Pax says path records are UTF-8; bsdtar (and GNU tar with a UTF-8 locale) fail to
     // convert other bytes unless told they are binary. First, as it applies to the header.
-    if path.into_iter().chain(linkpath).any(|name| std::str::from_utf8(name).is_err()) {
+    if path.into_iter().chain(linkpath).chain(sparse_name).any(|name| std::str::from_utf8(name).is_err()) {
         pax::push_record(&mut out, b"hdrcharset", b"BINARY");
     }
     if let Some(path) = path {
@@ -153,6 +176,13 @@ fn pax_records(member: &Member) -> Vec<u8> {
     }
     if let Some(target) = linkpath {
         pax::push_record(&mut out, b"linkpath", target);
+    }
+    // As `tar --sparse --format=posix` writes them; the map is at the start of the data.
+    if let Some(map) = sparse {
+        pax::push_record(&mut out, b"GNU.sparse.major", b"1");
+        pax::push_record(&mut out, b"GNU.sparse.minor", b"0");
+        pax::push_record(&mut out, b"GNU.sparse.name", &member.name);
+        pax::push_record(&mut out, b"GNU.sparse.realsize", map.real_size.to_string().as_bytes());
     }
     let size = member.data_size();
     if size > MAX_OCTAL_12 {
@@ -209,14 +239,15 @@ fn set_name_field(header: &mut tar::Header, name: &[u8]) {
 fn ustar_header(member: &Member) -> tar::Header {
     let mut header = tar::Header::new_ustar();
     let meta = &member.meta;
-    match split_ustar_name(&member.name) {
+    let name = header_name(member);
+    match split_ustar_name(&name) {
         Some((prefix, name)) => {
             let ustar = header.as_ustar_mut().expect("ustar header");
             ustar.prefix[..prefix.len()].copy_from_slice(prefix);
             ustar.name[..name.len()].copy_from_slice(name);
         }
         // The pax `path` record holds the real name; readers without pax see a truncation.
-        None => set_name_field(&mut header, &member.name),
+        None => set_name_field(&mut header, &name),
     }
     header.set_mode(meta.mode & 0o7777);
     header.set_uid(meta.uid);

@@ -1,7 +1,9 @@
 //! The stream writer: writes a planned archive front to back to a pipe, a device or a
 //! compressor, where nothing can be placed by offset or shared. File data is read uncached
 //! into a buffer; to a plain descriptor it goes with sendfile instead (no copy through user
-//! space) where the source's filesystem cannot read uncached, since sendfile caches it.
+//! space) where the source's filesystem cannot read uncached, since sendfile caches it (the
+//! pages it read are dropped after). A sparse member's data is its map followed by the
+//! source's data ranges.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -13,12 +15,14 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::export::holes;
 use crate::export::pieces::{Piece, Pieces};
 use crate::export::source::{self, SourceFile};
 use crate::progress::Progress;
 use crate::sys::mover::shrunk;
 use crate::sys::uncached;
 use crate::tar::manifest;
+use crate::tar::sparse::SparseMap;
 
 /// Where the archive's bytes go.
 pub(crate) enum Sink<'a> {
@@ -104,6 +108,10 @@ impl<'a> Stream<'a> {
                     self.pad_to(offset)?;
                     self.file_data(&source)?;
                 }
+                Piece::Sparse { offset, source, map } => {
+                    self.pad_to(offset)?;
+                    self.sparse_data(&source, &map)?;
+                }
                 Piece::Bytes { offset, bytes } => {
                     self.pad_to(offset)?;
                     self.write(&bytes)?;
@@ -128,29 +136,59 @@ impl<'a> Stream<'a> {
     }
 
     fn file_data(&mut self, source: &SourceFile) -> Result<()> {
-        let path = source.path.as_path();
         let file = source::open(source)?;
         // Checked before anything is sent: data a reader has seen cannot be taken back.
         source::check_unchanged(source, &file)?;
-        // Data that must be hashed goes through user space, and so does data that can be read
-        // without caching it (sendfile would cache it).
-        let copied = match &self.sink {
-            Sink::Fd(fd) if self.hasher.is_none() && !uncached::supported(source.dev) => {
-                send(*fd, &file, source.size).map_err(|e| {
-                    source::error_of(source, &file, source::transfer_error(e, path, self.name))
-                })?
-            }
-            _ => 0,
-        };
-        self.pos += copied;
-        self.copy_through_buffer(&file, source.dev, copied, source.size)
-            .map_err(|e| source::error_of(source, &file, source::transfer_error(e, path, self.name)))?;
+        self.range(source, &file, 0, source.size)?;
+        self.file_done(source, &file)
+    }
+
+    /// Writes a sparse member's data: its map, then the data ranges it lists. The digest
+    /// covers the file the member stands for (its holes as zeros), as an extracted copy has
+    /// it; the map is no part of it.
+    fn sparse_data(&mut self, source: &SourceFile, map: &SparseMap) -> Result<()> {
+        let file = source::open(source)?;
         source::check_unchanged(source, &file)?;
+        holes::check_unchanged(source, &file, map)?;
+        let hasher = self.hasher.take();
+        self.write(&map.pax1_text())?;
+        self.hasher = hasher;
+        let mut end = 0;
+        for &(at, len) in &map.fragments {
+            if let Some(hasher) = &mut self.hasher {
+                manifest::hash_zeros(hasher, at - end);
+            }
+            self.range(source, &file, at, at + len)?;
+            end = at + len;
+        }
+        self.file_done(source, &file)
+    }
+
+    /// Checks, once all of its data is written, that the source did not change meanwhile.
+    fn file_done(&mut self, source: &SourceFile, file: &File) -> Result<()> {
+        source::check_unchanged(source, file)?;
         self.bytes_copied += source.size;
         if let Some(progress) = self.progress {
             progress.advance(source.size);
         }
         Ok(())
+    }
+
+    /// Writes bytes `from..to` of the source `file`.
+    fn range(&mut self, source: &SourceFile, file: &File, from: u64, to: u64) -> Result<()> {
+        let fail = |e| source::error_of(source, file, source::transfer_error(e, &source.path, self.name));
+        // Data that must be hashed goes through user space, and so does data that can be read
+        // without caching it (sendfile would cache it).
+        let sent = match &self.sink {
+            Sink::Fd(fd) if self.hasher.is_none() && !uncached::supported(source.dev) => {
+                let sent = send(*fd, file, from, to).map_err(fail)?;
+                uncached::forget_read(file.as_fd(), source.dev, from, sent - from);
+                sent
+            }
+            _ => from,
+        };
+        self.pos += sent - from;
+        self.copy_through_buffer(file, source.dev, sent, to).map_err(fail)
     }
 
     fn copy_through_buffer(&mut self, file: &File, dev: u64, from: u64, to: u64) -> io::Result<()> {
@@ -177,17 +215,17 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Sends up to `len` bytes of `file` to `out` in the kernel; returns how many went, which is
-/// fewer only when the kernel cannot sendfile to this descriptor.
-fn send(out: BorrowedFd<'_>, file: &File, len: u64) -> io::Result<u64> {
-    let mut offset = 0u64;
-    while offset < len {
-        let want = (len - offset).min(1 << 30) as usize;
+/// Sends bytes `from..to` of `file` to `out` in the kernel; returns where it stopped, which is
+/// before `to` only when the kernel cannot sendfile to this descriptor.
+fn send(out: BorrowedFd<'_>, file: &File, from: u64, to: u64) -> io::Result<u64> {
+    let mut offset = from;
+    while offset < to {
+        let want = (to - offset).min(1 << 30) as usize;
         match rustix::fs::sendfile(out, file.as_fd(), Some(&mut offset), want) {
             Ok(0) => return Err(shrunk()),
             Ok(_) => {}
             Err(Errno::INTR | Errno::AGAIN) => {}
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if offset == 0 => return Ok(0),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if offset == from => return Ok(from),
             Err(e) => return Err(e.into()),
         }
     }

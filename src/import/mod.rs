@@ -155,6 +155,8 @@ impl Importer {
         if let Some(progress) = &progress {
             progress.finish();
         }
+        // Where uncached writes were refused, the last pages written are still cached.
+        crate::sys::behind::settle();
         let mut stats = result?;
         drop(reader);
         if let Opened::Stream(stream) = &mut opened {

@@ -279,7 +279,14 @@ fn hash_covered(run: &mut Run<'_>, file: &File, covered: &mut [Covered]) -> Resu
             done += n;
             (run.progress)(VerifyProgress { phase: "data", done, total: Some(total) });
         };
-        let digest = manifest::hash_range(file.as_fd(), c.data_offset, c.size, &mut buf, &mut hashed);
+        let digest = manifest::hash_range(
+            file.as_fd(),
+            c.data_offset,
+            c.size,
+            c.sparse.as_ref(),
+            &mut buf,
+            &mut hashed,
+        );
         c.digest = Some(digest.at("read", run.archive)?);
     }
     run.report.bytes_hashed = done;
@@ -385,7 +392,7 @@ fn hash_stream(
 ) -> Result<([u8; 32], Option<Vec<u8>>)> {
     let keep = bundle_name(&entry.name) == manifest::NAME && entry.size <= MAX_MANIFEST;
     let mut text = Vec::new();
-    let mut hasher = Sha256::new();
+    let mut hasher = manifest::ContentHasher::new(entry.sparse.as_ref());
     let mut pos = 0;
     loop {
         let n = match reader.read(buf) {
@@ -402,7 +409,7 @@ fn hash_stream(
         run.report.bytes_hashed += n as u64;
         (run.progress)(VerifyProgress { phase: "data", done: entry.data_offset + pos, total: None });
     }
-    Ok((hasher.finalize().into(), keep.then_some(text)))
+    Ok((hasher.finalize(), keep.then_some(text)))
 }
 
 fn read_error(archive: &Path, entry: &Entry, e: io::Error) -> Error {

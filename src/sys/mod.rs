@@ -1,6 +1,7 @@
 //! The system layer: moving file data (clone, then copy_file_range, then plain copies) and
 //! writing a file that appears only when complete.
 
+pub(crate) mod behind;
 pub(crate) mod clone;
 pub(crate) mod mover;
 pub(crate) mod outfile;

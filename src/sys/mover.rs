@@ -196,7 +196,7 @@ impl Mover {
                 Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
                 Err(e) => return Err(e.into()),
             };
-            uncached::forget_hole(src.fd, src.dev, pos, data.min(end) - pos);
+            uncached::forget_hole(src.fd, pos, data.min(end) - pos);
             if data >= end {
                 return Ok(written);
             }

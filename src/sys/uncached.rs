@@ -3,13 +3,18 @@
 //! the running workloads' pages. RWF_DONTCACHE (Linux 6.14) drops the pages such an I/O
 //! brings in once they are clean (written back, for a write), and leaves alone the pages that
 //! were cached before, which are someone else's. A filesystem without it (EOPNOTSUPP: Btrfs
-//! in 6.18) or an older kernel (EINVAL) gets plain reads and writes, remembered per device.
+//! in 6.18) or an older kernel (EINVAL), remembered per device, gets plain reads whose pages
+//! are dropped once read (`fadvise(DONTNEED)`: pages cached before are dropped too, since
+//! telling them apart needs `cachestat`, which rustix lacks), and plain writes that
+//! `behind` writes back and drops a few MiB behind the write front.
 
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 
 use rustix::io::{Errno, ReadWriteFlags};
+
+use crate::sys::behind;
 
 /// Devices where RWF_DONTCACHE was refused.
 static REFUSED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
@@ -26,7 +31,7 @@ fn dontcache(dev: u64) -> ReadWriteFlags {
 fn refuse(dev: u64) {
     let mut refused = REFUSED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !refused.contains(&dev) {
-        log::debug!("device {dev}: no uncached I/O (RWF_DONTCACHE); copies go through the page cache");
+        log::debug!("device {dev}: no uncached I/O (RWF_DONTCACHE); copies drop their pages after use");
         refused.push(dev);
     }
 }
@@ -39,10 +44,15 @@ pub(crate) fn supported(dev: u64) -> bool {
 /// Drops the cached pages of a hole of `len` bytes at `offset` in `fd` that a copy skipped:
 /// reads around it bring zero-filled pages in that no disk read completes, so uncached reads
 /// do not drop them. A hole's pages are zeros that no workload needs cached.
-pub(crate) fn forget_hole(fd: BorrowedFd<'_>, dev: u64, offset: u64, len: u64) {
-    if len > 0 && supported(dev) {
-        // Only advice: a failure costs nothing but the pages.
-        let _ = rustix::fs::fadvise(fd, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
+pub(crate) fn forget_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    behind::drop_pages(fd, offset, len);
+}
+
+/// Drops the pages of bytes read through the cache, where the device refused uncached reads
+/// (what `sendfile` read, say).
+pub(crate) fn forget_read(fd: BorrowedFd<'_>, dev: u64, offset: u64, len: u64) {
+    if !supported(dev) {
+        behind::drop_pages(fd, offset, len);
     }
 }
 
@@ -51,7 +61,12 @@ pub(crate) fn pread(fd: BorrowedFd<'_>, dev: u64, buf: &mut [u8], offset: u64) -
     loop {
         let flags = dontcache(dev);
         match rustix::io::preadv2(fd, &mut [io::IoSliceMut::new(buf)], offset, flags) {
-            Ok(n) => return Ok(n),
+            Ok(n) => {
+                if flags.is_empty() {
+                    behind::drop_pages(fd, offset, n as u64);
+                }
+                return Ok(n);
+            }
             Err(Errno::OPNOTSUPP | Errno::INVAL) if !flags.is_empty() => refuse(dev),
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -66,6 +81,9 @@ pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, dev: u64, mut buf: &[u8], mut offse
         match rustix::io::pwritev2(fd, &[io::IoSlice::new(buf)], offset, flags) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
+                if flags.is_empty() {
+                    behind::wrote(fd, offset, n as u64);
+                }
                 buf = &buf[n..];
                 offset += n as u64;
             }

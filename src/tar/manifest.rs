@@ -6,6 +6,8 @@ use std::os::fd::BorrowedFd;
 
 use sha2::{Digest, Sha256};
 
+use crate::tar::sparse::SparseMap;
+
 /// The manifest's member name, at the top of the archive.
 pub(crate) const NAME: &[u8] = b"ckpt.sha256";
 
@@ -101,18 +103,89 @@ pub(crate) fn parse(text: &[u8]) -> std::result::Result<Vec<ManifestLine>, Strin
     Ok(out)
 }
 
+/// Hashes a member's content as an extracted file holds it, which `sha256sum -c` checks: a
+/// plain member's data as it is; a sparse member's stored bytes at their fragments' offsets,
+/// with zeros in the holes between them and after the last.
+pub(crate) struct ContentHasher {
+    sha: Sha256,
+    sparse: Option<Expanding>,
+}
+
+/// Where a sparse member's stored bytes have got to in the file they stand for.
+struct Expanding {
+    map: SparseMap,
+    /// The fragment the next stored byte belongs to, and how much of it is hashed.
+    fragment: usize,
+    done: u64,
+    /// The end of what is hashed, in the file.
+    end: u64,
+}
+
+impl ContentHasher {
+    pub(crate) fn new(sparse: Option<&SparseMap>) -> ContentHasher {
+        let sparse = sparse.map(|map| Expanding { map: map.clone(), fragment: 0, done: 0, end: 0 });
+        ContentHasher { sha: Sha256::new(), sparse }
+    }
+
+    /// Hashes the next stored bytes.
+    pub(crate) fn update(&mut self, mut stored: &[u8]) {
+        let Some(s) = &mut self.sparse else {
+            self.sha.update(stored);
+            return;
+        };
+        // The reader checked that the fragments add up to the stored bytes.
+        while let Some(&(at, len)) = s.map.fragments.get(s.fragment) {
+            if s.done == 0 {
+                hash_zeros(&mut self.sha, at.saturating_sub(s.end));
+                s.end = s.end.max(at);
+            }
+            let n = stored.len().min((len - s.done) as usize);
+            self.sha.update(&stored[..n]);
+            stored = &stored[n..];
+            s.done += n as u64;
+            s.end += n as u64;
+            if s.done < len {
+                return;
+            }
+            (s.fragment, s.done) = (s.fragment + 1, 0);
+            if stored.is_empty() {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn finalize(mut self) -> [u8; 32] {
+        if let Some(s) = &self.sparse {
+            let end = s.map.fragments.iter().skip(s.fragment).fold(s.end, |end, &(at, _)| end.max(at));
+            hash_zeros(&mut self.sha, s.map.real_size.max(end) - s.end);
+        }
+        self.sha.finalize().into()
+    }
+}
+
+/// Feeds `n` zero bytes to `sha`: a hole's content.
+pub(crate) fn hash_zeros(sha: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while n > 0 {
+        let chunk = n.min(ZEROS.len() as u64) as usize;
+        sha.update(&ZEROS[..chunk]);
+        n -= chunk as u64;
+    }
+}
+
 /// Hashes `len` bytes of `fd` from `offset`, telling `hashed` how many bytes each read added.
 pub(crate) fn hash_range(
     fd: BorrowedFd<'_>,
     offset: u64,
     len: u64,
+    sparse: Option<&SparseMap>,
     buf: &mut Vec<u8>,
     hashed: &mut dyn FnMut(u64),
 ) -> io::Result<[u8; 32]> {
     if buf.is_empty() {
         buf.resize(1 << 20, 0);
     }
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHasher::new(sparse);
     let mut done = 0;
     while done < len {
         let want = (len - done).min(buf.len() as u64) as usize;
@@ -127,7 +200,7 @@ pub(crate) fn hash_range(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(hasher.finalize().into())
+    Ok(hasher.finalize())
 }
 
 #[cfg(test)]
@@ -144,6 +217,23 @@ mod tests {
         for name in [&b"./a b"[..], b"./x\\y\nz", b"\\", b"\n\n", b""] {
             assert_eq!(line_len(name), line(name, &hash).len() as u64, "{name:?}");
         }
+    }
+
+    #[test]
+    fn a_sparse_member_hashes_as_its_expanded_file() {
+        let map = SparseMap { fragments: vec![(3, 2), (8, 1), (10, 0)], real_size: 12 };
+        let expanded = b"\0\0\0ab\0\0\0c\0\0\0";
+        let want: [u8; 32] = Sha256::digest(expanded).into();
+        for split in 0..=3 {
+            let mut hasher = ContentHasher::new(Some(&map));
+            hasher.update(&b"abc"[..split]);
+            hasher.update(&b"abc"[split..]);
+            assert_eq!(hasher.finalize(), want, "split at {split}");
+        }
+        let holes = SparseMap { fragments: vec![(5, 0)], real_size: 5 };
+        let mut hasher = ContentHasher::new(Some(&holes));
+        hasher.update(b"");
+        assert_eq!(hasher.finalize(), <[u8; 32]>::from(Sha256::digest([0u8; 5])));
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub(crate) mod manifest;
 pub(crate) mod meta;
 pub(crate) mod pax;
 pub(crate) mod reader;
-mod sparse;
+pub(crate) mod sparse;
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.
 pub const DEFAULT_ALIGN: u64 = 4096;

@@ -20,7 +20,7 @@ pub(crate) struct SparseMap {
 }
 
 /// Most fragments a sparse map may list (memory stays bounded on hostile input).
-const MAX_FRAGMENTS: usize = 1 << 20;
+pub(crate) const MAX_FRAGMENTS: usize = 1 << 20;
 
 /// The pax records that describe a sparse member.
 #[derive(Default, Clone)]
@@ -82,6 +82,24 @@ pub(crate) fn read_map(
 }
 
 impl SparseMap {
+    /// The map as pax sparse 1.0 stores it at the start of the member's data, as GNU tar
+    /// writes it: the fragment count, then each fragment's offset and length, one decimal
+    /// number per line, padded with NULs to a whole block.
+    pub(crate) fn pax1_text(&self) -> Vec<u8> {
+        let mut text = format!("{}\n", self.fragments.len());
+        for (at, len) in &self.fragments {
+            text.push_str(&format!("{at}\n{len}\n"));
+        }
+        let mut text = text.into_bytes();
+        text.resize(text.len().next_multiple_of(BLOCK as usize), 0);
+        text
+    }
+
+    /// Bytes of file data the fragments hold.
+    pub(crate) fn data_len(&self) -> u64 {
+        self.fragments.iter().map(|f| f.1).sum()
+    }
+
     /// Whether the fragments add up to `stored` bytes and all lie within the file.
     fn matches(&self, stored: u64) -> bool {
         // Checked: a wrapped sum could match the member's size.
@@ -194,5 +212,22 @@ impl Numbers {
             }
         }
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax1_text_reads_back_as_written() {
+        let map = SparseMap { fragments: vec![(0, 4096), (1 << 20, 512), (3 << 20, 0)], real_size: 3 << 20 };
+        let text = map.pax1_text();
+        assert_eq!(&text[..32], b"3\n0\n4096\n1048576\n512\n3145728\n0\n\0");
+        assert_eq!(text.len(), 512);
+        let mut stream = &text[..];
+        let mut input = Input::stream(Box::new(&mut stream), 0);
+        let (fragments, len) = pax1_map(&mut input, 512 + map.data_len()).ok().unwrap();
+        assert_eq!((fragments, len), (map.fragments, 512));
     }
 }

@@ -229,3 +229,68 @@ pub fn python_data_offsets(archive: &Path) -> Vec<(String, u64, u64, char)> {
         })
         .collect()
 }
+
+/// A member of an archive as its blocks hold it: the pax records of its extended header, the
+/// name in its ustar header (prefix included), and its stored data, read by
+/// [`raw_members`] without interpreting anything (a sparse member's data is its map and
+/// fragments).
+#[derive(Debug, Clone)]
+pub struct RawMember {
+    pub pax: Vec<(String, Vec<u8>)>,
+    pub ustar_name: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl RawMember {
+    /// The member's name as a reader that knows pax sparse sees it.
+    pub fn name(&self) -> &[u8] {
+        let record = |key: &str| self.pax.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
+        record("GNU.sparse.name").or_else(|| record("path")).unwrap_or(&self.ustar_name)
+    }
+
+    /// Its `GNU.sparse.*` records, in archive order.
+    pub fn sparse_records(&self) -> Vec<(String, Vec<u8>)> {
+        self.pax.iter().filter(|(k, _)| k.starts_with("GNU.sparse.")).cloned().collect()
+    }
+}
+
+/// The members of a plain (uncompressed) archive, pax extended headers joined to the member
+/// they describe; global headers skipped.
+pub fn raw_members(archive: &[u8]) -> Vec<RawMember> {
+    let field = |block: &[u8], range: std::ops::Range<usize>| -> Vec<u8> {
+        block[range].iter().copied().take_while(|&b| b != 0).collect()
+    };
+    let mut members = Vec::new();
+    let mut pax = Vec::new();
+    let mut at = 0;
+    while at + BLOCK <= archive.len() && archive[at..at + BLOCK].iter().any(|&b| b != 0) {
+        let block = &archive[at..at + BLOCK];
+        let size_field = String::from_utf8(field(block, 124..136)).unwrap();
+        let size = u64::from_str_radix(size_field.trim(), 8).unwrap() as usize;
+        let data = archive[at + BLOCK..at + BLOCK + size].to_vec();
+        match block[156] {
+            b'x' => pax = parse_pax_records(&data),
+            b'g' => {}
+            _ => {
+                let (prefix, name) = (field(block, 345..500), field(block, 0..100));
+                let ustar_name = if prefix.is_empty() { name } else { [prefix, name].join(&b'/') };
+                members.push(RawMember { pax: std::mem::take(&mut pax), ustar_name, data });
+            }
+        }
+        at += BLOCK + size.div_ceil(BLOCK) * BLOCK;
+    }
+    members
+}
+
+/// Pax records `LEN KEY=VALUE\n`, in order.
+fn parse_pax_records(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut records = Vec::new();
+    while let Some(space) = data.iter().position(|&b| b == b' ') {
+        let len: usize = std::str::from_utf8(&data[..space]).unwrap().parse().unwrap();
+        let record = &data[space + 1..len - 1];
+        let eq = record.iter().position(|&b| b == b'=').unwrap();
+        records.push((String::from_utf8(record[..eq].to_vec()).unwrap(), record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    records
+}

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use super::VerifyReport;
 use crate::container::podman::bundle_name;
 use crate::tar::manifest;
-use crate::tar::reader::Entry;
+use crate::tar::reader::{Entry, SparseMap};
 
 /// A manifest larger than this is not one (about 10 million lines).
 pub(super) const MAX_MANIFEST: u64 = 1 << 30;
@@ -18,13 +18,21 @@ pub(super) struct Covered {
     pub(super) name: Vec<u8>,
     pub(super) data_offset: u64,
     pub(super) size: u64,
+    /// A sparse member's map: its digest is that of the file it stands for.
+    pub(super) sparse: Option<SparseMap>,
     /// Computed while streaming; computed from the file afterwards otherwise.
     pub(super) digest: Option<[u8; 32]>,
 }
 
 impl Covered {
     pub(super) fn new(entry: &Entry) -> Self {
-        Covered { name: entry.name.clone(), data_offset: entry.data_offset, size: entry.size, digest: None }
+        Covered {
+            name: entry.name.clone(),
+            data_offset: entry.data_offset,
+            size: entry.size,
+            sparse: entry.sparse.clone(),
+            digest: None,
+        }
     }
 }
 
