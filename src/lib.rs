@@ -49,7 +49,9 @@ pub use export::{DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;
 pub use import::stats::ImportStats;
-pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
+pub use inspect::{
+    ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, read_member, verify, verify_headers,
+};
 pub use progress::Progress;
 pub use registry::{Access, PullStats, PushStats, Reference, Registry, Version};
 pub use runtime::{

@@ -261,6 +261,10 @@ pub(crate) struct VerifyArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Check the headers only: no digests compared, and of a seekable zstd archive only its
+    /// index is read.
+    #[arg(long)]
+    pub(crate) headers: bool,
     /// The archive (gzip and zstd are detected); `-` for standard input.
     pub(crate) archive: PathBuf,
 }

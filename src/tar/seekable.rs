@@ -1,0 +1,408 @@
+//! Seekable zstd, both sides: ckpt's `--compress zstd` output is the zstd seekable format
+//! (independent frames, each with its content checksum, and a seek table in a skippable frame
+//! at the end), with two skippable frames of ckpt's own: a marker right after the first
+//! frame (so a file cut before its seek table is known to have had one) and, before the seek
+//! table, an index of every member's header blocks, so that listing a multi-GB archive reads
+//! a few KiB. Every zstd reader skips skippable frames: the file stays one zstd stream.
+//!
+//! Layout: `frame 0 | marker | frames... | index | seek table`; the seek table lists every
+//! frame but itself, the skippable ones with a decompressed size of 0.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use zstd::stream::raw::{CParameter, InBuffer, Operation, OutBuffer};
+use zstd::zstd_safe;
+
+/// The magic of ckpt's skippable frames (any of 0x184D2A50..5F is a skippable frame).
+const CKPT_MAGIC: u32 = 0x184D_2A5C;
+/// The seek table's skippable frame magic and its footer's magic (the seekable format).
+const TABLE_MAGIC: u32 = 0x184D_2A5E;
+const FOOTER_MAGIC: u32 = 0x8F92_EAB1;
+const FOOTER_LEN: u64 = 9;
+/// The seek table's descriptor: entries carry checksums.
+const CHECKSUM_FLAG: u8 = 0x80;
+/// What the marker frame holds.
+const MARKER: &[u8] = b"ckpt seekable tar 1";
+/// What the index frame's content starts with, before the compressed index.
+const INDEX_TAG: &[u8] = b"ckpt-index-1";
+/// The low 32 bits of XXH64 of no bytes: the seek table checksum of a skippable frame.
+const EMPTY_CHECKSUM: u32 = 0x51D8_E999;
+
+/// Tar bytes per frame at most: big enough to compress as well as one stream does, small
+/// enough that a reader holds a few of them.
+pub(crate) const FRAME_MAX: u64 = 4 << 20;
+/// A member with at least this much data gets frames of its own.
+pub(crate) const LARGE_MEMBER: u64 = 1 << 20;
+/// Bounds on what a reader accepts from a table it has not written.
+const MAX_INDEX: u64 = 1 << 30;
+const MAX_FRAME_DECOMPRESSED: u64 = 64 << 20;
+
+/// One frame as the seek table describes it, and where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) compressed_offset: u64,
+    pub(crate) compressed_len: u64,
+    /// Where its bytes start in the tar; skippable frames hold none.
+    pub(crate) tar_offset: u64,
+    pub(crate) tar_len: u64,
+}
+
+/// The zstd encoder of a seekable archive: tar bytes in, frames out, ended where the caller
+/// says (member boundaries) or at [`FRAME_MAX`].
+pub(crate) struct SeekableWriter<W: Write> {
+    cctx: zstd::stream::raw::Encoder<'static>,
+    out: W,
+    buf: Vec<u8>,
+    /// Seek table entries: compressed size, decompressed size, checksum.
+    entries: Vec<(u32, u32, u32)>,
+    frame_in: u64,
+    frame_out: u64,
+    /// The last 4 bytes written: a finished frame's content checksum.
+    tail: [u8; 4],
+    /// The index: tar offset, length and bytes of every header (and end-of-archive) region.
+    index: Vec<u8>,
+    tar_len: u64,
+    written: u64,
+}
+
+/// What a writer that lays out frames needs from its encoder.
+pub(crate) trait Frames: Write {
+    /// Tar bytes in the frame under way.
+    fn frame_len(&self) -> u64;
+    /// Records the header blocks (or end-of-archive blocks) at tar offset `offset`.
+    fn note_header(&mut self, offset: u64, bytes: &[u8]);
+    /// Ends the frame under way, if it holds anything.
+    fn end_frame(&mut self) -> io::Result<()>;
+}
+
+impl<W: Write> Frames for SeekableWriter<W> {
+    fn frame_len(&self) -> u64 {
+        self.frame_in
+    }
+
+    fn note_header(&mut self, offset: u64, bytes: &[u8]) {
+        self.index.extend_from_slice(&offset.to_le_bytes());
+        self.index.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.index.extend_from_slice(bytes);
+    }
+
+    /// The first frame is followed by the marker.
+    fn end_frame(&mut self) -> io::Result<()> {
+        if self.frame_in == 0 {
+            return Ok(());
+        }
+        loop {
+            self.buf.clear();
+            let left = self.cctx.finish(&mut OutBuffer::around(&mut self.buf), false)?;
+            self.emit()?;
+            if left == 0 {
+                break;
+            }
+        }
+        self.cctx.reinit()?;
+        let checksum = u32::from_le_bytes(self.tail);
+        self.entries.push((to_u32(self.frame_out)?, to_u32(self.frame_in)?, checksum));
+        (self.frame_in, self.frame_out) = (0, 0);
+        if self.entries.len() == 1 {
+            self.skippable(MARKER)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> SeekableWriter<W> {
+    /// Default level; multithreaded inside each frame in 1 MiB jobs, as the stream encoder.
+    pub(crate) fn new(out: W, threads: u32, job_size: u32) -> io::Result<Self> {
+        let mut cctx = zstd::stream::raw::Encoder::new(zstd::DEFAULT_COMPRESSION_LEVEL)?;
+        cctx.set_parameter(CParameter::NbWorkers(threads))?;
+        cctx.set_parameter(CParameter::ChecksumFlag(true))?;
+        cctx.set_parameter(CParameter::JobSize(job_size))?;
+        Ok(SeekableWriter {
+            cctx,
+            out,
+            buf: Vec::with_capacity(zstd_safe::CCtx::out_size()),
+            entries: Vec::new(),
+            frame_in: 0,
+            frame_out: 0,
+            tail: [0; 4],
+            index: Vec::new(),
+            tar_len: 0,
+            written: 0,
+        })
+    }
+
+    /// Writes out what the compressor left in the buffer.
+    fn emit(&mut self) -> io::Result<()> {
+        let bytes = &self.buf[..];
+        self.out.write_all(bytes)?;
+        self.frame_out += bytes.len() as u64;
+        self.written += bytes.len() as u64;
+        if bytes.len() >= 4 {
+            self.tail.copy_from_slice(&bytes[bytes.len() - 4..]);
+        } else {
+            let keep = 4 - bytes.len();
+            self.tail.copy_within(bytes.len().., 0);
+            self.tail[keep..].copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// Writes a skippable frame of ckpt's holding `content`, listed in the seek table.
+    fn skippable(&mut self, content: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(8 + content.len());
+        frame.extend_from_slice(&CKPT_MAGIC.to_le_bytes());
+        frame.extend_from_slice(&to_u32(content.len() as u64)?.to_le_bytes());
+        frame.extend_from_slice(content);
+        self.out.write_all(&frame)?;
+        self.written += frame.len() as u64;
+        self.entries.push((to_u32(frame.len() as u64)?, 0, EMPTY_CHECKSUM));
+        Ok(())
+    }
+
+    /// Ends the last frame and writes the index and the seek table; returns the output and
+    /// the bytes written to it.
+    pub(crate) fn finish(mut self) -> io::Result<(W, u64)> {
+        self.end_frame()?;
+        let mut raw = Vec::with_capacity(self.index.len() + 8);
+        raw.extend_from_slice(&self.tar_len.to_le_bytes());
+        raw.extend_from_slice(&self.index);
+        let mut compressor = zstd::bulk::Compressor::new(zstd::DEFAULT_COMPRESSION_LEVEL)?;
+        compressor.include_checksum(true)?;
+        let compressed = compressor.compress(&raw)?;
+        self.skippable(&[INDEX_TAG, &compressed].concat())?;
+        let table = seek_table(&self.entries)?;
+        self.out.write_all(&table)?;
+        self.written += table.len() as u64;
+        Ok((self.out, self.written))
+    }
+}
+
+impl<W: Write> Write for SeekableWriter<W> {
+    /// Compresses tar bytes; a frame that reaches [`FRAME_MAX`] ends there.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = (FRAME_MAX - self.frame_in).min(data.len() as u64) as usize;
+        let mut input = InBuffer::around(&data[..room]);
+        while input.pos < room {
+            self.buf.clear();
+            self.cctx.run(&mut input, &mut OutBuffer::around(&mut self.buf))?;
+            self.emit()?;
+        }
+        self.frame_in += room as u64;
+        self.tar_len += room as u64;
+        if self.frame_in == FRAME_MAX {
+            self.end_frame()?;
+        }
+        Ok(room)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn to_u32(n: u64) -> io::Result<u32> {
+    u32::try_from(n).map_err(|_| io::Error::other(format!("a zstd frame of {n} bytes")))
+}
+
+fn seek_table(entries: &[(u32, u32, u32)]) -> io::Result<Vec<u8>> {
+    let size = entries.len() as u64 * 12 + FOOTER_LEN;
+    let mut table = Vec::with_capacity(8 + size as usize);
+    table.extend_from_slice(&TABLE_MAGIC.to_le_bytes());
+    table.extend_from_slice(&to_u32(size)?.to_le_bytes());
+    for (compressed, decompressed, checksum) in entries {
+        for n in [compressed, decompressed, checksum] {
+            table.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    table.extend_from_slice(&to_u32(entries.len() as u64)?.to_le_bytes());
+    table.push(CHECKSUM_FLAG);
+    table.extend_from_slice(&FOOTER_MAGIC.to_le_bytes());
+    Ok(table)
+}
+
+// ---------------------------------------------------------------------------
+// Reading: the trailer (seek table and index), checked against the file's length.
+// ---------------------------------------------------------------------------
+
+/// A seekable archive's frames and index, read from its end.
+#[derive(Debug)]
+pub(crate) struct Trailer {
+    pub(crate) frames: Vec<Frame>,
+    pub(crate) regions: Regions,
+}
+
+/// What the end (and the start) of a zstd file says it is.
+pub(crate) enum Probe {
+    /// A seekable archive whose trailer is consistent with the file.
+    Seekable(Trailer),
+    /// ckpt's marker is there but the trailer is missing or inconsistent: cut short or damaged.
+    Damaged,
+    /// Any other zstd file.
+    Plain,
+}
+
+/// Reads the trailer of the zstd file `file` of `len` bytes. Read errors count as
+/// inconsistency: the stream read that follows reports them.
+pub(crate) fn probe(file: &File, len: u64) -> Probe {
+    match read_trailer(file, len) {
+        Some(trailer) => Probe::Seekable(trailer),
+        None if has_marker(file, len) => Probe::Damaged,
+        None => Probe::Plain,
+    }
+}
+
+fn read_at(file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; usize::try_from(len).ok()?];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    Some(buf)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Whether ckpt's marker frame follows the file's first frame.
+fn has_marker(file: &File, len: u64) -> bool {
+    let Some(head) = read_at(file, 0, len.min(1 << 20)) else { return false };
+    let Ok(first) = zstd_safe::find_frame_compressed_size(&head) else { return false };
+    let marker = [&CKPT_MAGIC.to_le_bytes()[..], &(MARKER.len() as u32).to_le_bytes(), MARKER].concat();
+    head.get(first..).is_some_and(|rest| rest.starts_with(&marker))
+}
+
+fn read_trailer(file: &File, len: u64) -> Option<Trailer> {
+    let footer = read_at(file, len.checked_sub(FOOTER_LEN)?, FOOTER_LEN)?;
+    if u32_at(&footer, 5)? != FOOTER_MAGIC || footer[4] != CHECKSUM_FLAG {
+        return None;
+    }
+    let count = u64::from(u32_at(&footer, 0)?);
+    let table_len = 8 + count * 12 + FOOTER_LEN;
+    let table_at = len.checked_sub(table_len)?;
+    let table = read_at(file, table_at, table_len - FOOTER_LEN)?;
+    if u32_at(&table, 0)? != TABLE_MAGIC || u64::from(u32_at(&table, 4)?) != table_len - 8 {
+        return None;
+    }
+    let frames = frames_of(&table[8..], table_at)?;
+    // Frame 1 is the marker, the last one the index.
+    let index = frames.last()?;
+    if frames.len() < 3 || frames[1].tar_len != 0 || index.tar_len != 0 {
+        return None;
+    }
+    let regions = read_index(file, index, frames_tar_len(&frames))?;
+    Some(Trailer { frames, regions })
+}
+
+/// The frames the seek table `entries` lists, if they fill the file up to `table_at`.
+fn frames_of(entries: &[u8], table_at: u64) -> Option<Vec<Frame>> {
+    let mut frames = Vec::with_capacity(entries.len() / 12);
+    let (mut compressed_offset, mut tar_offset) = (0u64, 0u64);
+    for entry in entries.chunks_exact(12) {
+        let compressed_len = u64::from(u32_at(entry, 0)?);
+        let tar_len = u64::from(u32_at(entry, 4)?);
+        if compressed_len == 0 || tar_len > MAX_FRAME_DECOMPRESSED {
+            return None;
+        }
+        frames.push(Frame { compressed_offset, compressed_len, tar_offset, tar_len });
+        compressed_offset += compressed_len;
+        tar_offset += tar_len;
+    }
+    (compressed_offset == table_at).then_some(frames)
+}
+
+fn frames_tar_len(frames: &[Frame]) -> u64 {
+    frames.iter().map(|f| f.tar_len).sum()
+}
+
+fn read_index(file: &File, frame: &Frame, tar_len: u64) -> Option<Regions> {
+    if frame.compressed_len > MAX_INDEX {
+        return None;
+    }
+    let bytes = read_at(file, frame.compressed_offset, frame.compressed_len)?;
+    let tag_end = 8 + INDEX_TAG.len();
+    if u32_at(&bytes, 0)? != CKPT_MAGIC
+        || u64::from(u32_at(&bytes, 4)?) != frame.compressed_len - 8
+        || bytes.get(8..tag_end)? != INDEX_TAG
+    {
+        return None;
+    }
+    let compressed = &bytes[tag_end..];
+    let size = zstd_safe::get_frame_content_size(compressed).ok()??;
+    if size > MAX_INDEX {
+        return None;
+    }
+    let raw = zstd::bulk::decompress(compressed, size as usize).ok()?;
+    let regions = Regions::parse(&raw)?;
+    (regions.tar_len == tar_len).then_some(regions)
+}
+
+/// The parts of the tar the index holds: every member's header blocks and every
+/// end-of-archive pair, by tar offset.
+#[derive(Debug, Default)]
+pub(crate) struct Regions {
+    spans: Vec<(u64, Vec<u8>)>,
+    /// The length of the whole tar.
+    pub(crate) tar_len: u64,
+}
+
+impl Regions {
+    fn parse(raw: &[u8]) -> Option<Regions> {
+        let tar_len = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+        let (mut spans, mut at, mut end) = (Vec::new(), 8, 0u64);
+        while at < raw.len() {
+            let offset = u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?);
+            let len = u32_at(raw, at + 8)? as usize;
+            let bytes = raw.get(at + 12..at + 12 + len)?.to_vec();
+            // In order, apart, inside the tar.
+            if offset < end || offset.checked_add(len as u64)? > tar_len {
+                return None;
+            }
+            end = offset + len as u64;
+            spans.push((offset, bytes));
+            at += 12 + len;
+        }
+        Some(Regions { spans, tar_len })
+    }
+
+    /// The bytes at `offset`, if the index holds all `len` of them.
+    pub(crate) fn get(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let i = self.spans.partition_point(|(start, _)| *start <= offset).checked_sub(1)?;
+        let (start, bytes) = &self.spans[i];
+        let from = usize::try_from(offset - start).ok()?;
+        bytes.get(from..from.checked_add(len)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(chunks: &[(u64, &[u8])]) -> (Vec<u8>, u64) {
+        let mut writer = SeekableWriter::new(Vec::new(), 0, 1 << 20).unwrap();
+        for (offset, bytes) in chunks {
+            writer.note_header(*offset, &bytes[..512]);
+            writer.write_all(bytes).unwrap();
+            writer.end_frame().unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn a_written_archive_decodes_as_one_zstd_stream_and_its_trailer_reads_back() {
+        let (a, b) = (vec![1u8; 1024], vec![2u8; 5 << 20]);
+        let (out, written) = write(&[(0, &a), (1024, &b)]);
+        assert_eq!(written, out.len() as u64);
+        assert_eq!(zstd::decode_all(&out[..]).unwrap(), [a.clone(), b.clone()].concat());
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&out, 0).unwrap();
+        let Probe::Seekable(trailer) = probe(&file, out.len() as u64) else { panic!("not seekable") };
+        let tars: Vec<u64> = trailer.frames.iter().map(|f| f.tar_len).collect();
+        assert_eq!(tars, [1024, 0, 4 << 20, 1 << 20, 0]);
+        assert_eq!(trailer.regions.get(1024, 512), Some(&b[..512]));
+        assert_eq!(trailer.regions.get(1024, 513), None);
+        assert_eq!(trailer.regions.tar_len, 1024 + (5 << 20));
+        let cut = tempfile::tempfile().unwrap();
+        cut.write_all_at(&out[..out.len() - 1], 0).unwrap();
+        assert!(matches!(probe(&cut, out.len() as u64 - 1), Probe::Damaged));
+    }
+}
