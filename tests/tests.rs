@@ -18,3 +18,4 @@ mod podman_e2e;
 mod proptest_roundtrip;
 mod registry;
 mod roundtrip;
+mod seekable;

@@ -225,6 +225,10 @@ pub(crate) struct ImportArgs {
     pub(crate) overwrite: bool,
     #[command(flatten)]
     pub(crate) rootfs: RootfsArgs,
+    /// Threads decoding a seekable zstd archive (ckpt's --compress zstd) ahead of the
+    /// extraction. Default: $CKPT_JOBS, else the number of cores up to 4.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) jobs: Option<u32>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,

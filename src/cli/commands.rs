@@ -93,6 +93,9 @@ pub(crate) fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode>
     if let Some(rootfs) = args.rootfs.rootfs(&[]) {
         importer = importer.rootfs(rootfs);
     }
+    if let Some(jobs) = args.jobs {
+        importer = importer.jobs(jobs as usize);
+    }
     if progress {
         importer = importer.progress(Arc::new(Bar::new("import")));
     }
