@@ -117,7 +117,7 @@ impl Importer {
     }
 
     /// Decodes a seekable zstd archive (ckpt's `--compress zstd`) on `jobs` threads ahead of
-    /// the extraction, each holding one frame (4 MiB) at most. The default is `CKPT_JOBS`
+    /// the extraction, each holding one frame (2 MiB) at most. The default is `CKPT_JOBS`
     /// from the environment, else the number of cores up to 4. Other archives are read as
     /// before: plain files are cloned, other streams decoded on one thread.
     pub fn jobs(mut self, jobs: usize) -> Importer {

@@ -152,8 +152,6 @@ pub(crate) fn stream_error(archive: &Path, e: io::Error) -> Error {
 /// Output buffered in front of a compressor's destination.
 pub(crate) const OUTPUT_BUFFER: usize = 256 << 10;
 
-const ZSTD_JOB_SIZE: u32 = 1 << 20;
-
 /// A compressing writer that must be finished to write its trailer.
 pub(crate) enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
@@ -161,19 +159,17 @@ pub(crate) enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Default levels, and zstd on every core, as `zstd -T0` does, but in 1 MiB jobs (`zstd
-    /// -B1M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers,
-    /// 1 MiB jobs ~14 MiB; at the default level they compress as well and as fast. zstd is
-    /// written seekable (`tar::seekable`), each frame with its content checksum, so that
-    /// `zstd -t`, verify and import detect corrupted data.
+    /// Default levels; zstd on every core, as `zstd -T0` does, written seekable
+    /// (`tar::seekable`): frames of at most 2 MiB compressed one per core, each with its
+    /// content checksum, so that `zstd -t`, verify and import detect corrupted data.
     pub(crate) fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => {
                 Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default()))
             }
             Compression::Zstd => {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                Encoder::Zstd(Box::new(SeekableWriter::new(inner, threads, ZSTD_JOB_SIZE)?))
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Encoder::Zstd(Box::new(SeekableWriter::new(inner, threads)?))
             }
         })
     }

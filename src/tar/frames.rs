@@ -8,8 +8,8 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use crate::sys::uncached;
 use crate::tar::compress::describe;
@@ -43,9 +43,17 @@ impl Seekable {
     }
 
     /// The tar bytes of frame `i`, checked against its content checksum and the seek table.
-    pub(crate) fn decode(&self, i: usize) -> io::Result<Vec<u8>> {
+    fn decode(&self, i: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decode_into(i, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes frame `i` into `out` (cleared first), reading it into `src`: buffers a caller
+    /// keeps for the next frame.
+    fn decode_into(&self, i: usize, src: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
         let frame = self.trailer.frames[i];
-        let mut src = vec![0u8; frame.compressed_len as usize];
+        src.resize(frame.compressed_len as usize, 0);
         let mut done = 0;
         while done < src.len() {
             let n = uncached::pread(
@@ -59,15 +67,16 @@ impl Seekable {
             }
             done += n;
         }
-        let mut out = Vec::with_capacity(frame.tar_len as usize);
+        out.clear();
+        out.reserve_exact(frame.tar_len as usize);
         let n = zstd::bulk::Decompressor::new()?
-            .decompress_to_buffer(&src, &mut out)
+            .decompress_to_buffer(&src[..], out)
             .map_err(|e| self.frame_error(i, &describe("zstd", e).to_string()))?;
         if n as u64 != frame.tar_len {
             let what = format!("holds {n} bytes, the seek table says {}", frame.tar_len);
             return Err(self.frame_error(i, &what));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The tar bytes from `offset` to `offset + len`, decoding only the frames that hold them.
@@ -131,12 +140,27 @@ pub(crate) struct FrameReader {
     current: Vec<u8>,
     at: usize,
     workers: Option<Vec<Receiver<io::Result<Vec<u8>>>>>,
+    /// Buffers of frames read, for the threads to decode into: memory stays at a few
+    /// frames, never handed back and forth to the allocator.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The compressed bytes of a frame decoded inline.
+    src: Vec<u8>,
 }
 
 impl FrameReader {
     pub(crate) fn new(seekable: Arc<Seekable>, jobs: usize) -> FrameReader {
         let order = seekable.data_frames().into();
-        FrameReader { seekable, jobs, order, next: 0, current: Vec::new(), at: 0, workers: None }
+        FrameReader {
+            seekable,
+            jobs,
+            order,
+            next: 0,
+            current: Vec::new(),
+            at: 0,
+            workers: None,
+            spare: Arc::default(),
+            src: Vec::new(),
+        }
     }
 
     pub(crate) fn seekable(&self) -> &Arc<Seekable> {
@@ -150,10 +174,12 @@ impl FrameReader {
         let mut workers = Vec::with_capacity(n);
         for k in 0..n {
             let (tx, rx) = sync_channel(0);
-            let (seekable, order) = (self.seekable.clone(), self.order.clone());
+            let (seekable, order, spare) = (self.seekable.clone(), self.order.clone(), self.spare.clone());
             std::thread::Builder::new().name(format!("ckpt-unzstd-{k}")).spawn(move || {
+                let mut src = Vec::new();
                 for &i in order.iter().skip(k).step_by(n) {
-                    let frame = seekable.decode(i);
+                    let mut out = spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
+                    let frame = seekable.decode_into(i, &mut src, &mut out).map(|()| out);
                     let failed = frame.is_err();
                     // The reader stopped (done, or failed elsewhere): so do we.
                     if tx.send(frame).is_err() || failed {
@@ -174,11 +200,22 @@ impl FrameReader {
         if self.jobs > 1 && self.workers.is_none() {
             self.start()?;
         }
+        let done = std::mem::take(&mut self.current);
+        self.at = 0;
         let frame = match &self.workers {
-            Some(workers) => workers[self.next % workers.len()]
-                .recv()
-                .map_err(|_| io::Error::other("a zstd decoding thread ended early"))?,
-            None => self.seekable.decode(self.order[self.next]),
+            Some(workers) => {
+                if let Ok(mut spare) = self.spare.lock() {
+                    spare.push(done);
+                }
+                workers[self.next % workers.len()]
+                    .recv()
+                    .map_err(|_| io::Error::other("a zstd decoding thread ended early"))?
+            }
+            None => {
+                let mut out = done;
+                let i = self.order[self.next];
+                self.seekable.decode_into(i, &mut self.src, &mut out).map(|()| out)
+            }
         };
         self.next += 1;
         frame.map(Some)
