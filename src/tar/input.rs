@@ -106,8 +106,9 @@ impl<'a> Input<'a> {
                 if self.pos + buf.len() as u64 > *end {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                let bytes = regions.get(self.pos, buf.len()).ok_or_else(|| not_indexed(self.pos))?;
-                buf.copy_from_slice(bytes);
+                if !regions.read(self.pos, buf) {
+                    return Err(not_indexed(self.pos));
+                }
             }
         }
         self.pos += buf.len() as u64;

@@ -77,14 +77,13 @@ pub(super) fn index_blocks(
             return Ok(None);
         }
         let len = BLOCK.min(end - pos) as usize;
-        let block = regions.get(pos, len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the seekable index holds nothing at tar offset {pos}"),
-            )
-        })?;
+        let mut block = vec![0u8; len];
+        if !regions.read(pos, &mut block) {
+            let what = format!("the seekable index holds nothing at tar offset {pos}");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, what));
+        }
         pos += len as u64;
-        Ok(Some(block.to_vec()))
+        Ok(Some(block))
     }
 }
 
