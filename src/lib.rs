@@ -4,7 +4,7 @@
 //! Every regular file's data starts on a filesystem-block boundary, so [`Exporter`] clones
 //! it from the source into the archive and [`Importer`] clones it from the archive into the
 //! destination; any tar reader still reads the archive. [`list`] and [`verify`] look into an
-//! archive without restoring it, [`run_hook`] is the OCI runtime hook, and [`Podman`]
+//! archive without restoring it, [`read_member`] returns one member's data, [`run_hook`] is the OCI runtime hook, and [`Podman`]
 //! checkpoints and restores podman containers through podman's command line with the data
 //! moved by ckpt.
 //!
