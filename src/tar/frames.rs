@@ -52,25 +52,33 @@ impl Seekable {
     /// Decodes frame `i` into `out` (cleared first), reading it into `src`: buffers a caller
     /// keeps for the next frame.
     fn decode_into(&self, i: usize, src: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+        self.read_frame(i, src)?;
+        self.decode_frame(i, src, out)
+    }
+
+    /// Reads the compressed bytes of frame `i` into `src`, uncached.
+    fn read_frame(&self, i: usize, src: &mut Vec<u8>) -> io::Result<()> {
         let frame = self.trailer.frames[i];
         src.resize(frame.compressed_len as usize, 0);
         let mut done = 0;
         while done < src.len() {
-            let n = uncached::pread(
-                self.file.as_fd(),
-                self.dev,
-                &mut src[done..],
-                frame.compressed_offset + done as u64,
-            )?;
+            let at = frame.compressed_offset + done as u64;
+            let n = uncached::pread(self.file.as_fd(), self.dev, &mut src[done..], at)?;
             if n == 0 {
                 return Err(self.frame_error(i, "the file ends inside it (truncated while read)"));
             }
             done += n;
         }
+        Ok(())
+    }
+
+    /// Decodes the compressed bytes `src` of frame `i` into `out` (cleared first).
+    fn decode_frame(&self, i: usize, src: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        let frame = self.trailer.frames[i];
         out.clear();
         out.reserve_exact(frame.tar_len as usize);
         let n = zstd::bulk::Decompressor::new()?
-            .decompress_to_buffer(&src[..], out)
+            .decompress_to_buffer(src, out)
             .map_err(|e| self.frame_error(i, &describe("zstd", e).to_string()))?;
         if n as u64 != frame.tar_len {
             let what = format!("holds {n} bytes, the seek table says {}", frame.tar_len);
@@ -167,19 +175,26 @@ impl FrameReader {
         &self.seekable
     }
 
-    /// Starts the decoding threads: thread k decodes frames k, k + n, k + 2n, ... and hands
-    /// each over when the reader comes to it.
+    /// Starts the threads: one reads the frames front to back (one sequential reader, so
+    /// that uncached reads leave nothing cached, as a stream's do) and hands frame j to
+    /// decoding thread j mod n, which hands it on decoded when the reader comes to it.
     fn start(&mut self) -> io::Result<()> {
         let n = self.jobs.min(self.order.len());
-        let mut workers = Vec::with_capacity(n);
+        let (mut workers, mut inputs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for k in 0..n {
+            let (input, compressed) = sync_channel::<io::Result<(usize, Vec<u8>)>>(1);
             let (tx, rx) = sync_channel(0);
-            let (seekable, order, spare) = (self.seekable.clone(), self.order.clone(), self.spare.clone());
+            let (seekable, spare) = (self.seekable.clone(), self.spare.clone());
             std::thread::Builder::new().name(format!("ckpt-unzstd-{k}")).spawn(move || {
-                let mut src = Vec::new();
-                for &i in order.iter().skip(k).step_by(n) {
+                for frame in compressed {
                     let mut out = spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
-                    let frame = seekable.decode_into(i, &mut src, &mut out).map(|()| out);
+                    let frame = frame.and_then(|(i, src)| {
+                        let decoded = seekable.decode_frame(i, &src, &mut out).map(|()| out);
+                        if let Ok(mut spare) = spare.lock() {
+                            spare.push(src);
+                        }
+                        decoded
+                    });
                     let failed = frame.is_err();
                     // The reader stopped (done, or failed elsewhere): so do we.
                     if tx.send(frame).is_err() || failed {
@@ -188,7 +203,19 @@ impl FrameReader {
                 }
             })?;
             workers.push(rx);
+            inputs.push(input);
         }
+        let (seekable, order, spare) = (self.seekable.clone(), self.order.clone(), self.spare.clone());
+        std::thread::Builder::new().name("ckpt-unzstd-read".into()).spawn(move || {
+            for (j, &i) in order.iter().enumerate() {
+                let mut src = spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
+                let frame = seekable.read_frame(i, &mut src).map(|()| (i, src));
+                let failed = frame.is_err();
+                if inputs[j % n].send(frame).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
         self.workers = Some(workers);
         Ok(())
     }
