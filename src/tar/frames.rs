@@ -182,7 +182,7 @@ impl FrameReader {
         let n = self.jobs.min(self.order.len());
         let (mut workers, mut inputs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for k in 0..n {
-            let (input, compressed) = sync_channel::<io::Result<(usize, Vec<u8>)>>(1);
+            let (input, compressed) = sync_channel::<io::Result<(usize, Vec<u8>)>>(0);
             let (tx, rx) = sync_channel(0);
             let (seekable, spare) = (self.seekable.clone(), self.spare.clone());
             std::thread::Builder::new().name(format!("ckpt-unzstd-{k}")).spawn(move || {
