@@ -246,3 +246,28 @@ fn read_member_returns_config_dump_reading_only_its_frames() {
         assert_eq!(ckpt::read_member(&s.path("c.tar.zst2"), "config.dump", 1 << 20).unwrap(), config);
     }
 }
+
+#[test]
+fn nested_list_and_verify_headers_of_a_seekable_checkpoint_match_the_stream() {
+    let s = scratch(FsKind::Plain).unwrap();
+    let (bundle, upper) = (s.path("bundle"), s.path("upper"));
+    Bundle::sample().write(&bundle);
+    fs::create_dir_all(upper.join("etc")).unwrap();
+    fs::write(upper.join("etc/hosts"), b"127.0.0.1 changed\n").unwrap();
+    fs::write(upper.join("big"), pseudo_random_bytes(4, 3 << 20)).unwrap();
+    let archive = s.path("c.tar.zst");
+    ckpt_ok(&[&"export", &"--bundle", &"--rootfs-diff", &upper, &"--compress", &"zstd", &bundle, &archive]);
+    let indexed = ckpt_ok(&[&"list", &"--nested", &"--json", &archive]);
+    let streamed = Command::new("sh")
+        .args(["-c", &format!("{} list --nested --json - < {}", util::ckpt_bin(), archive.display())])
+        .output()
+        .unwrap();
+    assert_eq!(indexed, String::from_utf8(streamed.stdout).unwrap());
+    assert!(indexed.contains("\"rootfs-diff.tar/big\""), "{indexed}");
+    let headers = util::ckpt_json(&[&"verify", &"--headers", &"--json", &archive]);
+    let full = util::ckpt_json(&[&"verify", &"--json", &archive]);
+    for key in ["members", "nested_members", "files", "aligned_files", "complete", "ok"] {
+        assert_eq!(headers[key], full[key], "{key}: {headers} vs {full}");
+    }
+    assert!(util::json_u64(&headers, "nested_members") >= 3, "{headers}");
+}
