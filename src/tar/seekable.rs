@@ -11,12 +11,15 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use zstd::zstd_safe;
+
+use crate::sys::uncached;
 
 /// The magic of ckpt's skippable frames (any of 0x184D2A50..5F is a skippable frame).
 const CKPT_MAGIC: u32 = 0x184D_2A5C;
@@ -47,6 +50,8 @@ pub(crate) const FRAME_MAX: u64 = 2 << 20;
 pub(crate) const LARGE_MEMBER: u64 = 1 << 20;
 /// Bounds on what a reader accepts from a table it has not written.
 const MAX_INDEX: u64 = 1 << 30;
+/// How much of a file's end is read at once for its trailer.
+const TAIL: u64 = 256 << 10;
 const MAX_FRAME_DECOMPRESSED: u64 = 64 << 20;
 
 /// One frame as the seek table describes it, and where it is.
@@ -344,9 +349,17 @@ pub(crate) fn probe(file: &File, len: u64) -> Probe {
     }
 }
 
+/// Reads `len` bytes at `offset`, uncached: the trailer is read once per open.
 fn read_at(file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
+    let dev = file.metadata().ok()?.dev();
     let mut buf = vec![0u8; usize::try_from(len).ok()?];
-    file.read_exact_at(&mut buf, offset).ok()?;
+    let mut done = 0;
+    while done < buf.len() {
+        match uncached::pread(file.as_fd(), dev, &mut buf[done..], offset + done as u64) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => done += n,
+        }
+    }
     Some(buf)
 }
 
@@ -362,15 +375,34 @@ fn has_marker(file: &File, len: u64) -> bool {
     head.get(first..).is_some_and(|rest| rest.starts_with(&marker))
 }
 
+/// The end of a file, read at once: the seek table and index usually lie inside it, and a
+/// cold disk then serves one read instead of three in a row.
+struct Tail<'a> {
+    file: &'a File,
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl Tail<'_> {
+    fn read(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        match offset.checked_sub(self.at) {
+            Some(from) => self.bytes.get(from as usize..(from + len) as usize).map(<[u8]>::to_vec),
+            None => read_at(self.file, offset, len),
+        }
+    }
+}
+
 fn read_trailer(file: &File, len: u64) -> Option<Trailer> {
-    let footer = read_at(file, len.checked_sub(FOOTER_LEN)?, FOOTER_LEN)?;
+    let at = len.saturating_sub(TAIL);
+    let tail = Tail { file, at, bytes: read_at(file, at, len - at)? };
+    let footer = tail.read(len.checked_sub(FOOTER_LEN)?, FOOTER_LEN)?;
     if u32_at(&footer, 5)? != FOOTER_MAGIC || footer[4] != CHECKSUM_FLAG {
         return None;
     }
     let count = u64::from(u32_at(&footer, 0)?);
     let table_len = 8 + count * 12 + FOOTER_LEN;
     let table_at = len.checked_sub(table_len)?;
-    let table = read_at(file, table_at, table_len - FOOTER_LEN)?;
+    let table = tail.read(table_at, table_len - FOOTER_LEN)?;
     if u32_at(&table, 0)? != TABLE_MAGIC || u64::from(u32_at(&table, 4)?) != table_len - 8 {
         return None;
     }
@@ -380,7 +412,7 @@ fn read_trailer(file: &File, len: u64) -> Option<Trailer> {
     if frames.len() < 3 || frames[1].tar_len != 0 || index.tar_len != 0 {
         return None;
     }
-    let regions = read_index(file, index, frames_tar_len(&frames))?;
+    let regions = read_index(&tail, index, frames_tar_len(&frames))?;
     Some(Trailer { frames, regions })
 }
 
@@ -405,11 +437,11 @@ fn frames_tar_len(frames: &[Frame]) -> u64 {
     frames.iter().map(|f| f.tar_len).sum()
 }
 
-fn read_index(file: &File, frame: &Frame, tar_len: u64) -> Option<Regions> {
+fn read_index(tail: &Tail<'_>, frame: &Frame, tar_len: u64) -> Option<Regions> {
     if frame.compressed_len > MAX_INDEX {
         return None;
     }
-    let bytes = read_at(file, frame.compressed_offset, frame.compressed_len)?;
+    let bytes = tail.read(frame.compressed_offset, frame.compressed_len)?;
     let tag_end = 8 + INDEX_TAG.len();
     if u32_at(&bytes, 0)? != CKPT_MAGIC
         || u64::from(u32_at(&bytes, 4)?) != frame.compressed_len - 8
@@ -499,6 +531,8 @@ impl Regions {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use super::*;
 
     fn write(chunks: &[(u64, &[u8])]) -> (Vec<u8>, u64) {
