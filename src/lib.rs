@@ -4,7 +4,7 @@
 //! Every regular file's data starts on a filesystem-block boundary, so [`Exporter`] clones
 //! it from the source into the archive and [`Importer`] clones it from the archive into the
 //! destination; any tar reader still reads the archive. [`list`] and [`verify`] look into an
-//! archive without restoring it, [`run_hook`] is the OCI runtime hook, and [`Podman`]
+//! archive without restoring it, [`read_member`] returns one member's data, [`run_hook`] is the OCI runtime hook, and [`Podman`]
 //! checkpoints and restores podman containers through podman's command line with the data
 //! moved by ckpt.
 //!
@@ -49,7 +49,9 @@ pub use export::{DEFAULT_CLONE_MIN, ExportStats, Exporter};
 pub use hook::{ANNOTATIONS as HOOK_ANNOTATIONS, HookOutcome, HookState, run_hook};
 pub use import::Importer;
 pub use import::stats::ImportStats;
-pub use inspect::{ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, verify};
+pub use inspect::{
+    ListEntry, ListOptions, Problem, VerifyProgress, VerifyReport, list, read_member, verify, verify_headers,
+};
 pub use progress::Progress;
 pub use registry::{Access, PullStats, PushStats, Reference, Registry, Version};
 pub use runtime::{

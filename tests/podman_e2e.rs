@@ -160,6 +160,25 @@ on_btrfs_and_xfs! {
     }
 }
 
+on_btrfs_and_xfs! {
+    /// ckpt's zstd archive is seekable: `ckpt podman restore` reads config.dump and
+    /// spec.dump from their frames only and decodes the rest on worker threads; the new
+    /// container continues the process.
+    fn ckpt_restore_of_ckpt_zstd_checkpoint_continues_the_process(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar.zst");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--compress", &"zstd", &"c1", &archive]);
+        pm.ok(&[&"rm", &"c1"]);
+
+        let id = pm.ckpt_ok(&[&"podman", &"restore", &archive]);
+        assert_eq!(pm.inspect("c1", "{{.ID}}"), id, "ckpt podman restore prints the new container's ID");
+        pm.assert_counter_continues("c1", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c1", "cat /data/f"), "kept");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // b. podman container checkpoint --export -> ckpt podman restore
 // ---------------------------------------------------------------------------

@@ -18,4 +18,5 @@ mod podman_e2e;
 mod proptest_roundtrip;
 mod registry;
 mod roundtrip;
+mod seekable;
 mod sparse_stream;

@@ -19,6 +19,8 @@ RSS_LIMIT_KIB = 32 * 1024  # 32 MiB
 DISK_LIMIT = 0.01  # archive's extra physical disk use <= 1% of the data
 REFLINK_FACTOR = 1.5
 CACHE_LIMIT = 256 << 20  # page cache a copy-path run may leave, per 4 GiB of data
+ZSTD_IMPORT_SPEEDUP = 1.7  # ckpt import of its zstd archive vs zstd -dc | tar -x
+LIST_LIMIT_S = 0.05  # ckpt list of its zstd archive
 
 FS_NAMES = {
     "btrfs": "Btrfs",
@@ -43,6 +45,10 @@ def tool_label(fs, op, tool):
         ("pipe", "gnutar"): "tar -cf - DIR \\| wc -c",
         ("zstd", "ckpt"): "ckpt export --compress zstd",
         ("zstd", "gnutar"): "tar -I 'zstd -T0' -cf",
+        ("zstd-import", "ckpt"): "ckpt import (ckpt's zstd)",
+        ("zstd-import", "zstdtar"): "zstd -dc \\| tar -x",
+        ("zstd-list", "ckpt"): "ckpt list (ckpt's zstd)",
+        ("zstd-list", "gnutar"): "tar -tf",
     }
     return labels[(op, tool)]
 
@@ -121,17 +127,19 @@ def main():
         return statistics.median(r["secs"]) if r else None
 
     for fs in order:
-        ops = ("export", "import", "pipe", "zstd") if fs in ("btrfs", "xfs", "ext4") else ("export", "import")
+        ops = (("export", "import", "pipe", "zstd", "zstd-import", "zstd-list") if fs in ("btrfs", "xfs", "ext4")
+               else ("export", "import"))
         data_bytes = int(meta.get("data_bytes." + fs, "0"))
         for op in ops:
             if fs in ("many", "rss4"):
                 tools = ("ckpt", "gnutar") if fs == "many" else ("ckpt",)
             else:
                 tools = {"export": ("ckpt", "gnutar", "bsdtar", "cp"), "import": ("ckpt", "gnutar", "cp"),
-                         "pipe": ("ckpt", "gnutar"), "zstd": ("ckpt", "gnutar")}[op]
+                         "pipe": ("ckpt", "gnutar"), "zstd": ("ckpt", "gnutar"),
+                         "zstd-import": ("ckpt", "zstdtar"), "zstd-list": ("ckpt", "gnutar")}[op]
             if not any((fs, op, t) in runs for t in tools):
                 continue  # case not run
-            na = meta.get("na." + op) if op in ("pipe", "zstd") else None
+            na = meta.get("na." + op.split("-")[0]) if op.startswith(("pipe", "zstd")) else None
             ck = med(fs, op, "ckpt")
             for tool in tools:
                 r = stat(fs, op, tool)
@@ -156,6 +164,8 @@ def main():
                 elif tool == "gnutar" and (fs in ("ext4", "many") and op in ("export", "import")
                                            or op in ("pipe", "zstd")):
                     t_target = ("ckpt ≤ tar", 1.0)
+                elif tool == "zstdtar" and op == "zstd-import":
+                    t_target = ("ckpt ≥ %.1fx faster" % ZSTD_IMPORT_SPEEDUP, 1 / ZSTD_IMPORT_SPEEDUP)
                 if t_target:
                     name, factor = t_target
                     desc = "%s %s: %s" % (FS_NAMES[fs], op, name)
@@ -166,6 +176,12 @@ def main():
                         ok = ck <= factor * statistics.median(r["secs"])
                         cells["time"] = "%s: %s" % (name, "PASS" if ok else "FAIL")
                         checks.append((desc, ok))
+                elif tool == "ckpt" and op == "zstd-list":
+                    name = "≤ %d ms" % (LIST_LIMIT_S * 1000)
+                    desc = "%s zstd-list: ckpt list %s" % (FS_NAMES[fs], name)
+                    ok = None if r is None else statistics.median(r["secs"]) <= LIST_LIMIT_S
+                    cells["time"] = "%s: %s" % (name, {None: "n/a", True: "PASS", False: "FAIL"}[ok])
+                    checks.append((desc, ok))
                 else:
                     cells["time"] = ""
                 # RSS target: every ckpt row.

@@ -225,6 +225,10 @@ pub(crate) struct ImportArgs {
     pub(crate) overwrite: bool,
     #[command(flatten)]
     pub(crate) rootfs: RootfsArgs,
+    /// Threads decoding a seekable zstd archive (ckpt's --compress zstd) ahead of the
+    /// extraction. Default: $CKPT_JOBS, else the number of cores up to 4.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) jobs: Option<u32>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -261,6 +265,10 @@ pub(crate) struct VerifyArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Check the headers only: no digests compared, and of a seekable zstd archive only its
+    /// index is read.
+    #[arg(long)]
+    pub(crate) headers: bool,
     /// The archive (gzip and zstd are detected); `-` for standard input.
     pub(crate) archive: PathBuf,
 }

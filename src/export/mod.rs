@@ -330,7 +330,11 @@ impl Exporter {
             (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(st.st_dev as u64);
         let output = BufWriter::with_capacity(OUTPUT_BUFFER, FdWriter { fd, file_dev, written: 0 });
         let mut encoder = Encoder::new(compression, output).at("start compressor for", name)?;
-        let mut stream = Stream::new(Sink::Writer(Box::new(&mut encoder)), name, self.progress_receiver());
+        let sink = match &mut encoder {
+            Encoder::Zstd(frames) => Sink::Framed(&mut **frames),
+            other => Sink::Writer(Box::new(other)),
+        };
+        let mut stream = Stream::new(sink, name, self.progress_receiver());
         stream.write_pieces(pieces)?;
         stream.flush()?;
         let copied = stream.bytes_copied;

@@ -22,6 +22,7 @@ use crate::progress::Progress;
 use crate::sys::mover::shrunk;
 use crate::sys::uncached;
 use crate::tar::manifest;
+use crate::tar::seekable::{FRAME_MAX, Frames, LARGE_MEMBER};
 use crate::tar::sparse::SparseMap;
 
 /// Where the archive's bytes go.
@@ -30,6 +31,8 @@ pub(crate) enum Sink<'a> {
     Fd(BorrowedFd<'a>),
     /// A compressor or other writer.
     Writer(Box<dyn Write + 'a>),
+    /// A seekable zstd encoder, whose frames end at member boundaries.
+    Framed(&'a mut dyn Frames),
 }
 
 pub(crate) struct Stream<'a> {
@@ -54,10 +57,11 @@ impl<'a> Stream<'a> {
 
     /// Flushes a writer sink (a compressor is finished by its owner).
     pub(crate) fn flush(&mut self) -> Result<()> {
-        if let Sink::Writer(writer) = &mut self.sink {
-            writer.flush().at("write", self.name)?;
+        match &mut self.sink {
+            Sink::Writer(writer) => writer.flush().at("write", self.name),
+            Sink::Framed(writer) => writer.flush().at("write", self.name),
+            Sink::Fd(_) => Ok(()),
         }
-        Ok(())
     }
 
     fn write(&mut self, mut buf: &[u8]) -> Result<()> {
@@ -67,6 +71,7 @@ impl<'a> Stream<'a> {
         }
         match &mut self.sink {
             Sink::Writer(writer) => writer.write_all(buf).at("write", self.name),
+            Sink::Framed(writer) => writer.write_all(buf).at("write", self.name),
             Sink::Fd(fd) => {
                 while !buf.is_empty() {
                     match rustix::io::write(*fd, buf) {
@@ -94,8 +99,11 @@ impl<'a> Stream<'a> {
         // The member being hashed and where its data ends.
         let mut hashing: Option<(Vec<u8>, u64)> = None;
         let mut manifest = Vec::new();
+        let mut first = true;
         for piece in pieces {
-            match piece? {
+            let piece = piece?;
+            self.frame_before(&piece)?;
+            match piece {
                 Piece::Header { offset, bytes, digest } => {
                     self.pad_to(offset)?;
                     self.write(&bytes)?;
@@ -106,11 +114,11 @@ impl<'a> Stream<'a> {
                 }
                 Piece::File { offset, source } => {
                     self.pad_to(offset)?;
-                    self.file_data(&source)?;
+                    self.framed_alone(source.size, |stream| stream.file_data(&source))?;
                 }
                 Piece::Sparse { offset, source, map } => {
                     self.pad_to(offset)?;
-                    self.sparse_data(&source, &map)?;
+                    self.framed_alone(map.data_len(), |stream| stream.sparse_data(&source, &map))?;
                 }
                 Piece::Bytes { offset, bytes } => {
                     self.pad_to(offset)?;
@@ -131,8 +139,62 @@ impl<'a> Stream<'a> {
                 let hasher = self.hasher.take().expect("hashing");
                 manifest.extend(manifest::line(&name, &hasher.finalize().into()));
             }
+            // The first frame is small, so that a reader finds ckpt's marker after it.
+            if std::mem::take(&mut first) {
+                self.end_frame()?;
+            }
         }
         Ok(())
+    }
+
+    /// Into a seekable encoder: indexes `piece`'s headers, and ends the frame under way
+    /// before the piece when the piece would make it larger than a frame should be.
+    fn frame_before(&mut self, piece: &Piece) -> Result<()> {
+        let Sink::Framed(frames) = &mut self.sink else { return Ok(()) };
+        let (offset, len) = match piece {
+            Piece::Header { offset, bytes, .. } => {
+                frames.note_header(*offset, bytes);
+                (*offset, bytes.len() as u64)
+            }
+            Piece::File { offset, source } => (*offset, source.size),
+            // The map is read as a header is, so the index holds it too.
+            Piece::Sparse { offset, map, .. } => {
+                let text = map.pax1_text();
+                frames.note_header(*offset, &text);
+                (*offset, text.len() as u64 + map.data_len())
+            }
+            Piece::Bytes { offset, bytes } => (*offset, bytes.len() as u64),
+            Piece::Manifest { offset, len } => (*offset, *len),
+            Piece::End { offset } => {
+                frames.note_header(*offset, &ZEROS[..1024]);
+                (*offset, 1024)
+            }
+        };
+        if frames.frame_len() + (offset + len).saturating_sub(self.pos) > FRAME_MAX {
+            frames.end_frame().at("write", self.name)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a member's data with `write`; data of `len` bytes or more gets frames of its
+    /// own, so that it decodes apart from its neighbours.
+    fn framed_alone(&mut self, len: u64, write: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let large = len >= LARGE_MEMBER;
+        if large {
+            self.end_frame()?;
+        }
+        write(self)?;
+        if large {
+            self.end_frame()?;
+        }
+        Ok(())
+    }
+
+    fn end_frame(&mut self) -> Result<()> {
+        match &mut self.sink {
+            Sink::Framed(frames) => frames.end_frame().at("write", self.name),
+            _ => Ok(()),
+        }
     }
 
     fn file_data(&mut self, source: &SourceFile) -> Result<()> {

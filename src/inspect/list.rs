@@ -143,14 +143,32 @@ impl Default for ListOptions {
 }
 
 /// Calls `each` for every member of `archive` (`-` for standard input; gzip and zstd are
-/// detected), reading headers only: the data of a plain file is skipped by offset.
+/// detected), reading headers only: the data of a plain file is skipped by offset, and of a
+/// seekable zstd archive (ckpt's `--compress zstd`) only the index at its end is read.
 pub fn list(
     archive: &Path,
     options: &ListOptions,
     each: &mut dyn FnMut(&ListEntry) -> Result<()>,
 ) -> Result<()> {
     let mut opened = archive::open(archive)?;
-    let mut reader = Reader::open(&mut opened, archive);
+    if let Opened::Stream(stream) = &opened
+        && let Some(seekable) = stream.seekable()
+    {
+        let seekable = seekable.clone();
+        return list_members(&mut Reader::from_index(seekable.regions(), archive), options, each);
+    }
+    list_members(&mut Reader::open(&mut opened, archive), options, each)?;
+    match &mut opened {
+        Opened::Stream(stream) => stream.finish(archive),
+        Opened::File(..) => Ok(()),
+    }
+}
+
+fn list_members(
+    reader: &mut Reader<'_>,
+    options: &ListOptions,
+    each: &mut dyn FnMut(&ListEntry) -> Result<()>,
+) -> Result<()> {
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, options.align))?;
         if !(options.nested && is_rootfs_diff(&entry)) {
@@ -161,9 +179,5 @@ pub fn list(
             each(&ListEntry::new(&member, Some(&entry.name), options.align))?;
         }
     }
-    drop(reader);
-    match &mut opened {
-        Opened::Stream(stream) => stream.finish(archive),
-        Opened::File(..) => Ok(()),
-    }
+    Ok(())
 }

@@ -25,6 +25,7 @@ use crate::error::{Context, Error, Result};
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
 use crate::tar::reader::{Entry, Reader};
+use crate::tar::seekable::Regions;
 use crate::tar::{BLOCK, compress, manifest, must_align, round_up};
 
 use digests::{Covered, MAX_MANIFEST};
@@ -118,14 +119,41 @@ pub struct VerifyProgress {
 /// its checksum, that no member runs past the end, the two zero blocks that end it (and those
 /// of a nested `rootfs-diff.tar`), and, when its last member is a `ckpt.sha256` manifest, the
 /// data of every regular member against it. Alignment to `align` is reported, not required.
+/// A compressed archive is decoded to its end, so its checksums are checked too (every frame
+/// of a seekable zstd archive, a corrupt one named).
 ///
 /// Problems with the archive are in the report; `Err` is for failures to read it at all.
 pub fn verify(archive: &Path, align: u64, progress: &mut dyn FnMut(VerifyProgress)) -> Result<VerifyReport> {
+    run_verify(archive, align, false, progress)
+}
+
+/// Checks the headers of `archive` as [`verify`] does, but reads no data: the digest
+/// manifest is not compared, and of a seekable zstd archive only the index and seek table at
+/// its end are read (its frames' checksums are not checked). Other compressed archives and
+/// `-` are still read to their end.
+pub fn verify_headers(
+    archive: &Path,
+    align: u64,
+    progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport> {
+    run_verify(archive, align, true, progress)
+}
+
+fn run_verify(
+    archive: &Path,
+    align: u64,
+    headers_only: bool,
+    progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport> {
     let started = Instant::now();
     let mut report = VerifyReport { align, ..VerifyReport::default() };
-    let mut run = Run { archive, report: &mut report, progress };
+    let mut run = Run { archive, report: &mut report, progress, headers_only };
     match archive::open(archive)? {
         Opened::File(file, len) => verify_file(&mut run, &file, len)?,
+        Opened::Stream(stream) if headers_only && stream.seekable().is_some() => {
+            let seekable = stream.seekable().expect("seekable").clone();
+            verify_index(&mut run, seekable.regions())?;
+        }
         Opened::Stream(stream) => verify_stream(&mut run, stream)?,
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -138,6 +166,8 @@ struct Run<'a> {
     archive: &'a Path,
     report: &'a mut VerifyReport,
     progress: &'a mut dyn FnMut(VerifyProgress),
+    /// Headers only: no digests compared (`verify_headers`).
+    headers_only: bool,
 }
 
 /// One level of the archive as verify walks it, the archive itself or a nested
@@ -231,10 +261,14 @@ impl<'n> Level<'n> {
 
 fn verify_file(run: &mut Run<'_>, file: &File, len: u64) -> Result<()> {
     run.report.archive_bytes = len;
-    let (mut covered, last) = walk_file(run, file, len)?;
+    let reader = Reader::from_file(file, 0, len, run.archive);
+    let (mut covered, last) = walk_headers(run, reader, Place::File(file), len)?;
     let Some(manifest) = digests::find_manifest(run.report, &mut covered, last.as_deref()) else {
         return Ok(());
     };
+    if run.headers_only {
+        return Ok(());
+    }
     if manifest.size > MAX_MANIFEST {
         digests::too_large(run.report, &manifest);
         return Ok(());
@@ -246,10 +280,39 @@ fn verify_file(run: &mut Run<'_>, file: &File, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// A seekable archive's headers, from its index; no data is read.
+fn verify_index(run: &mut Run<'_>, regions: &Regions) -> Result<()> {
+    run.report.archive_bytes = regions.tar_len;
+    let reader = Reader::from_index(regions, run.archive);
+    let (mut covered, last) = walk_headers(run, reader, Place::Index(regions), regions.tar_len)?;
+    digests::find_manifest(run.report, &mut covered, last.as_deref());
+    Ok(())
+}
+
+/// Where the headers `walk_headers` reads are, for reading the blocks after the last member.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    File(&'a File),
+    Index(&'a Regions),
+}
+
+impl<'a> Place<'a> {
+    fn blocks(self, pos: u64, end: u64) -> Box<ends::Blocks<'a>> {
+        match self {
+            Place::File(file) => Box::new(ends::file_blocks(file, pos, end)),
+            Place::Index(regions) => Box::new(ends::index_blocks(regions, pos, end)),
+        }
+    }
+}
+
 /// Walks the headers, nested ones included; returns the members the manifest should cover
 /// and the last member's name.
-fn walk_file(run: &mut Run<'_>, file: &File, len: u64) -> Result<(Vec<Covered>, Option<Vec<u8>>)> {
-    let mut reader = Reader::from_file(file, 0, len, run.archive);
+fn walk_headers(
+    run: &mut Run<'_>,
+    mut reader: Reader<'_>,
+    place: Place<'_>,
+    len: u64,
+) -> Result<(Vec<Covered>, Option<Vec<u8>>)> {
     let mut level = Level::top();
     let mut covered = Vec::new();
     while let Some(entry) = level.next(run.report, &mut reader)? {
@@ -262,11 +325,11 @@ fn walk_file(run: &mut Run<'_>, file: &File, len: u64) -> Result<(Vec<Covered>, 
             let mut nested = Level::nested(&entry, entry.data_offset, 0);
             while nested.next(run.report, &mut inner)?.is_some() {}
             let inner_end = entry.data_offset.saturating_add(entry.size);
-            nested.check_end(run, &mut ends::file_blocks(file, nested.end, inner_end))?;
+            nested.check_end(run, &mut place.blocks(nested.end, inner_end))?;
         }
     }
     run.report.complete = level.complete;
-    level.check_end(run, &mut ends::file_blocks(file, level.end, len))?;
+    level.check_end(run, &mut place.blocks(level.end, len))?;
     Ok((covered, level.last))
 }
 
@@ -334,6 +397,9 @@ fn verify_stream(run: &mut Run<'_>, stream: Box<compress::Decompressed<'static>>
     // Whatever follows (tar's record padding) is read so that the size is right.
     io::copy(&mut tap, &mut io::sink()).map_err(|e| compress::stream_error(run.archive, e))?;
     run.report.archive_bytes = tap.count;
+    if let Some(problem) = tap.inner.trailer_problem() {
+        run.report.problem(b"", None, problem);
+    }
     let Some(manifest) = digests::find_manifest(run.report, &mut covered, level.last.as_deref()) else {
         return Ok(());
     };
@@ -421,6 +487,6 @@ fn read_error(archive: &Path, entry: &Entry, e: io::Error) -> Error {
             reason: "archive ends in the middle of the member's data".into(),
         }
     } else {
-        Error::io("read", archive, e)
+        compress::stream_error(archive, e)
     }
 }

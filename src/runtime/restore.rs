@@ -1,8 +1,6 @@
 //! `ckpt podman restore`: a new container made as the archive's config.dump says, or the
 //! archived container rolled back, gets the checkpoint cloned in; podman restores the process.
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -13,8 +11,7 @@ use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
 use crate::import::Importer;
 use crate::import::stats::ImportStats;
-use crate::tar::archive;
-use crate::tar::reader::Reader;
+use crate::inspect::member::read_members;
 
 use super::replay::{Places, create_args, respec};
 use super::{
@@ -281,31 +278,22 @@ struct Dumps {
 }
 
 /// Reads `config.dump` and `spec.dump` from the archive; they come first in ckpt's archives
-/// and early in podman's, so the rest is not read.
+/// and early in podman's, so the rest is not read (and of a seekable one only their frames).
 fn read_dumps(archive: &Path) -> Result<Dumps> {
-    let mut opened = archive::open(archive)?;
-    let mut reader = Reader::open(&mut opened, archive);
-    let mut found: BTreeMap<&[u8], Value> = BTreeMap::new();
-    while found.len() < 2 {
-        let Some(entry) = reader.next_entry()? else { break };
-        let name = podman::bundle_name(&entry.name);
-        let Some(wanted) = [podman::CONFIG_DUMP, podman::SPEC_DUMP].into_iter().find(|w| *w == name) else {
-            continue;
-        };
-        if entry.size > MAX_DUMP {
-            return Err(Error::damaged(archive, format!("{} of {} bytes", entry.name_lossy(), entry.size)));
-        }
-        let mut data = Vec::with_capacity(entry.size as usize);
-        (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
-        let value = serde_json::from_slice(&data)
-            .map_err(|e| Error::damaged(archive, format!("{}: not JSON: {e}", entry.name_lossy())))?;
-        found.insert(wanted, value);
-    }
-    if found.is_empty() {
+    let names = [podman::CONFIG_DUMP, podman::SPEC_DUMP];
+    let found = read_members(archive, &names, MAX_DUMP)?;
+    if found.iter().all(Option::is_none) {
         return Err(Error::unsuitable(
             archive,
             "holds neither config.dump nor spec.dump: not a container checkpoint",
         ));
     }
-    Ok(Dumps { config: found.remove(podman::CONFIG_DUMP), spec: found.remove(podman::SPEC_DUMP) })
+    let mut parsed = names.iter().zip(found).map(|(name, data)| {
+        let json = |data: Vec<u8>| serde_json::from_slice(&data);
+        data.map(json)
+            .transpose()
+            .map_err(|e| Error::damaged(archive, format!("{}: not JSON: {e}", String::from_utf8_lossy(name))))
+    });
+    let config = parsed.next().expect("config.dump")?;
+    Ok(Dumps { config, spec: parsed.next().expect("spec.dump")? })
 }

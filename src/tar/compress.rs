@@ -2,8 +2,11 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Context, Error, Result};
+use crate::tar::frames::{FrameReader, Seekable};
+use crate::tar::seekable::SeekableWriter;
 
 /// A compression format for whole archives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,9 @@ impl Compression {
 /// Decompressor errors say what is wrong with the compressed data.
 pub(crate) struct Decompressed<'a> {
     inner: Inner<'a>,
+    /// ckpt's seekable marker was found but its seek table or index was not: the stream is
+    /// read all the same (it may say what is wrong), and then fails.
+    damaged_trailer: bool,
 }
 
 type Buffered<'a> = BufReader<Box<dyn Read + 'a>>;
@@ -39,6 +45,7 @@ enum Inner<'a> {
     Plain(Buffered<'a>),
     Gzip(flate2::bufread::MultiGzDecoder<Buffered<'a>>),
     Zstd(zstd::stream::read::Decoder<'static, Buffered<'a>>),
+    Seekable(FrameReader),
 }
 
 /// Wraps a stream in a decompressor if its first bytes say it is compressed.
@@ -52,10 +59,36 @@ pub(crate) fn decompress<'a>(input: Box<dyn Read + 'a>, archive: &Path) -> Resul
             Inner::Zstd(zstd::stream::read::Decoder::with_buffer(buffered).at("zstd", archive)?)
         }
     };
-    Ok(Decompressed { inner })
+    Ok(Decompressed { inner, damaged_trailer: false })
 }
 
+/// The tar stream of a seekable archive, decoded on `jobs` threads.
+pub(crate) fn seekable(seekable: Arc<Seekable>, jobs: usize) -> Decompressed<'static> {
+    Decompressed { inner: Inner::Seekable(FrameReader::new(seekable, jobs)), damaged_trailer: false }
+}
+
+/// What is wrong with a seekable archive whose trailer is missing or inconsistent.
+pub(crate) const DAMAGED_TRAILER: &str = "truncated or damaged: the seek table or index at the end of this seekable zstd archive is missing or inconsistent";
+
 impl Decompressed<'_> {
+    /// Marks a stream as ckpt's seekable archive without its trailer (see `damaged_trailer`).
+    pub(crate) fn set_damaged_trailer(&mut self) {
+        self.damaged_trailer = true;
+    }
+
+    /// The problem [`DAMAGED_TRAILER`] describes, once the stream was read to its end.
+    pub(crate) fn trailer_problem(&self) -> Option<&'static str> {
+        self.damaged_trailer.then_some(DAMAGED_TRAILER)
+    }
+
+    /// The seekable archive read, when it is one.
+    pub(crate) fn seekable(&self) -> Option<&Arc<Seekable>> {
+        match &self.inner {
+            Inner::Seekable(frames) => Some(frames.seekable()),
+            _ => None,
+        }
+    }
+
     /// Reads a compressed stream to its end, where its checksums are (the gzip CRC, zstd's
     /// content checksum): the tar inside ends earlier, and data already read may be wrong
     /// until the end says it is not. A plain stream is left as it is.
@@ -64,7 +97,10 @@ impl Decompressed<'_> {
             return Ok(());
         }
         io::copy(self, &mut io::sink()).map_err(|e| stream_error(archive, e))?;
-        Ok(())
+        match self.trailer_problem() {
+            Some(problem) => Err(Error::damaged(archive, problem)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -74,13 +110,15 @@ impl Read for Decompressed<'_> {
             Inner::Plain(r) => return r.read(buf),
             Inner::Gzip(r) => (r.read(buf), "gzip"),
             Inner::Zstd(r) => (r.read(buf), "zstd"),
+            // Its errors name the frame already.
+            Inner::Seekable(r) => return r.read(buf),
         };
         result.map_err(|e| describe(format, e))
     }
 }
 
 /// A decompressor's error, said plainly; errors of the input itself (EIO, ...) stay as they are.
-fn describe(format: &str, e: io::Error) -> io::Error {
+pub(crate) fn describe(format: &str, e: io::Error) -> io::Error {
     if e.raw_os_error().is_some() || e.kind() == io::ErrorKind::Interrupted {
         return e;
     }
@@ -114,31 +152,24 @@ pub(crate) fn stream_error(archive: &Path, e: io::Error) -> Error {
 /// Output buffered in front of a compressor's destination.
 pub(crate) const OUTPUT_BUFFER: usize = 256 << 10;
 
-const ZSTD_JOB_SIZE: u32 = 1 << 20;
-
 /// A compressing writer that must be finished to write its trailer.
 pub(crate) enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(Box<SeekableWriter<W>>),
 }
 
 impl<W: Write> Encoder<W> {
-    /// Default levels, and zstd on every core, as `zstd -T0` does, but in 1 MiB jobs (`zstd
-    /// -B1M`): zstd's default jobs of 4x its window keep ~60 MiB of buffers for two workers,
-    /// 1 MiB jobs ~14 MiB; at the default level they compress as well and as fast.
+    /// Default levels; zstd on every core, as `zstd -T0` does, written seekable
+    /// (`tar::seekable`): frames of at most 2 MiB compressed one per core, each with its
+    /// content checksum, so that `zstd -t`, verify and import detect corrupted data.
     pub(crate) fn new(compression: Compression, inner: W) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => {
                 Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default()))
             }
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(inner, zstd::DEFAULT_COMPRESSION_LEVEL)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                encoder.multithread(threads)?;
-                // So that `zstd -t`, verify and import detect corrupted data.
-                encoder.include_checksum(true)?;
-                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
-                Encoder::Zstd(encoder)
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Encoder::Zstd(Box::new(SeekableWriter::new(inner, threads)?))
             }
         })
     }
@@ -146,7 +177,7 @@ impl<W: Write> Encoder<W> {
     pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish().map(|(w, _)| w),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
 use crate::tar::header::HEADER_LEN;
+use crate::tar::seekable::Regions;
 use crate::tar::{BLOCK, round_up};
 
 /// How much a file input reads ahead for headers.
@@ -22,6 +23,19 @@ enum Source<'a> {
         end: u64,
     },
     Stream(Box<dyn Read + 'a>),
+    /// A seekable archive's index, up to `end`: headers only, data skipped.
+    Index {
+        regions: &'a Regions,
+        end: u64,
+    },
+}
+
+/// What reading anything but headers from an index gives.
+fn not_indexed(offset: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the seekable index holds nothing at tar offset {offset}"),
+    )
 }
 
 pub(crate) struct Input<'a> {
@@ -46,6 +60,19 @@ impl<'a> Input<'a> {
         Input::new(Source::File { file, end }, start)
     }
 
+    /// The headers a seekable archive's index holds, from `start` to `end`.
+    pub(crate) fn index(regions: &'a Regions, start: u64, end: u64) -> Input<'a> {
+        Input::new(Source::Index { regions, end }, start)
+    }
+
+    /// The index and the offset it ends at, when the input is one.
+    pub(crate) fn indexed(&self) -> Option<(&'a Regions, u64)> {
+        match self.source {
+            Source::Index { regions, end } => Some((regions, end)),
+            _ => None,
+        }
+    }
+
     /// A stream whose first byte is at offset `start`.
     pub(crate) fn stream(stream: Box<dyn Read + 'a>, start: u64) -> Input<'a> {
         Input::new(Source::Stream(stream), start)
@@ -63,7 +90,7 @@ impl<'a> Input<'a> {
     pub(crate) fn in_place(&self) -> Option<(&'a File, u64)> {
         match self.source {
             Source::File { file, end } => Some((file, end)),
-            Source::Stream(_) => None,
+            Source::Stream(_) | Source::Index { .. } => None,
         }
     }
 
@@ -75,6 +102,14 @@ impl<'a> Input<'a> {
                 self.read_in_place(file, end, buf)?;
             }
             Source::Stream(stream) => stream.read_exact(buf)?,
+            Source::Index { regions, end } => {
+                if self.pos + buf.len() as u64 > *end {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if !regions.read(self.pos, buf) {
+                    return Err(not_indexed(self.pos));
+                }
+            }
         }
         self.pos += buf.len() as u64;
         Ok(())
@@ -121,6 +156,15 @@ impl<'a> Input<'a> {
                 }
                 got
             }
+            Source::Index { end, .. } => {
+                let got = end.saturating_sub(offset).min(BLOCK) as usize;
+                if got == block.len() {
+                    self.read_exact(&mut block).map_err(BlockError::Garbled)?;
+                } else if got > 0 {
+                    return Err(BlockError::Garbled(not_indexed(offset)));
+                }
+                got
+            }
         };
         Ok((block, got))
     }
@@ -150,6 +194,7 @@ impl<'a> Input<'a> {
         let n = match &mut self.source {
             Source::File { file, .. } => file.read_at(buf, self.pos)?,
             Source::Stream(stream) => stream.read(buf)?,
+            Source::Index { .. } => return Err(not_indexed(self.pos)),
         };
         self.pos += n as u64;
         Ok(n)

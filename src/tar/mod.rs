@@ -5,12 +5,14 @@
 pub(crate) mod archive;
 pub(crate) mod compress;
 mod extensions;
+pub(crate) mod frames;
 mod header;
 mod input;
 pub(crate) mod manifest;
 pub(crate) mod meta;
 pub(crate) mod pax;
 pub(crate) mod reader;
+pub(crate) mod seekable;
 pub(crate) mod sparse;
 
 /// The smallest alignment used by default: the page and block size of every common filesystem.

@@ -20,6 +20,7 @@ use crate::tar::extensions::{self, Extended, PaxFields, Pending};
 use crate::tar::header::{BadField, Header, id_in_range};
 use crate::tar::input::{BlockError, Input};
 use crate::tar::meta::{Kind, Meta};
+use crate::tar::seekable::Regions;
 pub(crate) use crate::tar::sparse::SparseMap;
 use crate::tar::sparse::{self, SparseError};
 
@@ -65,6 +66,11 @@ impl<'a> Reader<'a> {
         Reader::new(Input::file(file, start, end), archive)
     }
 
+    /// Reads the headers a seekable archive's index holds; member data cannot be read.
+    pub(crate) fn from_index(regions: &'a Regions, archive: &Path) -> Reader<'a> {
+        Reader::new(Input::index(regions, 0, regions.tar_len), archive)
+    }
+
     pub(crate) fn from_stream(stream: impl Read + 'a, archive: &Path) -> Reader<'a> {
         Reader::new(Input::stream(Box::new(stream), 0), archive)
     }
@@ -82,9 +88,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn nested(&mut self, entry: &Entry) -> Reader<'_> {
         let archive = self.archive.clone();
         let end = entry.data_offset.saturating_add(entry.size);
-        let input = match self.input.in_place() {
-            Some((file, outer_end)) => Input::file(file, entry.data_offset, end.min(outer_end)),
-            None => Input::stream(Box::new(self), entry.data_offset),
+        let input = match (self.input.in_place(), self.input.indexed()) {
+            (Some((file, outer_end)), _) => Input::file(file, entry.data_offset, end.min(outer_end)),
+            (_, Some((regions, outer_end))) => Input::index(regions, entry.data_offset, end.min(outer_end)),
+            (None, None) => Input::stream(Box::new(self), entry.data_offset),
         };
         Reader::new(input, &archive)
     }

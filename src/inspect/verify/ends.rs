@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use super::Run;
 use crate::error::{Context, Result};
 use crate::tar::BLOCK;
+use crate::tar::seekable::Regions;
 
 /// Yields the blocks after the last member: `None` at the end of the input, a short block
 /// when the input ends inside one.
@@ -59,6 +60,28 @@ pub(super) fn file_blocks(
         let len = BLOCK.min(end - pos) as usize;
         let mut block = vec![0u8; len];
         file.read_exact_at(&mut block, pos)?;
+        pos += len as u64;
+        Ok(Some(block))
+    }
+}
+
+/// Blocks of a seekable archive's index between `pos` and `end`: the end-of-archive blocks
+/// are in it; anything else there is not, and reads as an error.
+pub(super) fn index_blocks(
+    regions: &Regions,
+    mut pos: u64,
+    end: u64,
+) -> impl FnMut() -> io::Result<Option<Vec<u8>>> + '_ {
+    move || {
+        if pos >= end {
+            return Ok(None);
+        }
+        let len = BLOCK.min(end - pos) as usize;
+        let mut block = vec![0u8; len];
+        if !regions.read(pos, &mut block) {
+            let what = format!("the seekable index holds nothing at tar offset {pos}");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, what));
+        }
         pos += len as u64;
         Ok(Some(block))
     }

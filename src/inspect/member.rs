@@ -1,0 +1,84 @@
+//! One member's data by name, for runtimes that need a checkpoint's `config.dump` or
+//! `spec.dump` and nothing else: out of a seekable zstd archive only the frames that hold the
+//! member are read and decoded; a plain file is read by offset; other archives are read as a
+//! stream up to the member.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::container::podman::bundle_name;
+use crate::error::{Context, Error, Result};
+use crate::tar::archive::{self, Opened};
+use crate::tar::compress;
+use crate::tar::meta::Kind;
+use crate::tar::reader::{Entry, Reader};
+
+/// The data of the regular file `name` at the top level of `archive` (`./` prefixes are
+/// ignored on both sides), at most `max` bytes: a larger member is an error, so a hostile
+/// archive cannot make the caller allocate more. A missing member is an error of kind
+/// `Unsuitable`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let src = dir.path().join("src");
+/// std::fs::create_dir(&src)?;
+/// std::fs::write(src.join("config.dump"), b"{}")?;
+/// let archive = dir.path().join("c.tar.zst");
+/// ckpt::Exporter::new().compress(Some(ckpt::Compression::Zstd)).export(&src, &archive)?;
+/// assert_eq!(ckpt::read_member(&archive, "config.dump", 1 << 20)?, b"{}");
+/// # Ok(())
+/// # }
+/// ```
+pub fn read_member(archive: &Path, name: impl AsRef<[u8]>, max: u64) -> Result<Vec<u8>> {
+    let name = name.as_ref();
+    read_members(archive, &[name], max)?.pop().flatten().ok_or_else(|| {
+        Error::unsuitable(archive, format!("has no member {:?}", String::from_utf8_lossy(name)))
+    })
+}
+
+/// The data of each of `names` (as [`read_member`]), `None` for those the archive lacks. A
+/// stream is read until all were found, or to its end.
+pub(crate) fn read_members(archive: &Path, names: &[&[u8]], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut found = vec![None; names.len()];
+    let mut opened = archive::open(archive)?;
+    if let Opened::Stream(stream) = &opened
+        && let Some(seekable) = stream.seekable()
+    {
+        let seekable = seekable.clone();
+        let mut reader = Reader::from_index(seekable.regions(), archive);
+        while let Some(entry) = reader.next_entry()? {
+            if let Some(i) = wanted(names, &entry, max, archive)? {
+                let data = seekable.read_range(entry.data_offset, entry.size);
+                found[i] = Some(data.map_err(|e| compress::stream_error(archive, e))?);
+            }
+        }
+        return Ok(found);
+    }
+    let mut reader = Reader::open(&mut opened, archive);
+    while found.iter().any(Option::is_none) {
+        let Some(entry) = reader.next_entry()? else { break };
+        if let Some(i) = wanted(names, &entry, max, archive)? {
+            let mut data = Vec::with_capacity(entry.size as usize);
+            (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
+            found[i] = Some(data);
+        }
+    }
+    Ok(found)
+}
+
+/// Which of `names` `entry` is, if any; an error when it cannot be returned.
+fn wanted(names: &[&[u8]], entry: &Entry, max: u64, archive: &Path) -> Result<Option<usize>> {
+    let Some(i) = names.iter().position(|n| bundle_name(n) == bundle_name(&entry.name)) else {
+        return Ok(None);
+    };
+    if entry.kind != Some(Kind::Regular) || entry.sparse.is_some() {
+        let reason = format!("member {:?} is not a plain regular file", entry.name_lossy());
+        return Err(Error::unsuitable(archive, reason));
+    }
+    if entry.size > max {
+        let reason = format!("{} of {} bytes (more than the {max} expected)", entry.name_lossy(), entry.size);
+        return Err(Error::damaged(archive, reason));
+    }
+    Ok(Some(i))
+}
