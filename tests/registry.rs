@@ -548,3 +548,80 @@ fn podman_pull_of_a_pushed_checkpoint_shows_its_checkpoint_annotations_and_its_t
     assert_same_checkpoint(&src, &merged);
     pm.ok(&[&"image", &"unmount", &reference]);
 }
+
+/// A bundle whose large files are `count` page images of `mib` MiB each (seeded by `seed`),
+/// so that a push or pull takes long enough to be killed in the middle.
+fn large_bundle(dir: &Path, seed: u64, count: usize, mib: usize) -> PathBuf {
+    let path = dir.join(format!("large-{seed}"));
+    let mut bundle = Bundle::sample();
+    for n in 0..count {
+        bundle = bundle.file(
+            &format!("checkpoint/pages-{}.img", n + 2),
+            pseudo_random_bytes(seed + n as u64, mib * MIB),
+        );
+    }
+    bundle.write(&path);
+    path
+}
+
+/// Starts `ckpt ARGS` in the background (its output discarded).
+fn spawn_ckpt(args: &[Arg]) -> std::process::Child {
+    Command::new(ckpt_bin())
+        .args(args.iter().map(|a| a.as_ref()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start ckpt {}: {e}", show_args(args)))
+}
+
+/// Every regular file below `dir`, by path.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn a_push_into_an_oci_layout_writes_every_file_0600_and_no_temporary_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 21);
+    let layout = tmp.path().join("layout");
+    ckpt_ok(&[
+        &"push",
+        &"--store",
+        &tmp.path().join("store"),
+        &src,
+        &format!("oci:{}:cp1", layout.display()),
+    ]);
+    let files = files_below(&layout);
+    assert_eq!(files.len(), 2 + 4 + 2, "oci-layout, index.json, 4 layers, config, manifest: {files:?}");
+    for file in files.iter().chain(&files_below(&tmp.path().join("store"))) {
+        let mode = fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+        assert!(!file.to_string_lossy().contains(".ckpt-"), "{} left", file.display());
+    }
+}
+
+#[test]
+fn a_push_into_an_oci_layout_killed_midway_leaves_only_complete_blobs_and_no_index() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 22, 6, 16);
+    let layout = tmp.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    let reference = format!("oci:{}:cp1", layout.display());
+    let mut child = spawn_ckpt(&[&"push", &"--store", &tmp.path().join("store"), &src, &reference]);
+    let killed = kill_when(&mut child, || fs::read_dir(&blobs).is_ok_and(|d| d.count() > 0));
+    assert!(killed, "the push finished before a blob was written: nothing was tested");
+    assert!(!layout.join("index.json").exists(), "index.json names blobs a killed push never wrote");
+    let written = files_below(&blobs);
+    assert!(!written.is_empty());
+    for blob in written {
+        let name = blob.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), name, "{} is not complete", blob.display());
+    }
+}
