@@ -56,11 +56,13 @@ impl Registry {
             ));
         }
         fs::write(&config, yaml).unwrap();
+        // The registry writes its access log (combined format) to stdout.
+        let log = fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {REGISTRY_BIN}: {e}"));
@@ -91,9 +93,46 @@ impl Registry {
         (count, bytes)
     }
 
+    /// The requests the registry has answered so far, from its access log.
+    fn requests(&self) -> Vec<Request> {
+        let log = fs::read_to_string(self.dir.path().join("access.log")).unwrap();
+        log.lines().filter_map(Request::parse).collect()
+    }
+
     fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
         self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+/// One line of the registry's access log: `HOST - USER [TIME] "METHOD PATH HTTP/1.1" STATUS
+/// BYTES "REFERER" "AGENT"`; BYTES is what the registry sent.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    status: u16,
+    bytes_sent: u64,
+}
+
+impl Request {
+    fn parse(line: &str) -> Option<Request> {
+        let mut quoted = line.split('"');
+        let mut request = quoted.nth(1)?.split(' ');
+        let (method, path) = (request.next()?.to_string(), request.next()?.to_string());
+        let mut after = quoted.next()?.split_whitespace();
+        let status = after.next()?.parse().ok()?;
+        let bytes_sent = after.next()?.parse().unwrap_or(0);
+        Some(Request { method, path, status, bytes_sent })
+    }
+
+    /// A blob upload's final PUT (`.../blobs/uploads/ID?digest=sha256:...`): the digest.
+    fn uploaded_digest(&self) -> Option<String> {
+        if self.method != "PUT" || !self.path.contains("/blobs/uploads/") {
+            return None;
+        }
+        let digest = self.path.split_once("digest=")?.1.split('&').next()?;
+        Some(digest.replace("%3A", ":").replace("%3a", ":"))
     }
 }
 
@@ -624,4 +663,84 @@ fn a_push_into_an_oci_layout_killed_midway_leaves_only_complete_blobs_and_no_ind
         let name = blob.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), name, "{} is not complete", blob.display());
     }
+}
+
+#[test]
+fn a_pull_killed_midway_leaves_no_out_and_the_next_resumes_the_partial_blob_with_a_range_request() {
+    let Some(registry) = Registry::start() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 23, 1, 48);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&src, &reference, &tmp.path().join("store-a"));
+    let manifest = parse_json(&sh(
+        "skopeo",
+        &[&"inspect", &"--raw", &"--tls-verify=false", &format!("docker://{reference}")],
+    ));
+    let sizes: Vec<u64> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).collect();
+    let big = layer_digests(&manifest)[0].clone();
+    let store = tmp.path().join("store-b");
+    let partial = store.join("partial").join(big.strip_prefix("sha256:").unwrap());
+    let out = tmp.path().join("out.tar");
+    let pull: Vec<Arg> = vec![&"pull", &"--tls-verify=false", &"--store", &store, &reference, &out];
+    let mut child = spawn_ckpt(&pull);
+    let partial_len = || fs::metadata(&partial).map_or(0, |m| m.len());
+    assert!(kill_when(&mut child, || partial_len() > 0), "the pull finished before it could be killed");
+    assert_eq!(entries_named(tmp.path(), "out.tar"), 0, "a killed pull left OUT or its temporary");
+    let kept = partial_len();
+    assert!(kept > 0 && kept < sizes[0], "{kept} of {} bytes kept", sizes[0]);
+
+    let mut args = pull.clone();
+    args.insert(1, &"--json");
+    let stats = ckpt_json(&args);
+    assert_eq!(json_u64(&stats, "bytes_downloaded"), sizes[0] - kept + sizes[1], "{stats}");
+    // The killed GET is logged whenever the registry sees its connection close: look at all.
+    let gets: Vec<Request> =
+        registry.requests().into_iter().filter(|r| r.method == "GET" && r.path.ends_with(&big)).collect();
+    assert!(gets.iter().any(|r| (r.status, r.bytes_sent) == (206, sizes[0] - kept)), "{gets:?}");
+    assert!(gets.iter().all(|r| r.bytes_sent < sizes[0]), "the whole blob was sent again: {gets:?}");
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"import", &out, &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+/// The digests of the blobs in the registry's storage.
+fn stored_digests(registry: &Registry) -> std::collections::BTreeSet<String> {
+    let root = registry.dir.path().join("storage/docker/registry/v2/blobs");
+    files_below(&root)
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+        .map(|p| format!("sha256:{}", p.parent().unwrap().file_name().unwrap().to_string_lossy()))
+        .collect()
+}
+
+#[test]
+fn a_push_killed_midway_then_run_again_uploads_only_the_blobs_the_registry_lacks() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 24, 4, 12);
+    let reference = registry.reference("ckpt/app:cp1");
+    let store = tmp.path().join("store");
+    let push: Vec<Arg> = vec![&"push", &"--tls-verify=false", &"--store", &store, &src, &reference];
+    let mut child = spawn_ckpt(&push);
+    assert!(kill_when(&mut child, || registry.blobs().0 > 0), "the push finished before it could be killed");
+    let present = stored_digests(&registry);
+    let before = registry.requests().len();
+    let stats = push_json(&src, &reference, &store);
+    let sent: Vec<String> =
+        registry.requests().iter().skip(before).filter_map(Request::uploaded_digest).collect();
+    for digest in &sent {
+        assert!(!present.contains(digest), "{digest} was in the registry and was uploaded again");
+    }
+    // Four page layers, the small files' layer and the config: what the first push had not
+    // finished is sent now.
+    assert_eq!(sent.len() + present.len(), 6, "sent {sent:?}, present {present:?}");
+    assert_eq!(json_u64(&stats, "blobs_skipped"), present.len() as u64, "{stats}");
+    assert_eq!(json_u64(&stats, "blobs_uploaded"), sent.len() as u64, "{stats}");
+    let dest = tmp.path().join("dest");
+    pull_json(&reference, &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
 }

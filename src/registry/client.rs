@@ -204,13 +204,31 @@ impl Client {
         self.expect(answer, &op, &[StatusCode::CREATED]).map(drop)
     }
 
-    /// The blob's data as a stream; the caller checks its digest as it reads.
-    pub(crate) fn blob(&self, digest: &Digest) -> Result<impl Read + use<>> {
+    /// The blob's data from byte `offset` on (a Range request when not 0) as a stream, and
+    /// the byte it really starts at: 0 when the registry ignored the Range and sends all of
+    /// it. The caller checks its digest as it reads.
+    pub(crate) fn blob(&self, digest: &Digest, offset: u64) -> Result<(impl Read + use<>, u64)> {
         let op = format!("pull blob {digest}");
-        let answer = self.send(&op, self.with_auth(self.agent.get(self.url(&format!("blobs/{digest}")))))?;
-        let answer = self.expect(answer, &op, &[StatusCode::OK])?;
-        Ok(answer.into_body().into_reader())
+        let mut request = self.with_auth(self.agent.get(self.url(&format!("blobs/{digest}"))));
+        if offset > 0 {
+            request = request.header("Range", format!("bytes={offset}-"));
+        }
+        let answer = self.send(&op, request)?;
+        let answer = self.expect(answer, &op, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT])?;
+        let start = if answer.status() == StatusCode::PARTIAL_CONTENT {
+            let range = answer.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
+            range_start(range)
+                .ok_or_else(|| self.error(op.clone(), format!("unreadable Content-Range {range:?}")))?
+        } else {
+            0
+        };
+        Ok((answer.into_body().into_reader(), start))
     }
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` answer.
+fn range_start(range: &str) -> Option<u64> {
+    range.strip_prefix("bytes ")?.split_once('-')?.0.trim().parse().ok()
 }
 
 /// Reads a whole body of at most `limit` bytes.
@@ -322,6 +340,13 @@ mod tests {
         assert_eq!(params[0], ("realm".into(), "https://auth.example/token".into()));
         assert_eq!(params[1], ("service".into(), "registry.example".into()));
         assert_eq!(params[2], ("scope".into(), "repository:a:pull".into()));
+    }
+
+    #[test]
+    fn a_content_range_gives_its_first_byte() {
+        assert_eq!(range_start("bytes 1000-4095/4096"), Some(1000));
+        assert_eq!(range_start("bytes */4096"), None);
+        assert_eq!(range_start("items 1-2/3"), None);
     }
 
     #[test]

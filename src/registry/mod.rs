@@ -10,6 +10,7 @@ mod layout;
 mod reference;
 mod store;
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -229,16 +230,26 @@ impl Registry {
             } else {
                 let op = format!("pull blob {digest}");
                 let fail = |reason: String| bad(&op, reason);
-                match &target {
+                let received = match &target {
                     Target::Registry(client, _) => {
-                        store.receive(&digest, size, &mut client.blob(&digest)?, &fail)?
+                        let mut fetch = |offset| {
+                            client
+                                .blob(&digest, offset)
+                                .map(|(r, start)| (Box::new(r) as Box<dyn Read>, start))
+                        };
+                        store.receive(&digest, size, &mut fetch, &fail)?
                     }
                     Target::Layout(layout, _) => {
-                        store.receive(&digest, size, &mut layout.open_blob(&digest)?, &fail)?
+                        let mut fetch = |offset| {
+                            let mut file = layout.open_blob(&digest)?;
+                            file.seek(SeekFrom::Start(offset)).map_err(|e| fail(format!("seek: {e}")))?;
+                            Ok((Box::new(file) as Box<dyn Read>, offset))
+                        };
+                        store.receive(&digest, size, &mut fetch, &fail)?
                     }
-                }
+                };
                 stats.blobs_downloaded += 1;
-                stats.bytes_downloaded += size;
+                stats.bytes_downloaded += received;
             }
             layers.push(digest);
         }
