@@ -744,3 +744,54 @@ fn a_push_killed_midway_then_run_again_uploads_only_the_blobs_the_registry_lacks
     pull_json(&reference, &tmp.path().join("pull-store"), &[&"--import", &dest]);
     assert_same_checkpoint(&src, &dest);
 }
+
+#[test]
+fn a_push_to_a_second_repository_mounts_every_blob_from_the_first_and_uploads_nothing() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 31);
+    let store = tmp.path().join("store");
+    let first = push_json(&src, &registry.reference("ckpt/one:cp1"), &store);
+    assert_eq!(json_u64(&first, "blobs_mounted"), 0, "{first}");
+    let before = registry.requests().len();
+    let second = push_json(&src, &registry.reference("ckpt/two:cp1"), &store);
+    let requests: Vec<Request> = registry.requests().into_iter().skip(before).collect();
+    let uploads: Vec<&Request> =
+        requests.iter().filter(|r| r.method == "PUT" || r.method == "PATCH").collect();
+    assert!(uploads.iter().all(|r| r.path.contains("/manifests/")), "blob data was sent: {uploads:?}");
+    let mounts =
+        requests.iter().filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201);
+    // Four layers and the config.
+    assert_eq!(mounts.count(), 5, "{requests:?}");
+    assert_eq!(json_u64(&second, "blobs_mounted"), 5, "{second}");
+    assert_eq!(
+        (json_u64(&second, "blobs_uploaded"), json_u64(&second, "bytes_uploaded")),
+        (0, 0),
+        "{second}"
+    );
+    let dest = tmp.path().join("dest");
+    pull_json(&registry.reference("ckpt/two:cp1"), &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn a_mount_the_registry_refuses_falls_back_to_an_upload() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 32);
+    let store = tmp.path().join("store");
+    push_json(&src, &registry.reference("ckpt/one:cp1"), &store);
+    // Repository one is gone; the store still says the blobs are there.
+    fs::remove_dir_all(registry.dir.path().join("storage/docker/registry/v2/repositories/ckpt/one")).unwrap();
+    let before = registry.requests().len();
+    let second = push_json(&src, &registry.reference("ckpt/two:cp1"), &store);
+    let requests: Vec<Request> = registry.requests().into_iter().skip(before).collect();
+    let refused =
+        requests.iter().filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 202);
+    assert_eq!(refused.count(), 5, "{requests:?}");
+    assert_eq!(requests.iter().filter_map(Request::uploaded_digest).count(), 5, "{requests:?}");
+    assert_eq!((json_u64(&second, "blobs_mounted"), json_u64(&second, "blobs_uploaded")), (0, 5), "{second}");
+    let dest = tmp.path().join("dest");
+    pull_json(&registry.reference("ckpt/two:cp1"), &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+}

@@ -1,5 +1,5 @@
 //! The OCI distribution protocol, as far as push and pull need it: `/v2/` with Basic or
-//! Bearer token authentication, blob HEAD, monolithic upload, streamed blob GET, manifest
+//! Bearer token authentication, blob HEAD, cross-repository mount, monolithic upload, ranged blob GET, manifest
 //! GET and PUT. Every response body read into memory is bounded.
 
 use std::fs::File;
@@ -45,14 +45,14 @@ pub(crate) struct Client {
 type Answer = Response<ureq::Body>;
 
 impl Client {
-    /// Connects to `host` for `repo` and authenticates for pull (and push) as the registry's
-    /// `/v2/` challenge asks.
+    /// Connects to `host` for `repo` and authenticates for pull (and push, with pull of the
+    /// repositories blobs may be mounted from) as the registry's `/v2/` challenge asks.
     pub(crate) fn connect(
         host: &str,
         repo: &str,
         reference: &str,
         access: &Access,
-        push: bool,
+        push: Option<&[String]>,
     ) -> Result<Client> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -87,7 +87,7 @@ impl Client {
         Error::Registry { reference: self.reference.clone(), op: op.into(), reason: reason.into() }
     }
 
-    fn authenticate(&self, challenge: &str, creds: Option<&str>, push: bool) -> Result<String> {
+    fn authenticate(&self, challenge: &str, creds: Option<&str>, push: Option<&[String]>) -> Result<String> {
         let refused = |why: String| self.error("authenticate", why);
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         let basic = creds.map(|c| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c)));
@@ -104,8 +104,11 @@ impl Client {
             |key: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
         let realm = get("realm")
             .ok_or_else(|| refused(format!("Bearer challenge without a realm: {challenge:?}")))?;
-        let actions = if push { "pull,push" } else { "pull" };
+        let actions = if push.is_some() { "pull,push" } else { "pull" };
         let mut url = format!("{realm}?scope={}", query(&format!("repository:{}:{actions}", self.repo)));
+        for from in push.unwrap_or_default() {
+            url.push_str(&format!("&scope={}", query(&format!("repository:{from}:pull"))));
+        }
         if let Some(service) = get("service") {
             url.push_str(&format!("&service={}", query(service)));
         }
@@ -160,12 +163,26 @@ impl Client {
         self.expect(answer, &op, &[StatusCode::OK]).map(|_| true)
     }
 
-    /// Uploads `path` as blob `digest` in one PUT.
-    pub(crate) fn push_blob(&self, digest: &Digest, path: &Path) -> Result<()> {
+    /// Uploads `path` as blob `digest` in one PUT, unless `from` names another repository of
+    /// this registry to mount it from and the registry agrees (201); whether it was mounted.
+    pub(crate) fn push_blob(&self, digest: &Digest, path: &Path, from: Option<&str>) -> Result<bool> {
         let op = format!("push blob {digest}");
-        let start = self.with_auth(self.agent.post(self.url("blobs/uploads/")));
+        let mut url = self.url("blobs/uploads/");
+        if let Some(from) = from {
+            url.push_str(&format!("?mount={}&from={}", query(digest.as_str()), query(from)));
+        }
+        let start = self.with_auth(self.agent.post(url));
         let answer = start.send_empty().map_err(|e| self.error(op.clone(), format!("{e}")))?;
-        let answer = self.expect(answer, &op, &[StatusCode::ACCEPTED])?;
+        // A registry that cannot mount (or does not know how) answers 202 and an upload URL.
+        let ok: &[StatusCode] = if from.is_some() {
+            &[StatusCode::CREATED, StatusCode::ACCEPTED]
+        } else {
+            &[StatusCode::ACCEPTED]
+        };
+        let answer = self.expect(answer, &op, ok)?;
+        if answer.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
         let location = answer
             .headers()
             .get("location")
@@ -178,7 +195,7 @@ impl Client {
         let file = File::open(path).at("open", path)?;
         let put = self.with_auth(self.agent.put(&url)).header("Content-Type", "application/octet-stream");
         let answer = put.send(file).map_err(|e| self.error(op.clone(), format!("{e}")))?;
-        self.expect(answer, &op, &[StatusCode::CREATED]).map(drop)
+        self.expect(answer, &op, &[StatusCode::CREATED]).map(|_| false)
     }
 
     /// The manifest (or index) named by `version` (a tag or digest), and its media type.

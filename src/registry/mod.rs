@@ -10,6 +10,7 @@ mod layout;
 mod reference;
 mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,6 +40,8 @@ pub struct PushStats {
     pub blobs_uploaded: u64,
     /// Blobs the target already had.
     pub blobs_skipped: u64,
+    /// Blobs the registry mounted from another of its repositories instead of an upload.
+    pub blobs_mounted: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -90,7 +93,8 @@ impl Registry {
         self
     }
 
-    fn target(&self, reference: &Reference, push: bool) -> Result<Target> {
+    /// Where `reference` is; `push` names the repositories blobs may be mounted from.
+    fn target(&self, reference: &Reference, push: Option<&[String]>) -> Result<Target> {
         let text = reference.to_string();
         Ok(match reference {
             Reference::Registry { host, repo, version } => {
@@ -117,12 +121,15 @@ impl Registry {
         let imported = Importer::new().import(&archive, &tree)?;
         complete(&imported, &archive)?;
         let image = image::build(&tree, work.path(), &store)?;
-        let target = self.target(reference, true)?;
+        let mounts = mount_sources(&store, &image, reference);
+        let repos: BTreeSet<String> = mounts.values().cloned().collect();
+        let target = self.target(reference, Some(&repos.into_iter().collect::<Vec<_>>()))?;
         let mut stats = PushStats {
             digest: Digest::of(&image.manifest).to_string(),
             bytes_uploaded: 0,
             blobs_uploaded: 0,
             blobs_skipped: 0,
+            blobs_mounted: 0,
             seconds: 0.0,
         };
         let config = work.path().join("config.json");
@@ -139,14 +146,21 @@ impl Registry {
                     }
                 };
                 let has = |digest: &Digest, _size| client.has_blob(digest);
-                let mut put = |digest: &Digest, path: &Path| client.push_blob(digest, path);
+                let mut put = |digest: &Digest, path: &Path| {
+                    client.push_blob(digest, path, mounts.get(digest).map(String::as_str))
+                };
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 client.push_manifest(tag, &image.manifest, MANIFEST_TYPE)?;
+                if let Some(here) = origin(reference) {
+                    for (digest, _) in image.layers.iter().chain([&(Digest::of(&image.config), 0)]) {
+                        store.add_origin(digest, &here);
+                    }
+                }
             }
             Target::Layout(layout, tag) => {
                 layout.create()?;
                 let has = |digest: &Digest, size| Ok(layout.has_blob(digest, size));
-                let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path);
+                let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path).map(|()| false);
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 let manifest_digest = Digest::of(&image.manifest);
                 layout.put_bytes(&manifest_digest, &image.manifest)?;
@@ -185,7 +199,7 @@ impl Registry {
     fn pull_tree(&self, reference: &Reference) -> Result<(PullStats, store::Scratch, PathBuf)> {
         let started = Instant::now();
         let store = Store::open(self.store.as_deref())?;
-        let target = self.target(reference, false)?;
+        let target = self.target(reference, None)?;
         let text = reference.to_string();
         let bad = |op: &str, reason: String| Error::Registry {
             reference: text.clone(),
@@ -251,6 +265,9 @@ impl Registry {
                 stats.blobs_downloaded += 1;
                 stats.bytes_downloaded += received;
             }
+            if let Some(here) = origin(reference) {
+                store.add_origin(&digest, &here);
+            }
             layers.push(digest);
         }
         let work = store.scratch()?;
@@ -313,15 +330,42 @@ fn check_digest(data: &[u8], expected: &Digest) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// `HOST/REPO` of a registry reference: what the store records blobs as being in.
+fn origin(reference: &Reference) -> Option<String> {
+    match reference {
+        Reference::Registry { host, repo, .. } => Some(format!("{host}/{repo}")),
+        Reference::Layout { .. } => None,
+    }
+}
+
+/// For each blob of `image` that the store saw in another repository of the registry
+/// `reference` names, the newest such repository: where a push may mount it from.
+fn mount_sources(store: &Store, image: &image::Image, reference: &Reference) -> BTreeMap<Digest, String> {
+    let Reference::Registry { host, repo, .. } = reference else { return BTreeMap::new() };
+    let prefix = format!("{host}/");
+    let config = Digest::of(&image.config);
+    let blobs = image.layers.iter().map(|(d, _)| d).chain([&config]);
+    blobs
+        .filter_map(|digest| {
+            let from = store.origins(digest).into_iter().rev().find_map(|o| {
+                let other = o.strip_prefix(&prefix)?;
+                (other != repo && reference::check_repo(other).is_ok()).then(|| other.to_string())
+            })?;
+            Some((digest.clone(), from))
+        })
+        .collect()
+}
+
 /// Sends the blobs of `image` the target lacks (`has` says which it has): each layer from
-/// the store, then the config from `config`; counted in `stats`.
+/// the store, then the config from `config`, with `put`, which says whether the registry
+/// mounted the blob instead; counted in `stats`.
 fn send_blobs(
     image: &image::Image,
     store: &Store,
     config: &Path,
     stats: &mut PushStats,
     has: &dyn Fn(&Digest, u64) -> Result<bool>,
-    put: &mut dyn FnMut(&Digest, &Path) -> Result<()>,
+    put: &mut dyn FnMut(&Digest, &Path) -> Result<bool>,
 ) -> Result<()> {
     let config_blob: (Digest, PathBuf, u64) =
         (Digest::of(&image.config), config.to_path_buf(), image.config.len() as u64);
@@ -329,8 +373,9 @@ fn send_blobs(
     for (digest, path, size) in layers.chain([config_blob]) {
         if has(&digest, size)? {
             stats.blobs_skipped += 1;
+        } else if put(&digest, &path)? {
+            stats.blobs_mounted += 1;
         } else {
-            put(&digest, &path)?;
             stats.blobs_uploaded += 1;
             stats.bytes_uploaded += size;
         }

@@ -1,7 +1,9 @@
 //! The local content-addressed store of layers: `STORE/blobs/sha256/HEX`, each downloaded
 //! into `STORE/partial/HEX` (mode 0600, locked while a pull writes it) and renamed into place
 //! once its size and digest are checked, so a blob in the store is always complete and right.
-//! A killed pull leaves its partial blob, which the next pull resumes from where it ends;
+//! A killed pull leaves its partial blob, which the next pull resumes from where it ends.
+//! `STORE/origins/HEX` lists the `HOST/REPO`s a blob was pulled from or pushed to (newest
+//! last), so that a push to another repository of the registry can mount it from there;
 //! `STORE/tmp/` holds the work of running pushes and pulls, removed by the next one once its
 //! process is gone.
 
@@ -49,7 +51,7 @@ impl Store {
             Some(root) => root.to_path_buf(),
             None => default_root()?,
         };
-        for dir in [root.join("blobs/sha256"), root.join("partial"), root.join("tmp")] {
+        for dir in [root.join("blobs/sha256"), root.join("partial"), root.join("origins"), root.join("tmp")] {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).at("mkdir", &dir)?;
         }
         let store = Store { root };
@@ -157,6 +159,44 @@ impl Store {
         Ok((digest, size))
     }
 
+    /// The `HOST/REPO`s blob `digest` was pulled from or pushed to, newest last.
+    pub(crate) fn origins(&self, digest: &Digest) -> Vec<String> {
+        let path = self.root.join("origins").join(digest.hex());
+        let mut data = Vec::new();
+        match File::open(&path).and_then(|f| f.take(MAX_ORIGINS_FILE).read_to_end(&mut data)) {
+            Ok(_) => String::from_utf8_lossy(&data).lines().map(str::to_string).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                log::warn!("read {}: {e}", path.display());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records that blob `digest` is in `origin` (`HOST/REPO`). A hint for later pushes: a
+    /// failure to record it is logged, never an error.
+    pub(crate) fn add_origin(&self, digest: &Digest, origin: &str) {
+        let mut origins = self.origins(digest);
+        if origins.last().is_some_and(|o| o == origin) {
+            return;
+        }
+        origins.retain(|o| o != origin);
+        origins.push(origin.to_string());
+        let keep = origins.len().saturating_sub(MAX_ORIGINS);
+        let mut text = origins[keep..].join("\n");
+        text.push('\n');
+        let path = self.root.join("origins").join(digest.hex());
+        let temp = self
+            .root
+            .join("tmp")
+            .join(String::from_utf8_lossy(&temp::name_for(digest.hex().as_bytes())).as_ref());
+        let written = fs::write(&temp, text).and_then(|()| fs::rename(&temp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            log::warn!("record where {digest} is: {}: {e}", path.display());
+        }
+    }
+
     /// Removes what killed pushes and pulls left in `tmp/`: names whose process is gone.
     fn remove_stale(&self) {
         let tmp = self.root.join("tmp");
@@ -179,6 +219,11 @@ impl Store {
         }
     }
 }
+
+/// Repositories remembered per blob: enough to find one to mount from.
+const MAX_ORIGINS: usize = 16;
+/// An origins file is read up to this (16 names of at most 255 bytes and a host).
+const MAX_ORIGINS_FILE: u64 = 16 << 10;
 
 /// What [`fill`] received.
 struct Filled {
