@@ -99,6 +99,21 @@ impl Registry {
         log.lines().filter_map(Request::parse).collect()
     }
 
+    /// Waits until the access log and the storage have not changed for 300 ms (at most 10 s).
+    fn settle(&self) {
+        let state = || (self.requests().len(), self.blobs());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = state();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = state();
+            if now == last || Instant::now() > deadline {
+                return;
+            }
+            last = now;
+        }
+    }
+
     fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
         self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
@@ -126,9 +141,10 @@ impl Request {
         Some(Request { method, path, status, bytes_sent })
     }
 
-    /// A blob upload's final PUT (`.../blobs/uploads/ID?digest=sha256:...`): the digest.
+    /// A blob upload's final PUT (`.../blobs/uploads/ID?digest=sha256:...`) that stored the
+    /// blob: its digest.
     fn uploaded_digest(&self) -> Option<String> {
-        if self.method != "PUT" || !self.path.contains("/blobs/uploads/") {
+        if self.method != "PUT" || self.status != 201 || !self.path.contains("/blobs/uploads/") {
             return None;
         }
         let digest = self.path.split_once("digest=")?.1.split('&').next()?;
@@ -727,6 +743,9 @@ fn a_push_killed_midway_then_run_again_uploads_only_the_blobs_the_registry_lacks
     let push: Vec<Arg> = vec![&"push", &"--tls-verify=false", &"--store", &store, &src, &reference];
     let mut child = spawn_ckpt(&push);
     assert!(kill_when(&mut child, || registry.blobs().0 > 0), "the push finished before it could be killed");
+    // The registry finishes (or fails) the killed push's last request when it sees the
+    // connection close, and logs it then: wait for that before looking.
+    registry.settle();
     let present = stored_digests(&registry);
     let before = registry.requests().len();
     let stats = push_json(&src, &reference, &store);
@@ -794,4 +813,22 @@ fn a_mount_the_registry_refuses_falls_back_to_an_upload() {
     let dest = tmp.path().join("dest");
     pull_json(&registry.reference("ckpt/two:cp1"), &tmp.path().join("pull-store"), &[&"--import", &dest]);
     assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn podman_restore_of_a_pulled_checkpoint_image_continues_the_process_with_its_rootfs_changes() {
+    let Some(s) = scratch_sized(FsKind::Btrfs, 2 << 30) else { return };
+    let Some(pm) = Podman::new(&s) else { return };
+    let Some(registry) = Registry::start() else { return };
+    pm.run_counter("c1", &[]);
+    pm.ok(&[&"exec", &"c1", &"/bin/sh", &"-c", &"mkdir /data && echo kept > /data/f"]);
+    let at_checkpoint = pm.counter("c1");
+    let archive = s.path("c1.tar");
+    pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+    let reference = registry.reference("ckpt/c1:cp1");
+    push_json(&archive, &reference, &s.path("store"));
+    pm.ok(&[&"pull", &"-q", &"--tls-verify=false", &reference]);
+    pm.ok(&[&"container", &"restore", &"--name", &"c2", &reference]);
+    pm.assert_counter_continues("c2", at_checkpoint);
+    assert_eq!(pm.ok(&[&"exec", &"c2", &"cat", &"/data/f"]), "kept");
 }
