@@ -832,3 +832,26 @@ fn podman_restore_of_a_pulled_checkpoint_image_continues_the_process_with_its_ro
     pm.assert_counter_continues("c2", at_checkpoint);
     assert_eq!(pm.ok(&[&"exec", &"c2", &"cat", &"/data/f"]), "kept");
 }
+
+#[test]
+fn a_pulled_checkpoint_keeps_the_top_level_names_podmans_layout_leaves_out() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 33);
+    write_with_parents(&src.join("volumes/data.tar"), b"a volume's tar\n");
+    write_with_parents(&src.join("rootfs-diff/etc/app.conf"), b"not podman's name for it\n");
+    // A plain export keeps every name; `export --bundle` would leave these two out.
+    let archive = tmp.path().join("src.tar");
+    ckpt_ok(&[&"export", &src, &archive]);
+    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
+    ckpt_ok(&[&"push", &"--store", &tmp.path().join("store-a"), &archive, &reference]);
+    let out = tmp.path().join("pulled.tar");
+    ckpt_ok(&[&"pull", &"--store", &tmp.path().join("store-b"), &reference, &out]);
+    let (expected, dest) = (tmp.path().join("expected"), tmp.path().join("dest"));
+    ckpt_ok(&[&"import", &archive, &expected]);
+    ckpt_ok(&[&"import", &out, &dest]);
+    let root = fs::metadata(&dest).unwrap();
+    fs::File::open(&expected).unwrap().set_modified(root.modified().unwrap()).unwrap();
+    fs::set_permissions(&expected, root.permissions()).unwrap();
+    assert_trees_equal(&expected, &dest);
+    assert_eq!(fs::read(dest.join("volumes/data.tar")).unwrap(), b"a volume's tar\n");
+}

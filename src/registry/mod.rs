@@ -20,6 +20,7 @@ use serde::Serialize;
 pub use client::Access;
 pub use reference::{Reference, Version};
 
+use crate::container::podman::{BUNDLE_MEMBERS, LEADING};
 use crate::error::{Error, Result};
 use crate::export::Exporter;
 use crate::import::Importer;
@@ -292,10 +293,24 @@ fn complete(stats: &ImportStats, archive: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The tree as an archive: in podman's layout when it is a checkpoint bundle.
+/// The tree as an archive: in podman's layout when it is a checkpoint bundle that holds
+/// nothing but the members that layout takes (it leaves other names out); otherwise every
+/// entry, as `ckpt export` writes a directory.
 fn export_tree(tree: &Path, out: &Path) -> Result<()> {
-    let bundle = tree.join("checkpoint/inventory.img").is_file();
+    let bundle = tree.join("checkpoint/inventory.img").is_file() && only_bundle_members(tree)?;
     Exporter::new().bundle_layout(bundle).export(tree, out).map(drop)
+}
+
+fn only_bundle_members(tree: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    for entry in std::fs::read_dir(tree).map_err(|e| Error::io("read directory", tree, e))? {
+        let name = entry.map_err(|e| Error::io("read directory", tree, e))?.file_name();
+        let name = name.as_bytes();
+        if !BUNDLE_MEMBERS.contains(&name) && !LEADING.contains(&name) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn is_index(data: &[u8], media_type: &str) -> bool {
