@@ -152,11 +152,7 @@ impl Registry {
                 };
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 client.push_manifest(tag, &image.manifest, MANIFEST_TYPE)?;
-                if let Some(here) = origin(reference) {
-                    for (digest, _) in image.layers.iter().chain([&(Digest::of(&image.config), 0)]) {
-                        store.add_origin(digest, &here);
-                    }
-                }
+                record_origins(&store, &image, reference);
             }
             Target::Layout(layout, tag) => {
                 layout.create()?;
@@ -207,26 +203,7 @@ impl Registry {
             op: op.to_string(),
             reason,
         };
-        let (manifest, digest) = match &target {
-            Target::Registry(client, version) => {
-                let wanted = match version {
-                    Version::Tag(tag) => tag.clone(),
-                    Version::Digest(d) => d.clone(),
-                };
-                let (mut data, media_type) = client.manifest(&wanted)?;
-                if is_index(&data, &media_type) {
-                    let chosen = choose_from_index(&data).map_err(|e| bad("pull manifest", e))?;
-                    data = client.manifest(chosen.as_str())?.0;
-                    check_digest(&data, &chosen).map_err(|e| bad("pull manifest", e))?;
-                } else if let Version::Digest(d) = version {
-                    let d = Digest::parse(d).map_err(|e| bad("pull manifest", e))?;
-                    check_digest(&data, &d).map_err(|e| bad("pull manifest", e))?;
-                }
-                let digest = Digest::of(&data);
-                (data, digest)
-            }
-            Target::Layout(layout, tag) => layout.manifest(tag)?,
-        };
+        let (manifest, digest) = target.manifest(&bad)?;
         let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest)
             .map_err(|e| bad("pull manifest", format!("not an OCI image manifest: {e}")))?;
         let mut stats = PullStats {
@@ -244,25 +221,7 @@ impl Registry {
                 stats.blobs_reused += 1;
             } else {
                 let op = format!("pull blob {digest}");
-                let fail = |reason: String| bad(&op, reason);
-                let received = match &target {
-                    Target::Registry(client, _) => {
-                        let mut fetch = |offset| {
-                            client
-                                .blob(&digest, offset)
-                                .map(|(r, start)| (Box::new(r) as Box<dyn Read>, start))
-                        };
-                        store.receive(&digest, size, &mut fetch, &fail)?
-                    }
-                    Target::Layout(layout, _) => {
-                        let mut fetch = |offset| {
-                            let mut file = layout.open_blob(&digest)?;
-                            file.seek(SeekFrom::Start(offset)).map_err(|e| fail(format!("seek: {e}")))?;
-                            Ok((Box::new(file) as Box<dyn Read>, offset))
-                        };
-                        store.receive(&digest, size, &mut fetch, &fail)?
-                    }
-                };
+                let received = target.download(&store, &digest, size, &|reason| bad(&op, reason))?;
                 stats.blobs_downloaded += 1;
                 stats.bytes_downloaded += received;
             }
@@ -281,6 +240,59 @@ impl Registry {
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok((stats, work, tree))
+    }
+}
+
+impl Target {
+    /// The image manifest (an index resolved to this platform's entry) and its digest,
+    /// checked against the digest the reference names; `bad` words the errors.
+    fn manifest(&self, bad: &dyn Fn(&str, String) -> Error) -> Result<(Vec<u8>, Digest)> {
+        let (client, version) = match self {
+            Target::Registry(client, version) => (client, version),
+            Target::Layout(layout, tag) => return layout.manifest(tag),
+        };
+        let wanted = match version {
+            Version::Tag(tag) => tag,
+            Version::Digest(d) => d,
+        };
+        let (mut data, media_type) = client.manifest(wanted)?;
+        if is_index(&data, &media_type) {
+            let chosen = choose_from_index(&data).map_err(|e| bad("pull manifest", e))?;
+            data = client.manifest(chosen.as_str())?.0;
+            check_digest(&data, &chosen).map_err(|e| bad("pull manifest", e))?;
+        } else if let Version::Digest(d) = version {
+            let d = Digest::parse(d).map_err(|e| bad("pull manifest", e))?;
+            check_digest(&data, &d).map_err(|e| bad("pull manifest", e))?;
+        }
+        let digest = Digest::of(&data);
+        Ok((data, digest))
+    }
+
+    /// Downloads blob `digest` of `size` bytes into `store`, resuming a partial download
+    /// (a Range request, a seek); the bytes received.
+    fn download(
+        &self,
+        store: &Store,
+        digest: &Digest,
+        size: u64,
+        fail: &dyn Fn(String) -> Error,
+    ) -> Result<u64> {
+        match self {
+            Target::Registry(client, _) => {
+                let mut fetch = |offset| {
+                    client.blob(digest, offset).map(|(r, start)| (Box::new(r) as Box<dyn Read>, start))
+                };
+                store.receive(digest, size, &mut fetch, fail)
+            }
+            Target::Layout(layout, _) => {
+                let mut fetch = |offset| {
+                    let mut file = layout.open_blob(digest)?;
+                    file.seek(SeekFrom::Start(offset)).map_err(|e| fail(format!("seek: {e}")))?;
+                    Ok((Box::new(file) as Box<dyn Read>, offset))
+                };
+                store.receive(digest, size, &mut fetch, fail)
+            }
+        }
     }
 }
 
@@ -350,6 +362,15 @@ fn origin(reference: &Reference) -> Option<String> {
     match reference {
         Reference::Registry { host, repo, .. } => Some(format!("{host}/{repo}")),
         Reference::Layout { .. } => None,
+    }
+}
+
+/// Records in the store that every blob of `image` is in the repository `reference` names.
+fn record_origins(store: &Store, image: &image::Image, reference: &Reference) {
+    if let Some(here) = origin(reference) {
+        for (digest, _) in image.layers.iter().chain([&(Digest::of(&image.config), 0)]) {
+            store.add_origin(digest, &here);
+        }
     }
 }
 
