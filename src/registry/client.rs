@@ -104,14 +104,7 @@ impl Client {
             |key: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
         let realm = get("realm")
             .ok_or_else(|| refused(format!("Bearer challenge without a realm: {challenge:?}")))?;
-        let actions = if push.is_some() { "pull,push" } else { "pull" };
-        let mut url = format!("{realm}?scope={}", query(&format!("repository:{}:{actions}", self.repo)));
-        for from in push.unwrap_or_default() {
-            url.push_str(&format!("&scope={}", query(&format!("repository:{from}:pull"))));
-        }
-        if let Some(service) = get("service") {
-            url.push_str(&format!("&service={}", query(service)));
-        }
+        let url = token_url(realm, get("service"), &self.repo, push);
         let mut request = self.agent.get(&url);
         if let Some(basic) = &basic {
             request = request.header("Authorization", basic);
@@ -248,6 +241,20 @@ fn range_start(range: &str) -> Option<u64> {
     range.strip_prefix("bytes ")?.split_once('-')?.0.trim().parse().ok()
 }
 
+/// The token request for `repo`: pull, or pull and push with pull of the repositories a
+/// push may mount blobs from.
+fn token_url(realm: &str, service: Option<&str>, repo: &str, push: Option<&[String]>) -> String {
+    let actions = if push.is_some() { "pull,push" } else { "pull" };
+    let mut url = format!("{realm}?scope={}", query(&format!("repository:{repo}:{actions}")));
+    for from in push.unwrap_or_default() {
+        url.push_str(&format!("&scope={}", query(&format!("repository:{from}:pull"))));
+    }
+    if let Some(service) = service {
+        url.push_str(&format!("&service={}", query(service)));
+    }
+    url
+}
+
 /// Reads a whole body of at most `limit` bytes.
 fn read_bounded(answer: &mut Answer, limit: u64) -> std::result::Result<Vec<u8>, String> {
     let mut body = Vec::new();
@@ -357,6 +364,17 @@ mod tests {
         assert_eq!(params[0], ("realm".into(), "https://auth.example/token".into()));
         assert_eq!(params[1], ("service".into(), "registry.example".into()));
         assert_eq!(params[2], ("scope".into(), "repository:a:pull".into()));
+    }
+
+    #[test]
+    fn a_push_token_asks_to_pull_from_the_repositories_it_may_mount_from() {
+        let url = token_url("https://auth/token", Some("reg"), "team/app", Some(&["team/base".to_string()]));
+        assert_eq!(
+            url,
+            "https://auth/token?scope=repository%3Ateam%2Fapp%3Apull%2Cpush\
+             &scope=repository%3Ateam%2Fbase%3Apull&service=reg"
+        );
+        assert_eq!(token_url("https://a/t", None, "app", None), "https://a/t?scope=repository%3Aapp%3Apull");
     }
 
     #[test]
