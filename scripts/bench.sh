@@ -198,6 +198,8 @@ if ((REGISTRY == 2)); then
   ((E2E != 2)) || die "--registry and --e2e each run only their own section: give one"
   # Only the registry section: the others are skipped through their own switches.
   FSES="" FILES=0 RSS_SCALE=0 E2E=0
+elif ((E2E == 2)); then
+  REGISTRY=0
 fi
 E2E_SIZES=${E2E_SIZES//,/ }
 for s in $E2E_SIZES; do
