@@ -682,7 +682,7 @@ fn a_push_into_an_oci_layout_killed_midway_leaves_only_complete_blobs_and_no_ind
 }
 
 #[test]
-fn a_pull_killed_midway_leaves_no_out_and_the_next_resumes_the_partial_blob_with_a_range_request() {
+fn a_pull_killed_midway_leaves_no_out_or_dest_and_the_next_resumes_the_partial_blob_with_a_range_request() {
     let Some(registry) = Registry::start() else { return };
     if !have("skopeo") {
         return;
@@ -706,8 +706,19 @@ fn a_pull_killed_midway_leaves_no_out_and_the_next_resumes_the_partial_blob_with
     let partial_len = || fs::metadata(&partial).map_or(0, |m| m.len());
     assert!(kill_when(&mut child, || partial_len() > 0), "the pull finished before it could be killed");
     assert_eq!(entries_named(tmp.path(), "out.tar"), 0, "a killed pull left OUT or its temporary");
+    let first_kept = partial_len();
+    // Killed again, resuming, with --import: no DEST, and the partial blob only grew.
+    let dest = tmp.path().join("dest");
+    let import: Vec<Arg> =
+        vec![&"pull", &"--tls-verify=false", &"--store", &store, &reference, &"--import", &dest];
+    let mut child = spawn_ckpt(&import);
+    assert!(
+        kill_when(&mut child, || partial_len() > first_kept),
+        "the pull finished before it could be killed"
+    );
+    assert!(!dest.exists(), "a killed pull --import created DEST");
     let kept = partial_len();
-    assert!(kept > 0 && kept < sizes[0], "{kept} of {} bytes kept", sizes[0]);
+    assert!(kept > first_kept && kept < sizes[0], "{kept} of {} bytes kept", sizes[0]);
 
     let mut args = pull.clone();
     args.insert(1, &"--json");
@@ -718,7 +729,6 @@ fn a_pull_killed_midway_leaves_no_out_and_the_next_resumes_the_partial_blob_with
         registry.requests().into_iter().filter(|r| r.method == "GET" && r.path.ends_with(&big)).collect();
     assert!(gets.iter().any(|r| (r.status, r.bytes_sent) == (206, sizes[0] - kept)), "{gets:?}");
     assert!(gets.iter().all(|r| r.bytes_sent < sizes[0]), "the whole blob was sent again: {gets:?}");
-    let dest = tmp.path().join("dest");
     ckpt_ok(&[&"import", &out, &dest]);
     assert_same_checkpoint(&src, &dest);
 }
