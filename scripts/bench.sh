@@ -35,6 +35,19 @@
 #                   restore of ckpt's archive, each into a new container (removed, untimed,
 #                   after the run)
 #     with its own table (targets: ckpt >= 10x faster than podman, uncompressed);
+#   * registries (--registry alone, or part of the default run; --no-registry skips it; needs
+#     docker-registry and skopeo): on a Btrfs image, a docker-registry on 127.0.0.1 whose
+#     storage is on the image, the --size tree exported by ckpt, and a second checkpoint of it
+#     (2% of the files rewritten, the largest file among them):
+#       push:   ckpt push of each vs skopeo copy --preserve-digests of an OCI layout whose one
+#               uncompressed layer is a tar of the same tree (what buildah makes of it), the
+#               second push into a registry that has the first; bytes uploaded = growth of
+#               the registry's storage
+#       pull:   ckpt pull and ckpt pull --import (fresh store each run), then ckpt pull of the
+#               second checkpoint into a store that has the first; bytes = what the registry's
+#               access log says it sent
+#     with its own table (targets: the second push and pull move <= 5% of the first's bytes;
+#     pull --import <= 1.2x pull);
 #   * prints one markdown table (medians, min-max, peak RSS, extra disk, ratio ckpt/peer, a
 #     PASS/FAIL column per target) and saves it with the raw runs under --work/results/.
 #
@@ -90,6 +103,7 @@ DIO=on
 CASES="export,import,pipe,zstd"
 E2E=1        # 0: skip the end-to-end section; 2: run only it (--e2e)
 E2E_SIZES="1G 4G"
+REGISTRY=1   # 0: skip the registry section; 2: run only it (--registry)
 
 usage() {
   cat <<EOF
@@ -110,6 +124,9 @@ Options:
   --e2e            run only the end-to-end section (real podman containers, on the
                    filesystems of --fs that are btrfs or xfs); the default run includes it
   --no-e2e         skip the end-to-end section
+  --registry       run only the registry section (ckpt push/pull vs skopeo copy through a
+                   local docker-registry, on Btrfs); the default run includes it
+  --no-registry    skip the registry section
   --e2e-sizes LIST rootfs changes per end-to-end case, comma or space separated [1G,4G]
   --work DIR       where images, mount points and results go [$WORK]
   --keep           keep the images (and the generated trees) for the next run, which reuses
@@ -149,6 +166,8 @@ while (($#)); do
     --rss-scale) RSS_SCALE=1; shift ;;
     --e2e) E2E=2; shift ;;
     --no-e2e) E2E=0; shift ;;
+    --registry) REGISTRY=2; shift ;;
+    --no-registry) REGISTRY=0; shift ;;
     --e2e-sizes) E2E_SIZES=${2:?--e2e-sizes needs a value}; shift 2 ;;
     --e2e-sizes=*) E2E_SIZES=${1#*=}; shift ;;
     --work) WORK=${2:?--work needs a value}; shift 2 ;;
@@ -179,6 +198,13 @@ SIZE_BYTES=$(to_bytes "$SIZE")
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ $FILES =~ ^[0-9]+$ ]] || die "--files must be a number"
 [[ $SEED =~ ^[0-9]+$ ]] || die "--seed must be a number"
+if ((REGISTRY == 2)); then
+  ((E2E != 2)) || die "--registry and --e2e each run only their own section: give one"
+  # Only the registry section: the others are skipped through their own switches.
+  FSES="" FILES=0 RSS_SCALE=0 E2E=0
+elif ((E2E == 2)); then
+  REGISTRY=0
+fi
 E2E_SIZES=${E2E_SIZES//,/ }
 for s in $E2E_SIZES; do
   (($(to_bytes "$s") >= 16 << 20)) || die "--e2e-sizes: each size must be at least 16M"
@@ -206,6 +232,9 @@ declare -A pkg_of=(
 if ((E2E)); then
   # CRIU 4.2 is not a Debian package: scripts/test.sh builds and installs it.
   pkg_of+=([podman]=podman [runc]=runc [conmon]=conmon [/bin/busybox]=busybox-static)
+fi
+if ((REGISTRY)); then
+  pkg_of+=([docker-registry]=docker-registry [skopeo]=skopeo [btrfs]=btrfs-progs)
 fi
 missing=()
 for cmd in "${!pkg_of[@]}"; do
@@ -256,6 +285,7 @@ declare -A LOOP_OF=() # mount point -> loop device
 declare -A IMG_OF=()  # mount point -> image
 CLEANING=0
 E2E_PODMAN= # the end-to-end section's podman dir while it has containers
+REG_PID=    # the registry section's docker-registry while it runs
 
 teardown() { # mount point
   local mnt=$1 dev=${LOOP_OF[$1]:-} img=${IMG_OF[$1]:-}
@@ -277,6 +307,7 @@ cleanup() {
   set +e
   cd /
   if [[ -n $E2E_PODMAN ]]; then e2e_podman_down; fi
+  if [[ -n $REG_PID ]]; then reg_stop; fi
   for mnt in "${!LOOP_OF[@]}"; do
     log "cleanup: unmounting $mnt"
     teardown "$mnt"
@@ -897,9 +928,279 @@ if ((E2E)); then
 fi
 
 # ---------------------------------------------------------------------------
+# Registries: ckpt push/pull vs skopeo copy through a local docker-registry
+# ---------------------------------------------------------------------------
+REG_DIR=
+REG_PORT=
+
+# reg_start DIR: a docker-registry on 127.0.0.1 (the same port on a restart) with its storage
+# in DIR/storage and its access log (combined format, which it writes to stdout) in
+# DIR/access.log.
+reg_start() {
+  local i
+  REG_DIR=$1
+  if [[ -z $REG_PORT ]]; then
+    REG_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fi
+  mkdir -p "$REG_DIR/storage"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$REG_DIR/storage" "$REG_PORT" >"$REG_DIR/config.yml"
+  docker-registry serve "$REG_DIR/config.yml" >>"$REG_DIR/access.log" 2>>"$REG_DIR/registry.err" &
+  REG_PID=$!
+  for ((i = 0; i < 200; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$REG_PORT") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "docker-registry did not listen on 127.0.0.1:$REG_PORT (see $REG_DIR/registry.err)"
+}
+
+reg_stop() {
+  kill "$REG_PID" 2>/dev/null || true
+  wait "$REG_PID" 2>/dev/null || true
+  REG_PID=
+}
+
+# reg_empty: the registry again, with nothing stored.
+reg_empty() {
+  reg_stop
+  rm -rf "$REG_DIR/storage"
+  reg_start "$REG_DIR"
+}
+
+# reg_measure OP TOOL RUN OUTPUTS CMD: measure, and record in registry-bytes.tsv how much the
+# registry's storage grew (bytes uploaded) and the bytes its access log says it sent for
+# blob GETs during the run.
+reg_measure() {
+  local before lines after sent
+  before=$(du -sb "$REG_DIR/storage" | cut -f1)
+  lines=$(wc -l <"$REG_DIR/access.log")
+  measure registry "$1" "$2" "$3" "$M" btrfs "$4" "$5"
+  after=$(du -sb "$REG_DIR/storage" | cut -f1)
+  sent=$(tail -n +$((lines + 1)) "$REG_DIR/access.log" |
+    awk -F'"' '$2 ~ /^GET \/v2\/.*\/blobs\/sha256:/ { split($3, a, " "); s += a[2] } END { printf "%.0f", s }')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$((after - before))" "$sent" >>"$RES/registry-bytes.tsv"
+}
+
+# reg_second_checkpoint SRC DST: DST, a reflinked copy of SRC in which 4 KiB of one file in
+# 64 are rewritten (files of at least one byte, in name order; not the dumps, which hold the
+# container's configuration), and of the smallest of the large files (>= 1 MiB), which
+# therefore gets a new layer: ~1.6% of the files.
+reg_second_checkpoint() {
+  cp -a --reflink=always "$1" "$2"
+  "$PY" - "$2" <<'EOF' >>"$RES/meta.tsv"
+import hashlib, os, sys
+root = sys.argv[1]
+files = []
+for d, dirs, names in os.walk(root):
+    dirs.sort()
+    for n in sorted(names):
+        p = os.path.join(d, n)
+        if os.path.isfile(p) and not os.path.islink(p) and os.path.getsize(p) > 0:
+            files.append(p)
+large = min((p for p in files if os.path.getsize(p) >= 1 << 20), key=os.path.getsize)
+dumps = [os.path.join(root, n) for n in ("config.dump", "spec.dump")]
+chosen = [p for i, p in enumerate(files) if i % 64 == 0 and p != large and p not in dumps] + [large]
+for i, p in enumerate(chosen):
+    n = min(4096, os.path.getsize(p))
+    data = b"".join(hashlib.sha256(b"%d-%d" % (i, k)).digest() for k in range(n // 32 + 1))[:n]
+    fd = os.open(p, os.O_WRONLY)
+    os.pwrite(fd, data, os.path.getsize(p) // 2 // 4096 * 4096 if n == 4096 else 0)
+    os.close(fd)
+print("reg_changed\t%d of %d files, with %s (%d bytes)" % (
+    len(chosen), len(files), os.path.relpath(large, root), os.path.getsize(large)))
+EOF
+}
+
+# reg_oci_layout TREE DIR: an OCI layout (tag cp) whose one uncompressed layer is a tar of
+# TREE, as buildah makes a checkpoint image.
+reg_oci_layout() {
+  mkdir -p "$2/blobs/sha256"
+  tar -C "$1" --sort=name --numeric-owner -cf "$2/layer.tar" .
+  "$PY" - "$2" "$(uname -m)" <<'EOF'
+import hashlib, json, os, sys
+d, machine = sys.argv[1], sys.argv[2]
+def put(data=None, path=None):
+    h = hashlib.sha256()
+    if path:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        size = os.path.getsize(path)
+        os.rename(path, os.path.join(d, "blobs/sha256", h.hexdigest()))
+    else:
+        h.update(data)
+        size = len(data)
+        open(os.path.join(d, "blobs/sha256", h.hexdigest()), "wb").write(data)
+    return {"digest": "sha256:" + h.hexdigest(), "size": size}
+layer = put(path=os.path.join(d, "layer.tar"))
+arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+config = put(json.dumps({"architecture": arch, "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}).encode())
+MT = "application/vnd.oci.image.manifest.v1+json"
+manifest = put(json.dumps({
+    "schemaVersion": 2, "mediaType": MT,
+    "config": dict(config, mediaType="application/vnd.oci.image.config.v1+json"),
+    "layers": [dict(layer, mediaType="application/vnd.oci.image.layer.v1.tar")]}).encode())
+open(os.path.join(d, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
+json.dump({"schemaVersion": 2, "manifests": [dict(manifest, mediaType=MT, annotations={
+    "org.opencontainers.image.ref.name": "cp"})]}, open(os.path.join(d, "index.json"), "w"))
+EOF
+}
+
+# bench_registry: on a Btrfs image holding the tree, its second checkpoint, their archives and
+# OCI layouts, the registry's storage and ckpt's stores: push and pull timed for ckpt and
+# skopeo (--preserve-digests: the layer is sent as it is, uncompressed, like ckpt's).
+bench_registry() {
+  local r ref push pull sk="skopeo copy -q --preserve-digests"
+  setup_fs registry btrfs $((SIZE_BYTES * 8 + (4 << 30))) \
+    "gen=$GEN_SUM shape=checkpoint size=$SIZE_BYTES seed=$SEED" --size "$SIZE_BYTES"
+  M=$MNT
+  cd "$M"
+  rm -rf "$M/data2" "$M/reg" "$M/store" "$M/pstore"
+  # The generated dumps are bytes of the right size; push reads the annotations from them.
+  printf '{"name":"bench","runtime":"runc","rootfsImageName":"localhost/bb:latest"}\n' >"$M/data/config.dump"
+  printf '{"ociVersion":"1.0.0","annotations":{"io.container.manager":"libpod"}}\n' >"$M/data/spec.dump"
+  touch -d @1700000000 "$M/data/config.dump" "$M/data/spec.dump"
+  log "registry: the second checkpoint, the archives and the OCI layouts (untimed)"
+  reg_second_checkpoint "$M/data" "$M/data2"
+  "$CKPT" export "$M/data" "$M/arch/cp1.tar" >/dev/null
+  "$CKPT" export "$M/data2" "$M/arch/cp2.tar" >/dev/null
+  reg_oci_layout "$M/data" "$M/arch/oci1"
+  reg_oci_layout "$M/data2" "$M/arch/oci2"
+  reg_start "$M/reg"
+  ref=127.0.0.1:$REG_PORT
+  push="$CKPT push --json --tls-verify=false --store $M/store"
+  pull="$CKPT pull --json --tls-verify=false --store $M/pstore"
+  RUNS_TSV=$RES/registry.tsv
+  : >"$RUNS_TSV"
+  : >"$RES/registry-bytes.tsv"
+  log "registry: push (each run into an empty registry and store)"
+  for ((r = 1; r <= RUNS; r++)); do
+    reg_empty
+    rm -rf "$M/store"
+    reg_measure push-1 ckpt-push "$r" "" "$push $M/arch/cp1.tar $ref/ckpt/app:cp1"
+    reg_measure push-2 ckpt-push "$r" "" "$push $M/arch/cp2.tar $ref/ckpt/app:cp2"
+    reg_empty
+    reg_measure push-1 skopeo "$r" "" "$sk --dest-tls-verify=false oci:$M/arch/oci1:cp docker://$ref/skopeo/app:cp1"
+    reg_measure push-2 skopeo "$r" "" "$sk --dest-tls-verify=false oci:$M/arch/oci2:cp docker://$ref/skopeo/app:cp2"
+  done
+  log "registry: pull (each first pull into an empty store)"
+  reg_empty
+  rm -rf "$M/store"
+  $push "$M/arch/cp1.tar" "$ref/ckpt/app:cp1" >/dev/null
+  $push "$M/arch/cp2.tar" "$ref/ckpt/app:cp2" >/dev/null
+  $sk --dest-tls-verify=false "oci:$M/arch/oci1:cp" "docker://$ref/skopeo/app:cp1"
+  for ((r = 1; r <= RUNS; r++)); do
+    rm -rf "$M/pstore"
+    reg_measure pull-1 ckpt-pull "$r" "$M/out/p1.tar" "$pull $ref/ckpt/app:cp1 $M/out/p1.tar"
+    reg_measure pull-2 ckpt-pull "$r" "$M/out/p2.tar" "$pull $ref/ckpt/app:cp2 $M/out/p2.tar"
+    rm -rf "$M/pstore"
+    if ((r == 1)); then
+      reg_measure pull-1 ckpt-pull-import "$r" "" "$pull $ref/ckpt/app:cp1 --import $M/out/dest"
+      log "registry: checking the pulled tree (untimed)"
+      # The image's root is a scratch directory (no ./ member): its mode and mtime are the
+      # importer's, not the tree's.
+      chmod --reference="$M/data" "$M/out/dest"
+      touch -r "$M/data" "$M/out/dest"
+      verify registry "$M/data" "$M/out/dest"
+      rm -rf "$M/out/dest"
+    else
+      reg_measure pull-1 ckpt-pull-import "$r" "$M/out/dest" "$pull $ref/ckpt/app:cp1 --import $M/out/dest"
+    fi
+    reg_measure pull-1 skopeo "$r" "$M/out/sk" \
+      "$sk --dest-oci-accept-uncompressed-layers --src-tls-verify=false docker://$ref/skopeo/app:cp1 oci:$M/out/sk:cp"
+  done
+  RUNS_TSV=$RES/runs.tsv
+  reg_stop
+  rm -rf "$M/out" "$M/arch" "$M/data2" "$M/reg" "$M/store" "$M/pstore"
+  cd "$WORK"
+  teardown "$M"
+}
+
+# The registry table: medians of seconds and of bytes moved, and the targets.
+reg_report() {
+  "$PY" - "$RES" <<'EOF'
+import os, statistics, sys
+res = sys.argv[1]
+runs, meta = {}, {}
+for line in open(os.path.join(res, "registry.tsv")):
+    _fs, op, tool, run, secs, rss, _extra = line.rstrip("\n").split("\t")
+    r = runs.setdefault((op, tool), {"secs": [], "rss": [], "up": [], "sent": []})
+    r["secs"].append(float(secs)); r["rss"].append(int(rss))
+for line in open(os.path.join(res, "registry-bytes.tsv")):
+    op, tool, run, up, sent = line.rstrip("\n").split("\t")
+    runs[(op, tool)]["up"].append(int(up)); runs[(op, tool)]["sent"].append(int(sent))
+for line in open(os.path.join(res, "meta.tsv")):
+    k, _, v = line.rstrip("\n").partition("\t")
+    meta[k] = v
+LABEL = {
+    ("push-1", "ckpt-push"): "ckpt push (first checkpoint)",
+    ("push-1", "skopeo"): "skopeo copy oci: docker:// (first checkpoint)",
+    ("push-2", "ckpt-push"): "ckpt push (second checkpoint)",
+    ("push-2", "skopeo"): "skopeo copy oci: docker:// (second checkpoint)",
+    ("pull-1", "ckpt-pull"): "ckpt pull REF OUT (empty store)",
+    ("pull-1", "ckpt-pull-import"): "ckpt pull REF --import DEST (empty store)",
+    ("pull-1", "skopeo"): "skopeo copy docker:// oci: (first checkpoint)",
+    ("pull-2", "ckpt-pull"): "ckpt pull REF OUT (second checkpoint, store has the first)",
+}
+def med(r, k): return statistics.median(r[k]) if r[k] else 0
+def s(x): return "%.2f" % x if x < 10 else "%.1f" % x
+def mib(b): return "%.1f MiB" % (b / (1 << 20))
+print("Registries (a local docker-registry on Btrfs; medians; bytes uploaded = growth of its storage, bytes sent = its access log's blob GETs):")
+print()
+print("| case | median s | min–max s (runs) | peak RSS MiB | bytes uploaded | bytes sent |")
+print("|---|--:|--:|--:|--:|--:|")
+for key, label in LABEL.items():
+    r = runs.get(key)
+    if r is None:
+        continue
+    print("| %s | %s | %s–%s (%d) | %.1f | %s | %s |" % (
+        label, s(med(r, "secs")), s(min(r["secs"])), s(max(r["secs"])), len(r["secs"]),
+        max(r["rss"]) / 1024, mib(med(r, "up")), mib(med(r, "sent"))))
+print()
+checks = []
+def share(op2, op1, tool, key):
+    if (op2, tool) in runs and (op1, tool) in runs:
+        a, b = med(runs[(op2, tool)], key), med(runs[(op1, tool)], key)
+        return a / b if b else float("inf")
+    return None
+x = share("push-2", "push-1", "ckpt-push", "up")
+if x is not None:
+    checks.append(("second push uploads <= 5%% of the first's bytes: %.1f%%" % (100 * x), x <= 0.05))
+x = share("pull-2", "pull-1", "ckpt-pull", "sent")
+if x is not None:
+    checks.append(("second pull downloads <= 5%% of the first's bytes: %.1f%%" % (100 * x), x <= 0.05))
+if ("pull-1", "ckpt-pull") in runs and ("pull-1", "ckpt-pull-import") in runs:
+    a, b = med(runs[("pull-1", "ckpt-pull-import")], "secs"), med(runs[("pull-1", "ckpt-pull")], "secs")
+    checks.append(("pull --import within 1.2x of pull: %.2fx" % (a / b), a <= 1.2 * b))
+for key in (("push-1", "skopeo"), ("push-2", "skopeo"), ("pull-1", "skopeo")):
+    mine = {"push-1": "ckpt-push", "push-2": "ckpt-push", "pull-1": "ckpt-pull"}[key[0]]
+    if key in runs and (key[0], mine) in runs:
+        print("- %s: skopeo / ckpt = %.2fx" % (key[0], med(runs[key], "secs") / med(runs[(key[0], mine)], "secs")))
+failed = [d for d, ok in checks if not ok]
+print("- registry targets: %d PASS, %d FAIL" % (len(checks) - len(failed), len(failed)))
+for d, ok in checks:
+    print("- %s: %s" % ("PASS" if ok else "FAIL", d))
+if "reg_changed" in meta:
+    print("- second checkpoint: %s changed" % meta["reg_changed"])
+if "verify.registry" in meta:
+    print("- ckpt pull --import of the first checkpoint vs the tree: " + meta["verify.registry"])
+print()
+EOF
+}
+
+if ((REGISTRY)); then
+  if ! command -v docker-registry >/dev/null 2>&1 || ! command -v skopeo >/dev/null 2>&1; then
+    die "the registry section needs docker-registry and skopeo (--no-registry skips it)"
+  fi
+  bench_registry
+fi
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 if [[ -s $RES/runs.tsv ]]; then "$PY" "$REPORT" "$RES" >>"$RES/report.md"; fi
+if [[ -s $RES/registry.tsv ]]; then reg_report >>"$RES/report.md"; fi
 if [[ -s $RES/e2e.tsv ]]; then
   e2e_report >>"$RES/report.md"
 elif [[ -n ${why:-} ]]; then

@@ -56,11 +56,13 @@ impl Registry {
             ));
         }
         fs::write(&config, yaml).unwrap();
+        // The registry writes its access log (combined format) to stdout.
+        let log = fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {REGISTRY_BIN}: {e}"));
@@ -91,9 +93,62 @@ impl Registry {
         (count, bytes)
     }
 
+    /// The requests the registry has answered so far, from its access log.
+    fn requests(&self) -> Vec<Request> {
+        let log = fs::read_to_string(self.dir.path().join("access.log")).unwrap();
+        log.lines().filter_map(Request::parse).collect()
+    }
+
+    /// Waits until the access log and the storage have not changed for 300 ms (at most 10 s).
+    fn settle(&self) {
+        let state = || (self.requests().len(), self.blobs());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = state();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = state();
+            if now == last || Instant::now() > deadline {
+                return;
+            }
+            last = now;
+        }
+    }
+
     fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
         self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+/// One line of the registry's access log: `HOST - USER [TIME] "METHOD PATH HTTP/1.1" STATUS
+/// BYTES "REFERER" "AGENT"`; BYTES is what the registry sent.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    status: u16,
+    bytes_sent: u64,
+}
+
+impl Request {
+    fn parse(line: &str) -> Option<Request> {
+        let mut quoted = line.split('"');
+        let mut request = quoted.nth(1)?.split(' ');
+        let (method, path) = (request.next()?.to_string(), request.next()?.to_string());
+        let mut after = quoted.next()?.split_whitespace();
+        let status = after.next()?.parse().ok()?;
+        let bytes_sent = after.next()?.parse().unwrap_or(0);
+        Some(Request { method, path, status, bytes_sent })
+    }
+
+    /// A blob upload's final PUT (`.../blobs/uploads/ID?digest=sha256:...`) that stored the
+    /// blob: its digest.
+    fn uploaded_digest(&self) -> Option<String> {
+        if self.method != "PUT" || self.status != 201 || !self.path.contains("/blobs/uploads/") {
+            return None;
+        }
+        let digest = self.path.split_once("digest=")?.1.split('&').next()?;
+        Some(digest.replace("%3A", ":").replace("%3a", ":"))
     }
 }
 
@@ -547,4 +602,266 @@ fn podman_pull_of_a_pushed_checkpoint_shows_its_checkpoint_annotations_and_its_t
     let merged = PathBuf::from(pm.ok(&[&"image", &"mount", &reference]));
     assert_same_checkpoint(&src, &merged);
     pm.ok(&[&"image", &"unmount", &reference]);
+}
+
+/// A bundle whose large files are `count` page images of `mib` MiB each (seeded by `seed`),
+/// so that a push or pull takes long enough to be killed in the middle.
+fn large_bundle(dir: &Path, seed: u64, count: usize, mib: usize) -> PathBuf {
+    let path = dir.join(format!("large-{seed}"));
+    let mut bundle = Bundle::sample();
+    for n in 0..count {
+        bundle = bundle.file(
+            &format!("checkpoint/pages-{}.img", n + 2),
+            pseudo_random_bytes(seed + n as u64, mib * MIB),
+        );
+    }
+    bundle.write(&path);
+    path
+}
+
+/// Starts `ckpt ARGS` in the background (its output discarded).
+fn spawn_ckpt(args: &[Arg]) -> std::process::Child {
+    Command::new(ckpt_bin())
+        .args(args.iter().map(|a| a.as_ref()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start ckpt {}: {e}", show_args(args)))
+}
+
+/// Every regular file below `dir`, by path.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn a_push_into_an_oci_layout_writes_every_file_0600_and_no_temporary_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 21);
+    let layout = tmp.path().join("layout");
+    ckpt_ok(&[
+        &"push",
+        &"--store",
+        &tmp.path().join("store"),
+        &src,
+        &format!("oci:{}:cp1", layout.display()),
+    ]);
+    let files = files_below(&layout);
+    assert_eq!(files.len(), 2 + 4 + 2, "oci-layout, index.json, 4 layers, config, manifest: {files:?}");
+    for file in files.iter().chain(&files_below(&tmp.path().join("store"))) {
+        let mode = fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+        assert!(!file.to_string_lossy().contains(".ckpt-"), "{} left", file.display());
+    }
+}
+
+#[test]
+fn a_push_into_an_oci_layout_killed_midway_leaves_only_complete_blobs_and_no_index() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 22, 6, 16);
+    let layout = tmp.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    let reference = format!("oci:{}:cp1", layout.display());
+    let mut child = spawn_ckpt(&[&"push", &"--store", &tmp.path().join("store"), &src, &reference]);
+    let killed = kill_when(&mut child, || fs::read_dir(&blobs).is_ok_and(|d| d.count() > 0));
+    assert!(killed, "the push finished before a blob was written: nothing was tested");
+    assert!(!layout.join("index.json").exists(), "index.json names blobs a killed push never wrote");
+    let written = files_below(&blobs);
+    assert!(!written.is_empty());
+    for blob in written {
+        let name = blob.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), name, "{} is not complete", blob.display());
+    }
+}
+
+#[test]
+fn a_pull_killed_midway_leaves_no_out_or_dest_and_the_next_resumes_the_partial_blob_with_a_range_request() {
+    let Some(registry) = Registry::start() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 23, 1, 48);
+    let reference = registry.reference("ckpt/app:cp1");
+    push_json(&src, &reference, &tmp.path().join("store-a"));
+    let manifest = parse_json(&sh(
+        "skopeo",
+        &[&"inspect", &"--raw", &"--tls-verify=false", &format!("docker://{reference}")],
+    ));
+    let sizes: Vec<u64> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).collect();
+    let big = layer_digests(&manifest)[0].clone();
+    let store = tmp.path().join("store-b");
+    let partial = store.join("partial").join(big.strip_prefix("sha256:").unwrap());
+    let out = tmp.path().join("out.tar");
+    let pull: Vec<Arg> = vec![&"pull", &"--tls-verify=false", &"--store", &store, &reference, &out];
+    let mut child = spawn_ckpt(&pull);
+    let partial_len = || fs::metadata(&partial).map_or(0, |m| m.len());
+    assert!(kill_when(&mut child, || partial_len() > 0), "the pull finished before it could be killed");
+    assert_eq!(entries_named(tmp.path(), "out.tar"), 0, "a killed pull left OUT or its temporary");
+    let first_kept = partial_len();
+    // Killed again, resuming, with --import: no DEST, and the partial blob only grew.
+    let dest = tmp.path().join("dest");
+    let import: Vec<Arg> =
+        vec![&"pull", &"--tls-verify=false", &"--store", &store, &reference, &"--import", &dest];
+    let mut child = spawn_ckpt(&import);
+    assert!(
+        kill_when(&mut child, || partial_len() > first_kept),
+        "the pull finished before it could be killed"
+    );
+    assert!(!dest.exists(), "a killed pull --import created DEST");
+    let kept = partial_len();
+    assert!(kept > first_kept && kept < sizes[0], "{kept} of {} bytes kept", sizes[0]);
+
+    let mut args = pull.clone();
+    args.insert(1, &"--json");
+    let stats = ckpt_json(&args);
+    assert_eq!(json_u64(&stats, "bytes_downloaded"), sizes[0] - kept + sizes[1], "{stats}");
+    // The killed GET is logged whenever the registry sees its connection close: look at all.
+    let gets: Vec<Request> =
+        registry.requests().into_iter().filter(|r| r.method == "GET" && r.path.ends_with(&big)).collect();
+    assert!(gets.iter().any(|r| (r.status, r.bytes_sent) == (206, sizes[0] - kept)), "{gets:?}");
+    assert!(gets.iter().all(|r| r.bytes_sent < sizes[0]), "the whole blob was sent again: {gets:?}");
+    ckpt_ok(&[&"import", &out, &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+/// The digests of the blobs in the registry's storage.
+fn stored_digests(registry: &Registry) -> std::collections::BTreeSet<String> {
+    let root = registry.dir.path().join("storage/docker/registry/v2/blobs");
+    files_below(&root)
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+        .map(|p| format!("sha256:{}", p.parent().unwrap().file_name().unwrap().to_string_lossy()))
+        .collect()
+}
+
+#[test]
+fn a_push_killed_midway_then_run_again_uploads_only_the_blobs_the_registry_lacks() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = large_bundle(tmp.path(), 24, 4, 12);
+    let reference = registry.reference("ckpt/app:cp1");
+    let store = tmp.path().join("store");
+    let push: Vec<Arg> = vec![&"push", &"--tls-verify=false", &"--store", &store, &src, &reference];
+    let mut child = spawn_ckpt(&push);
+    assert!(kill_when(&mut child, || registry.blobs().0 > 0), "the push finished before it could be killed");
+    // The registry finishes (or fails) the killed push's last request when it sees the
+    // connection close, and logs it then: wait for that before looking.
+    registry.settle();
+    let present = stored_digests(&registry);
+    let before = registry.requests().len();
+    let stats = push_json(&src, &reference, &store);
+    let sent: Vec<String> =
+        registry.requests().iter().skip(before).filter_map(Request::uploaded_digest).collect();
+    for digest in &sent {
+        assert!(!present.contains(digest), "{digest} was in the registry and was uploaded again");
+    }
+    // Four page layers, the small files' layer and the config: what the first push had not
+    // finished is sent now.
+    assert_eq!(sent.len() + present.len(), 6, "sent {sent:?}, present {present:?}");
+    assert_eq!(json_u64(&stats, "blobs_skipped"), present.len() as u64, "{stats}");
+    assert_eq!(json_u64(&stats, "blobs_uploaded"), sent.len() as u64, "{stats}");
+    let dest = tmp.path().join("dest");
+    pull_json(&reference, &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn a_push_to_a_second_repository_mounts_every_blob_from_the_first_and_uploads_nothing() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 31);
+    let store = tmp.path().join("store");
+    let first = push_json(&src, &registry.reference("ckpt/one:cp1"), &store);
+    assert_eq!(json_u64(&first, "blobs_mounted"), 0, "{first}");
+    let before = registry.requests().len();
+    let second = push_json(&src, &registry.reference("ckpt/two:cp1"), &store);
+    let requests: Vec<Request> = registry.requests().into_iter().skip(before).collect();
+    let uploads: Vec<&Request> =
+        requests.iter().filter(|r| r.method == "PUT" || r.method == "PATCH").collect();
+    assert!(uploads.iter().all(|r| r.path.contains("/manifests/")), "blob data was sent: {uploads:?}");
+    let mounts =
+        requests.iter().filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201);
+    // Four layers and the config.
+    assert_eq!(mounts.count(), 5, "{requests:?}");
+    assert_eq!(json_u64(&second, "blobs_mounted"), 5, "{second}");
+    assert_eq!(
+        (json_u64(&second, "blobs_uploaded"), json_u64(&second, "bytes_uploaded")),
+        (0, 0),
+        "{second}"
+    );
+    let dest = tmp.path().join("dest");
+    pull_json(&registry.reference("ckpt/two:cp1"), &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn a_mount_the_registry_refuses_falls_back_to_an_upload() {
+    let Some(registry) = Registry::start() else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 32);
+    let store = tmp.path().join("store");
+    push_json(&src, &registry.reference("ckpt/one:cp1"), &store);
+    // Repository one is gone; the store still says the blobs are there.
+    fs::remove_dir_all(registry.dir.path().join("storage/docker/registry/v2/repositories/ckpt/one")).unwrap();
+    let before = registry.requests().len();
+    let second = push_json(&src, &registry.reference("ckpt/two:cp1"), &store);
+    let requests: Vec<Request> = registry.requests().into_iter().skip(before).collect();
+    let refused =
+        requests.iter().filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 202);
+    assert_eq!(refused.count(), 5, "{requests:?}");
+    assert_eq!(requests.iter().filter_map(Request::uploaded_digest).count(), 5, "{requests:?}");
+    assert_eq!((json_u64(&second, "blobs_mounted"), json_u64(&second, "blobs_uploaded")), (0, 5), "{second}");
+    let dest = tmp.path().join("dest");
+    pull_json(&registry.reference("ckpt/two:cp1"), &tmp.path().join("pull-store"), &[&"--import", &dest]);
+    assert_same_checkpoint(&src, &dest);
+}
+
+#[test]
+fn podman_restore_of_a_pulled_checkpoint_image_continues_the_process_with_its_rootfs_changes() {
+    let Some(s) = scratch_sized(FsKind::Btrfs, 2 << 30) else { return };
+    let Some(pm) = Podman::new(&s) else { return };
+    let Some(registry) = Registry::start() else { return };
+    pm.run_counter("c1", &[]);
+    pm.ok(&[&"exec", &"c1", &"/bin/sh", &"-c", &"mkdir /data && echo kept > /data/f"]);
+    let at_checkpoint = pm.counter("c1");
+    let archive = s.path("c1.tar");
+    pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+    let reference = registry.reference("ckpt/c1:cp1");
+    push_json(&archive, &reference, &s.path("store"));
+    pm.ok(&[&"pull", &"-q", &"--tls-verify=false", &reference]);
+    pm.ok(&[&"container", &"restore", &"--name", &"c2", &reference]);
+    pm.assert_counter_continues("c2", at_checkpoint);
+    assert_eq!(pm.ok(&[&"exec", &"c2", &"cat", &"/data/f"]), "kept");
+}
+
+#[test]
+fn a_pulled_checkpoint_keeps_the_top_level_names_podmans_layout_leaves_out() {
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 33);
+    write_with_parents(&src.join("volumes/data.tar"), b"a volume's tar\n");
+    write_with_parents(&src.join("rootfs-diff/etc/app.conf"), b"not podman's name for it\n");
+    // A plain export keeps every name; `export --bundle` would leave these two out.
+    let archive = tmp.path().join("src.tar");
+    ckpt_ok(&[&"export", &src, &archive]);
+    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
+    ckpt_ok(&[&"push", &"--store", &tmp.path().join("store-a"), &archive, &reference]);
+    let out = tmp.path().join("pulled.tar");
+    ckpt_ok(&[&"pull", &"--store", &tmp.path().join("store-b"), &reference, &out]);
+    let (expected, dest) = (tmp.path().join("expected"), tmp.path().join("dest"));
+    ckpt_ok(&[&"import", &archive, &expected]);
+    ckpt_ok(&[&"import", &out, &dest]);
+    let root = fs::metadata(&dest).unwrap();
+    fs::File::open(&expected).unwrap().set_modified(root.modified().unwrap()).unwrap();
+    fs::set_permissions(&expected, root.permissions()).unwrap();
+    assert_trees_equal(&expected, &dest);
+    assert_eq!(fs::read(dest.join("volumes/data.tar")).unwrap(), b"a volume's tar\n");
 }

@@ -30,7 +30,8 @@ pub(crate) struct AccessArgs {
 pub(crate) struct PushArgs {
     #[command(flatten)]
     pub(crate) access: AccessArgs,
-    /// Print bytes_uploaded, blobs_uploaded, blobs_skipped, seconds and digest as JSON.
+    /// Print bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted, seconds and digest
+    /// as JSON.
     #[arg(long)]
     pub(crate) json: bool,
     /// A ckpt or podman checkpoint archive, or a checkpoint bundle directory.

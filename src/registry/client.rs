@@ -1,5 +1,5 @@
 //! The OCI distribution protocol, as far as push and pull need it: `/v2/` with Basic or
-//! Bearer token authentication, blob HEAD, monolithic upload, streamed blob GET, manifest
+//! Bearer token authentication, blob HEAD, cross-repository mount, monolithic upload, ranged blob GET, manifest
 //! GET and PUT. Every response body read into memory is bounded.
 
 use std::fs::File;
@@ -45,14 +45,14 @@ pub(crate) struct Client {
 type Answer = Response<ureq::Body>;
 
 impl Client {
-    /// Connects to `host` for `repo` and authenticates for pull (and push) as the registry's
-    /// `/v2/` challenge asks.
+    /// Connects to `host` for `repo` and authenticates for pull (and push, with pull of the
+    /// repositories blobs may be mounted from) as the registry's `/v2/` challenge asks.
     pub(crate) fn connect(
         host: &str,
         repo: &str,
         reference: &str,
         access: &Access,
-        push: bool,
+        push: Option<&[String]>,
     ) -> Result<Client> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -87,7 +87,7 @@ impl Client {
         Error::Registry { reference: self.reference.clone(), op: op.into(), reason: reason.into() }
     }
 
-    fn authenticate(&self, challenge: &str, creds: Option<&str>, push: bool) -> Result<String> {
+    fn authenticate(&self, challenge: &str, creds: Option<&str>, push: Option<&[String]>) -> Result<String> {
         let refused = |why: String| self.error("authenticate", why);
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         let basic = creds.map(|c| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c)));
@@ -104,11 +104,7 @@ impl Client {
             |key: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
         let realm = get("realm")
             .ok_or_else(|| refused(format!("Bearer challenge without a realm: {challenge:?}")))?;
-        let actions = if push { "pull,push" } else { "pull" };
-        let mut url = format!("{realm}?scope={}", query(&format!("repository:{}:{actions}", self.repo)));
-        if let Some(service) = get("service") {
-            url.push_str(&format!("&service={}", query(service)));
-        }
+        let url = token_url(realm, get("service"), &self.repo, push);
         let mut request = self.agent.get(&url);
         if let Some(basic) = &basic {
             request = request.header("Authorization", basic);
@@ -160,12 +156,26 @@ impl Client {
         self.expect(answer, &op, &[StatusCode::OK]).map(|_| true)
     }
 
-    /// Uploads `path` as blob `digest` in one PUT.
-    pub(crate) fn push_blob(&self, digest: &Digest, path: &Path) -> Result<()> {
+    /// Uploads `path` as blob `digest` in one PUT, unless `from` names another repository of
+    /// this registry to mount it from and the registry agrees (201); whether it was mounted.
+    pub(crate) fn push_blob(&self, digest: &Digest, path: &Path, from: Option<&str>) -> Result<bool> {
         let op = format!("push blob {digest}");
-        let start = self.with_auth(self.agent.post(self.url("blobs/uploads/")));
+        let mut url = self.url("blobs/uploads/");
+        if let Some(from) = from {
+            url.push_str(&format!("?mount={}&from={}", query(digest.as_str()), query(from)));
+        }
+        let start = self.with_auth(self.agent.post(url));
         let answer = start.send_empty().map_err(|e| self.error(op.clone(), format!("{e}")))?;
-        let answer = self.expect(answer, &op, &[StatusCode::ACCEPTED])?;
+        // A registry that cannot mount (or does not know how) answers 202 and an upload URL.
+        let ok: &[StatusCode] = if from.is_some() {
+            &[StatusCode::CREATED, StatusCode::ACCEPTED]
+        } else {
+            &[StatusCode::ACCEPTED]
+        };
+        let answer = self.expect(answer, &op, ok)?;
+        if answer.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
         let location = answer
             .headers()
             .get("location")
@@ -178,7 +188,7 @@ impl Client {
         let file = File::open(path).at("open", path)?;
         let put = self.with_auth(self.agent.put(&url)).header("Content-Type", "application/octet-stream");
         let answer = put.send(file).map_err(|e| self.error(op.clone(), format!("{e}")))?;
-        self.expect(answer, &op, &[StatusCode::CREATED]).map(drop)
+        self.expect(answer, &op, &[StatusCode::CREATED]).map(|_| false)
     }
 
     /// The manifest (or index) named by `version` (a tag or digest), and its media type.
@@ -204,13 +214,45 @@ impl Client {
         self.expect(answer, &op, &[StatusCode::CREATED]).map(drop)
     }
 
-    /// The blob's data as a stream; the caller checks its digest as it reads.
-    pub(crate) fn blob(&self, digest: &Digest) -> Result<impl Read + use<>> {
+    /// The blob's data from byte `offset` on (a Range request when not 0) as a stream, and
+    /// the byte it really starts at: 0 when the registry ignored the Range and sends all of
+    /// it. The caller checks its digest as it reads.
+    pub(crate) fn blob(&self, digest: &Digest, offset: u64) -> Result<(impl Read + use<>, u64)> {
         let op = format!("pull blob {digest}");
-        let answer = self.send(&op, self.with_auth(self.agent.get(self.url(&format!("blobs/{digest}")))))?;
-        let answer = self.expect(answer, &op, &[StatusCode::OK])?;
-        Ok(answer.into_body().into_reader())
+        let mut request = self.with_auth(self.agent.get(self.url(&format!("blobs/{digest}"))));
+        if offset > 0 {
+            request = request.header("Range", format!("bytes={offset}-"));
+        }
+        let answer = self.send(&op, request)?;
+        let answer = self.expect(answer, &op, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT])?;
+        let start = if answer.status() == StatusCode::PARTIAL_CONTENT {
+            let range = answer.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
+            range_start(range)
+                .ok_or_else(|| self.error(op.clone(), format!("unreadable Content-Range {range:?}")))?
+        } else {
+            0
+        };
+        Ok((answer.into_body().into_reader(), start))
     }
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` answer.
+fn range_start(range: &str) -> Option<u64> {
+    range.strip_prefix("bytes ")?.split_once('-')?.0.trim().parse().ok()
+}
+
+/// The token request for `repo`: pull, or pull and push with pull of the repositories a
+/// push may mount blobs from.
+fn token_url(realm: &str, service: Option<&str>, repo: &str, push: Option<&[String]>) -> String {
+    let actions = if push.is_some() { "pull,push" } else { "pull" };
+    let mut url = format!("{realm}?scope={}", query(&format!("repository:{repo}:{actions}")));
+    for from in push.unwrap_or_default() {
+        url.push_str(&format!("&scope={}", query(&format!("repository:{from}:pull"))));
+    }
+    if let Some(service) = service {
+        url.push_str(&format!("&service={}", query(service)));
+    }
+    url
 }
 
 /// Reads a whole body of at most `limit` bytes.
@@ -322,6 +364,24 @@ mod tests {
         assert_eq!(params[0], ("realm".into(), "https://auth.example/token".into()));
         assert_eq!(params[1], ("service".into(), "registry.example".into()));
         assert_eq!(params[2], ("scope".into(), "repository:a:pull".into()));
+    }
+
+    #[test]
+    fn a_push_token_asks_to_pull_from_the_repositories_it_may_mount_from() {
+        let url = token_url("https://auth/token", Some("reg"), "team/app", Some(&["team/base".to_string()]));
+        assert_eq!(
+            url,
+            "https://auth/token?scope=repository%3Ateam%2Fapp%3Apull%2Cpush\
+             &scope=repository%3Ateam%2Fbase%3Apull&service=reg"
+        );
+        assert_eq!(token_url("https://a/t", None, "app", None), "https://a/t?scope=repository%3Aapp%3Apull");
+    }
+
+    #[test]
+    fn a_content_range_gives_its_first_byte() {
+        assert_eq!(range_start("bytes 1000-4095/4096"), Some(1000));
+        assert_eq!(range_start("bytes */4096"), None);
+        assert_eq!(range_start("items 1-2/3"), None);
     }
 
     #[test]

@@ -42,10 +42,34 @@ impl std::fmt::Display for Digest {
     }
 }
 
+/// A SHA-256 being computed over data that may arrive in several parts (a resumed download).
+pub(crate) struct Hasher(Sha256);
+
+impl Hasher {
+    pub(crate) fn new() -> Hasher {
+        Hasher(Sha256::new())
+    }
+
+    pub(crate) fn finish(self) -> Digest {
+        Digest(format!("sha256:{}", hex(&self.0.finalize())))
+    }
+}
+
 /// Copies `from` into `to`, at most `limit + 1` bytes (one more than allowed shows that
 /// there was too much), and returns the digest and length of what was copied.
 pub(crate) fn copy_hashing(from: &mut dyn Read, to: &mut dyn Write, limit: u64) -> io::Result<(Digest, u64)> {
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new();
+    let total = copy_into(from, to, limit, &mut hasher)?;
+    Ok((hasher.finish(), total))
+}
+
+/// As [`copy_hashing`], adding what it copies to `hasher`; returns the length copied.
+pub(crate) fn copy_into(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    limit: u64,
+    hasher: &mut Hasher,
+) -> io::Result<u64> {
     let mut from = from.take(limit.saturating_add(1));
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -56,9 +80,9 @@ pub(crate) fn copy_hashing(from: &mut dyn Read, to: &mut dyn Write, limit: u64) 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        hasher.0.update(&buf[..n]);
         to.write_all(&buf[..n])?;
         total += n as u64;
     }
-    Ok((Digest(format!("sha256:{}", hex(&hasher.finalize()))), total))
+    Ok(total)
 }

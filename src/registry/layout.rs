@@ -1,6 +1,7 @@
 //! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/HEX`), written
-//! so that a reader never sees a partial blob or an index naming a missing one: blobs under
-//! a temporary name renamed into place, `index.json` replaced last.
+//! so that a reader never sees a partial blob or an index naming a missing one: every file
+//! through `sys::outfile` (unnamed until complete and synced, mode 0600: layers hold process
+//! memory), `index.json` replaced last.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Context, Error, Result};
 use crate::registry::client::MAX_MANIFEST;
 use crate::registry::digest::Digest;
-use crate::sys::temp;
+use crate::sys::outfile::Destination;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub(crate) const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -43,7 +44,7 @@ impl Layout {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&blobs).at("mkdir", &blobs)?;
         let marker = self.dir.join("oci-layout");
         if !marker.exists() {
-            self.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         Ok(())
     }
@@ -51,15 +52,18 @@ impl Layout {
     /// Copies the file `from` in as blob `digest` (a clone where the filesystem shares data).
     pub(crate) fn put_blob(&self, digest: &Digest, from: &Path) -> Result<()> {
         let path = self.blob_path(digest);
-        let temp = self.temp_beside(&path);
-        let copied =
-            fs::copy(from, &temp).map_err(|e| Error::Copy { from: from.into(), to: temp.clone(), source: e });
-        let done = copied.and_then(|_| File::open(&temp).and_then(|f| f.sync_all()).at("fsync", &temp));
-        self.finish(done, &temp, &path)
+        let mut source = File::open(from).at("open", from)?;
+        write_private(&path, |mut file| {
+            std::io::copy(&mut source, &mut file).map(drop).map_err(|e| Error::Copy {
+                from: from.into(),
+                to: path.clone(),
+                source: e,
+            })
+        })
     }
 
     pub(crate) fn put_bytes(&self, digest: &Digest, data: &[u8]) -> Result<()> {
-        self.write_atomic(&self.blob_path(digest), data)
+        write_atomic(&self.blob_path(digest), data)
     }
 
     /// Points `tag` at the manifest `digest` of `size` bytes, replacing the tag's old entry.
@@ -88,7 +92,7 @@ impl Layout {
             "annotations": { REF_NAME: tag },
         }));
         let data = serde_json::to_vec(&index).expect("JSON values serialize");
-        self.write_atomic(&index_path, &data)
+        write_atomic(&index_path, &data)
     }
 
     /// The manifest tagged `tag`, its digest checked.
@@ -123,26 +127,23 @@ impl Layout {
         File::open(&path)
             .map_err(|e| self.error(format!("pull blob {digest}"), format!("{}: {e}", path.display())))
     }
+}
 
-    fn temp_beside(&self, path: &Path) -> PathBuf {
-        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"blob");
-        path.with_file_name(String::from_utf8_lossy(&temp::name_for(name)).as_ref())
-    }
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_private(path, |mut file| file.write_all(data).at("write", path))
+}
 
-    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
-        let temp = self.temp_beside(path);
-        let written = File::create(&temp)
-            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
-            .at("write", &temp);
-        self.finish(written, &temp, path)
-    }
-
-    fn finish(&self, done: Result<()>, temp: &Path, path: &Path) -> Result<()> {
-        let done = done.and_then(|()| fs::rename(temp, path).at("rename", path));
-        if done.is_err() {
-            let _ = fs::remove_file(temp);
+/// Writes `path` with `fill` through an unnamed file that takes the name only once it is
+/// complete and synced; a layout's files are regular files, never devices written into.
+fn write_private(path: &Path, fill: impl FnOnce(&File) -> Result<()>) -> Result<()> {
+    match Destination::open(path)? {
+        Destination::Replace(out) => {
+            fill(out.file())?;
+            out.commit()
         }
-        done
+        Destination::Stream(_) => {
+            Err(Error::unsuitable(path, "not a regular file: refusing to write into it"))
+        }
     }
 }
 

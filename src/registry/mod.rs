@@ -10,6 +10,8 @@ mod layout;
 mod reference;
 mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,6 +20,7 @@ use serde::Serialize;
 pub use client::Access;
 pub use reference::{Reference, Version};
 
+use crate::container::podman::{BUNDLE_MEMBERS, LEADING};
 use crate::error::{Error, Result};
 use crate::export::Exporter;
 use crate::import::Importer;
@@ -38,6 +41,8 @@ pub struct PushStats {
     pub blobs_uploaded: u64,
     /// Blobs the target already had.
     pub blobs_skipped: u64,
+    /// Blobs the registry mounted from another of its repositories instead of an upload.
+    pub blobs_mounted: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -89,7 +94,8 @@ impl Registry {
         self
     }
 
-    fn target(&self, reference: &Reference, push: bool) -> Result<Target> {
+    /// Where `reference` is; `push` names the repositories blobs may be mounted from.
+    fn target(&self, reference: &Reference, push: Option<&[String]>) -> Result<Target> {
         let text = reference.to_string();
         Ok(match reference {
             Reference::Registry { host, repo, version } => {
@@ -116,12 +122,15 @@ impl Registry {
         let imported = Importer::new().import(&archive, &tree)?;
         complete(&imported, &archive)?;
         let image = image::build(&tree, work.path(), &store)?;
-        let target = self.target(reference, true)?;
+        let mounts = mount_sources(&store, &image, reference);
+        let repos: BTreeSet<String> = mounts.values().cloned().collect();
+        let target = self.target(reference, Some(&repos.into_iter().collect::<Vec<_>>()))?;
         let mut stats = PushStats {
             digest: Digest::of(&image.manifest).to_string(),
             bytes_uploaded: 0,
             blobs_uploaded: 0,
             blobs_skipped: 0,
+            blobs_mounted: 0,
             seconds: 0.0,
         };
         let config = work.path().join("config.json");
@@ -138,14 +147,17 @@ impl Registry {
                     }
                 };
                 let has = |digest: &Digest, _size| client.has_blob(digest);
-                let mut put = |digest: &Digest, path: &Path| client.push_blob(digest, path);
+                let mut put = |digest: &Digest, path: &Path| {
+                    client.push_blob(digest, path, mounts.get(digest).map(String::as_str))
+                };
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 client.push_manifest(tag, &image.manifest, MANIFEST_TYPE)?;
+                record_origins(&store, &image, reference);
             }
             Target::Layout(layout, tag) => {
                 layout.create()?;
                 let has = |digest: &Digest, size| Ok(layout.has_blob(digest, size));
-                let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path);
+                let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path).map(|()| false);
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
                 let manifest_digest = Digest::of(&image.manifest);
                 layout.put_bytes(&manifest_digest, &image.manifest)?;
@@ -184,33 +196,14 @@ impl Registry {
     fn pull_tree(&self, reference: &Reference) -> Result<(PullStats, store::Scratch, PathBuf)> {
         let started = Instant::now();
         let store = Store::open(self.store.as_deref())?;
-        let target = self.target(reference, false)?;
+        let target = self.target(reference, None)?;
         let text = reference.to_string();
         let bad = |op: &str, reason: String| Error::Registry {
             reference: text.clone(),
             op: op.to_string(),
             reason,
         };
-        let (manifest, digest) = match &target {
-            Target::Registry(client, version) => {
-                let wanted = match version {
-                    Version::Tag(tag) => tag.clone(),
-                    Version::Digest(d) => d.clone(),
-                };
-                let (mut data, media_type) = client.manifest(&wanted)?;
-                if is_index(&data, &media_type) {
-                    let chosen = choose_from_index(&data).map_err(|e| bad("pull manifest", e))?;
-                    data = client.manifest(chosen.as_str())?.0;
-                    check_digest(&data, &chosen).map_err(|e| bad("pull manifest", e))?;
-                } else if let Version::Digest(d) = version {
-                    let d = Digest::parse(d).map_err(|e| bad("pull manifest", e))?;
-                    check_digest(&data, &d).map_err(|e| bad("pull manifest", e))?;
-                }
-                let digest = Digest::of(&data);
-                (data, digest)
-            }
-            Target::Layout(layout, tag) => layout.manifest(tag)?,
-        };
+        let (manifest, digest) = target.manifest(&bad)?;
         let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest)
             .map_err(|e| bad("pull manifest", format!("not an OCI image manifest: {e}")))?;
         let mut stats = PullStats {
@@ -228,17 +221,12 @@ impl Registry {
                 stats.blobs_reused += 1;
             } else {
                 let op = format!("pull blob {digest}");
-                let fail = |reason: String| bad(&op, reason);
-                match &target {
-                    Target::Registry(client, _) => {
-                        store.receive(&digest, size, &mut client.blob(&digest)?, &fail)?
-                    }
-                    Target::Layout(layout, _) => {
-                        store.receive(&digest, size, &mut layout.open_blob(&digest)?, &fail)?
-                    }
-                }
+                let received = target.download(&store, &digest, size, &|reason| bad(&op, reason))?;
                 stats.blobs_downloaded += 1;
-                stats.bytes_downloaded += size;
+                stats.bytes_downloaded += received;
+            }
+            if let Some(here) = origin(reference) {
+                store.add_origin(&digest, &here);
             }
             layers.push(digest);
         }
@@ -255,6 +243,59 @@ impl Registry {
     }
 }
 
+impl Target {
+    /// The image manifest (an index resolved to this platform's entry) and its digest,
+    /// checked against the digest the reference names; `bad` words the errors.
+    fn manifest(&self, bad: &dyn Fn(&str, String) -> Error) -> Result<(Vec<u8>, Digest)> {
+        let (client, version) = match self {
+            Target::Registry(client, version) => (client, version),
+            Target::Layout(layout, tag) => return layout.manifest(tag),
+        };
+        let wanted = match version {
+            Version::Tag(tag) => tag,
+            Version::Digest(d) => d,
+        };
+        let (mut data, media_type) = client.manifest(wanted)?;
+        if is_index(&data, &media_type) {
+            let chosen = choose_from_index(&data).map_err(|e| bad("pull manifest", e))?;
+            data = client.manifest(chosen.as_str())?.0;
+            check_digest(&data, &chosen).map_err(|e| bad("pull manifest", e))?;
+        } else if let Version::Digest(d) = version {
+            let d = Digest::parse(d).map_err(|e| bad("pull manifest", e))?;
+            check_digest(&data, &d).map_err(|e| bad("pull manifest", e))?;
+        }
+        let digest = Digest::of(&data);
+        Ok((data, digest))
+    }
+
+    /// Downloads blob `digest` of `size` bytes into `store`, resuming a partial download
+    /// (a Range request, a seek); the bytes received.
+    fn download(
+        &self,
+        store: &Store,
+        digest: &Digest,
+        size: u64,
+        fail: &dyn Fn(String) -> Error,
+    ) -> Result<u64> {
+        match self {
+            Target::Registry(client, _) => {
+                let mut fetch = |offset| {
+                    client.blob(digest, offset).map(|(r, start)| (Box::new(r) as Box<dyn Read>, start))
+                };
+                store.receive(digest, size, &mut fetch, fail)
+            }
+            Target::Layout(layout, _) => {
+                let mut fetch = |offset| {
+                    let mut file = layout.open_blob(digest)?;
+                    file.seek(SeekFrom::Start(offset)).map_err(|e| fail(format!("seek: {e}")))?;
+                    Ok((Box::new(file) as Box<dyn Read>, offset))
+                };
+                store.receive(digest, size, &mut fetch, fail)
+            }
+        }
+    }
+}
+
 /// An import that left something out is not the checkpoint.
 fn complete(stats: &ImportStats, archive: &Path) -> Result<()> {
     let left_out = stats.conflicts.len() + stats.refused.len() + stats.failed.len() + stats.skipped.len();
@@ -264,10 +305,24 @@ fn complete(stats: &ImportStats, archive: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The tree as an archive: in podman's layout when it is a checkpoint bundle.
+/// The tree as an archive: in podman's layout when it is a checkpoint bundle that holds
+/// nothing but the members that layout takes (it leaves other names out); otherwise every
+/// entry, as `ckpt export` writes a directory.
 fn export_tree(tree: &Path, out: &Path) -> Result<()> {
-    let bundle = tree.join("checkpoint/inventory.img").is_file();
+    let bundle = tree.join("checkpoint/inventory.img").is_file() && only_bundle_members(tree)?;
     Exporter::new().bundle_layout(bundle).export(tree, out).map(drop)
+}
+
+fn only_bundle_members(tree: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    for entry in std::fs::read_dir(tree).map_err(|e| Error::io("read directory", tree, e))? {
+        let name = entry.map_err(|e| Error::io("read directory", tree, e))?.file_name();
+        let name = name.as_bytes();
+        if !BUNDLE_MEMBERS.contains(&name) && !LEADING.contains(&name) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn is_index(data: &[u8], media_type: &str) -> bool {
@@ -302,15 +357,51 @@ fn check_digest(data: &[u8], expected: &Digest) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// `HOST/REPO` of a registry reference: what the store records blobs as being in.
+fn origin(reference: &Reference) -> Option<String> {
+    match reference {
+        Reference::Registry { host, repo, .. } => Some(format!("{host}/{repo}")),
+        Reference::Layout { .. } => None,
+    }
+}
+
+/// Records in the store that every blob of `image` is in the repository `reference` names.
+fn record_origins(store: &Store, image: &image::Image, reference: &Reference) {
+    if let Some(here) = origin(reference) {
+        for (digest, _) in image.layers.iter().chain([&(Digest::of(&image.config), 0)]) {
+            store.add_origin(digest, &here);
+        }
+    }
+}
+
+/// For each blob of `image` that the store saw in another repository of the registry
+/// `reference` names, the newest such repository: where a push may mount it from.
+fn mount_sources(store: &Store, image: &image::Image, reference: &Reference) -> BTreeMap<Digest, String> {
+    let Reference::Registry { host, repo, .. } = reference else { return BTreeMap::new() };
+    let prefix = format!("{host}/");
+    let config = Digest::of(&image.config);
+    let blobs = image.layers.iter().map(|(d, _)| d).chain([&config]);
+    blobs
+        .filter_map(|digest| {
+            let from = store.origins(digest).into_iter().rev().find_map(|o| {
+                let other = o.strip_prefix(&prefix)?;
+                (other != repo && reference::check_repo(other).is_ok()).then(|| other.to_string())
+            })?;
+            Some((digest.clone(), from))
+        })
+        .collect()
+}
+
 /// Sends the blobs of `image` the target lacks (`has` says which it has): each layer from
-/// the store, then the config from `config`; counted in `stats`.
+/// the store, then the config from `config`, with `put`, which says whether the registry
+/// mounted the blob instead; counted in `stats`.
 fn send_blobs(
     image: &image::Image,
     store: &Store,
     config: &Path,
     stats: &mut PushStats,
     has: &dyn Fn(&Digest, u64) -> Result<bool>,
-    put: &mut dyn FnMut(&Digest, &Path) -> Result<()>,
+    put: &mut dyn FnMut(&Digest, &Path) -> Result<bool>,
 ) -> Result<()> {
     let config_blob: (Digest, PathBuf, u64) =
         (Digest::of(&image.config), config.to_path_buf(), image.config.len() as u64);
@@ -318,8 +409,9 @@ fn send_blobs(
     for (digest, path, size) in layers.chain([config_blob]) {
         if has(&digest, size)? {
             stats.blobs_skipped += 1;
+        } else if put(&digest, &path)? {
+            stats.blobs_mounted += 1;
         } else {
-            put(&digest, &path)?;
             stats.blobs_uploaded += 1;
             stats.bytes_uploaded += size;
         }

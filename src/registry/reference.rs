@@ -102,7 +102,7 @@ fn check_tag(tag: &str) -> std::result::Result<(), &'static str> {
 
 /// Path components of lowercase alphanumerics joined by `.`, `_`, `__`, `-`s, as the
 /// distribution spec allows: also what keeps a repository name from smuggling URL syntax.
-fn check_repo(repo: &str) -> std::result::Result<(), &'static str> {
+pub(crate) fn check_repo(repo: &str) -> std::result::Result<(), &'static str> {
     const BAD: &str = "a repository is '/'-separated components of [a-z0-9] joined by '.', '_', '__' or '-'";
     if repo.is_empty() || repo.len() > 255 {
         return Err(BAD);
