@@ -423,7 +423,10 @@ fn frames_of(entries: &[u8], table_at: u64) -> Option<Vec<Frame>> {
     for entry in entries.chunks_exact(12) {
         let compressed_len = u64::from(u32_at(entry, 0)?);
         let tar_len = u64::from(u32_at(entry, 4)?);
-        if compressed_len == 0 || tar_len > MAX_FRAME_DECOMPRESSED {
+        if compressed_len == 0
+            || tar_len > MAX_FRAME_DECOMPRESSED
+            || compressed_len > most_compressed(tar_len)
+        {
             return None;
         }
         frames.push(Frame { compressed_offset, compressed_len, tar_offset, tar_len });
@@ -431,6 +434,16 @@ fn frames_of(entries: &[u8], table_at: u64) -> Option<Vec<Frame>> {
         tar_offset += tar_len;
     }
     (compressed_offset == table_at).then_some(frames)
+}
+
+/// The largest a frame of `tar_len` bytes can be compressed (zstd's bound, with room for
+/// the content checksum); a skippable frame (no tar bytes) at most the largest index. A
+/// reader allocates a frame's compressed size: a table cannot make it allocate more.
+fn most_compressed(tar_len: u64) -> u64 {
+    match tar_len {
+        0 => MAX_INDEX + 8,
+        n => zstd_safe::compress_bound(n as usize) as u64 + 32,
+    }
 }
 
 fn frames_tar_len(frames: &[Frame]) -> u64 {
@@ -564,5 +577,15 @@ mod tests {
         let cut = tempfile::tempfile().unwrap();
         cut.write_all_at(&out[..out.len() - 1], 0).unwrap();
         assert!(matches!(probe(&cut, out.len() as u64 - 1), Probe::Damaged));
+    }
+
+    #[test]
+    fn a_seek_table_claiming_a_frame_larger_than_zstd_can_make_it_is_not_trusted() {
+        let entry =
+            |compressed: u32, tar: u32| [compressed.to_le_bytes(), tar.to_le_bytes(), [0; 4]].concat();
+        // 4 GiB - 1 compressed bytes said to hold 1000 tar bytes, in a file that long.
+        assert!(frames_of(&entry(u32::MAX, 1000), u64::from(u32::MAX)).is_none());
+        let honest = most_compressed(1000) as u32;
+        assert!(frames_of(&entry(honest, 1000), u64::from(honest)).is_some());
     }
 }
