@@ -94,7 +94,7 @@ fn assert_rejected(s: &Scratch, archive: &Path, expect: &[&str], list_file: bool
     check(&ckpt_stdin(&[&"list", &"-"], archive), "-:", "list -");
     let out = ckpt(&[&"verify", &archive]);
     check(&out, &shown, "verify");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("OK"), "verify said OK: {}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(": OK"), "verify said OK: {}", describe(&out));
     for dest in ["dest-file", "dest-stdin"] {
         let _ = fs::remove_dir_all(s.path(dest));
     }
@@ -562,7 +562,7 @@ fn verify_fails_when_ckpt_sha256_is_not_the_last_member() {
             "{}",
             describe(&out)
         );
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("OK"), "{}", describe(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(": OK"), "{}", describe(&out));
     }
     let json = ckpt(&[&"verify", &"--json", &archive]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
