@@ -59,6 +59,20 @@ fn cold_tree_on(kind: FsKind) -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
 /// What may stay cached of a run that moved 40 MiB: headers and bookkeeping.
 const LEFT_AT_MOST: u64 = 1 << 20;
 
+/// `ckpt import --no-clone` of `archive` (evicted first) into `dest` under the scratch root
+/// leaves neither the archive nor the restored files cached, and restores `files` exactly.
+fn assert_copying_import_leaves_nothing_cached(scratch: &Scratch, archive: &Path, files: &[PathBuf]) {
+    evict(archive);
+    let dest = scratch.root.join("dest");
+    ckpt_ok(&[&"import", &"--no-clone", &archive, &dest]);
+    sync_fs(&scratch.root);
+    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
+    let imported = resident_all(&restored) + resident(archive);
+    assert!(imported <= LEFT_AT_MOST, "import on {} left {imported} bytes cached", scratch.root.display());
+    assert_same_bytes(&files[0], &restored[0]);
+    assert_same_bytes(&files[1], &restored[1]);
+}
+
 #[test]
 fn a_copying_export_and_import_leave_neither_the_files_nor_the_archive_cached() {
     let Some((scratch, src, files)) = cold_tree() else { return };
@@ -68,15 +82,7 @@ fn a_copying_export_and_import_leave_neither_the_files_nor_the_archive_cached() 
     let exported = resident_all(&files) + resident(&archive);
     assert!(exported <= LEFT_AT_MOST, "export left {exported} bytes cached");
 
-    evict(&archive);
-    let dest = scratch.root.join("dest");
-    ckpt_ok(&[&"import", &"--no-clone", &archive, &dest]);
-    sync_fs(&scratch.root);
-    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
-    let imported = resident_all(&restored) + resident(&archive);
-    assert!(imported <= LEFT_AT_MOST, "import left {imported} bytes cached");
-    assert_same_bytes(&files[0], &restored[0]);
-    assert_same_bytes(&files[1], &restored[1]);
+    assert_copying_import_leaves_nothing_cached(&scratch, &archive, &files);
 }
 
 #[test]
@@ -125,15 +131,7 @@ fn a_copying_import_on_btrfs_leaves_neither_the_archive_nor_the_files_cached() {
     let archive = scratch.root.join("a.tar");
     ckpt_ok(&[&"export", &src, &archive]);
     sync_fs(&scratch.root);
-    evict(&archive);
-    let dest = scratch.root.join("dest");
-    ckpt_ok(&[&"import", &"--no-clone", &archive, &dest]);
-    sync_fs(&scratch.root);
-    let restored: Vec<PathBuf> = ["pages.img", "sparse.img"].iter().map(|n| dest.join(n)).collect();
-    let imported = resident_all(&restored) + resident(&archive);
-    assert!(imported <= LEFT_AT_MOST, "--no-clone import on Btrfs left {imported} bytes cached");
-    assert_same_bytes(&files[0], &restored[0]);
-    assert_same_bytes(&files[1], &restored[1]);
+    assert_copying_import_leaves_nothing_cached(&scratch, &archive, &files);
 }
 
 #[test]

@@ -27,6 +27,23 @@ fn make_tree(src: &Path) {
     fs::write(src.join("z-last"), b"the last member\n").unwrap();
 }
 
+/// `ckpt list OPTIONS` of the seekable `archive` (read from its index), asserted equal to
+/// the list of the same bytes read as a stream from standard input; the list.
+fn list_from_index_as_from_stream(archive: &Path, options: &str) -> String {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"list"];
+    let words: Vec<&str> = options.split_whitespace().collect();
+    args.extend(words.iter().map(|w| w as &dyn AsRef<std::ffi::OsStr>));
+    args.push(&archive);
+    let indexed = ckpt_ok(&args);
+    let streamed = Command::new("sh")
+        .args(["-c", &format!("{} list {options} - < {}", util::ckpt_bin(), archive.display())])
+        .output()
+        .unwrap();
+    assert!(streamed.status.success(), "{}", describe(&streamed));
+    assert_eq!(indexed, String::from_utf8(streamed.stdout).unwrap(), "index and stream list differently");
+    indexed
+}
+
 /// The seek table's entries (compressed size, decompressed size) of a seekable zstd file.
 fn seek_table(data: &[u8]) -> Vec<(u64, u64)> {
     let le = |at: usize| u64::from(u32::from_le_bytes(data[at..at + 4].try_into().unwrap()));
@@ -123,13 +140,7 @@ fn list_of_a_64_mib_seekable_archive_reads_under_1_mib_and_matches_the_streamed_
     assert!(read < 1 << 20, "list read {read} bytes of a {size}-byte archive");
     assert!(names.iter().any(|n| n == b"./d/huge"), "{names:?}");
 
-    let indexed = ckpt_ok(&[&"list", &"--json", &archive]);
-    let streamed = Command::new("sh")
-        .args(["-c", &format!("{} list --json - < {}", util::ckpt_bin(), archive.display())])
-        .output()
-        .unwrap();
-    assert!(streamed.status.success(), "{}", describe(&streamed));
-    assert_eq!(indexed, String::from_utf8(streamed.stdout).unwrap());
+    list_from_index_as_from_stream(&archive, "--json");
     let text = ckpt_ok(&[&"list", &archive]);
     assert_eq!(text.lines().count(), names.len());
     let headers = ckpt_ok(&[&"verify", &"--headers", &archive]);
@@ -257,12 +268,7 @@ fn nested_list_and_verify_headers_of_a_seekable_checkpoint_match_the_stream() {
     fs::write(upper.join("big"), pseudo_random_bytes(4, 3 << 20)).unwrap();
     let archive = s.path("c.tar.zst");
     ckpt_ok(&[&"export", &"--bundle", &"--rootfs-diff", &upper, &"--compress", &"zstd", &bundle, &archive]);
-    let indexed = ckpt_ok(&[&"list", &"--nested", &"--json", &archive]);
-    let streamed = Command::new("sh")
-        .args(["-c", &format!("{} list --nested --json - < {}", util::ckpt_bin(), archive.display())])
-        .output()
-        .unwrap();
-    assert_eq!(indexed, String::from_utf8(streamed.stdout).unwrap());
+    let indexed = list_from_index_as_from_stream(&archive, "--nested --json");
     assert!(indexed.contains("\"rootfs-diff.tar/big\""), "{indexed}");
     let headers = util::ckpt_json(&[&"verify", &"--headers", &"--json", &archive]);
     let full = util::ckpt_json(&[&"verify", &"--json", &archive]);
@@ -287,13 +293,7 @@ fn a_sparse_member_of_a_seekable_archive_lists_from_the_index_as_from_the_stream
     drop(sparse);
     let archive = s.path("a.tar.zst");
     export_zstd(&src, &archive, &[]);
-    let indexed = ckpt_ok(&[&"list", &"--json", &archive]);
-    let streamed = Command::new("sh")
-        .args(["-c", &format!("{} list --json - < {}", util::ckpt_bin(), archive.display())])
-        .output()
-        .unwrap();
-    assert!(streamed.status.success(), "{}", describe(&streamed));
-    assert_eq!(indexed, String::from_utf8(streamed.stdout).unwrap());
+    let indexed = list_from_index_as_from_stream(&archive, "--json");
     assert!(indexed.contains("pages.img"), "{indexed}");
     let headers = util::ckpt_json(&[&"verify", &"--headers", &"--json", &archive]);
     assert_eq!(headers["ok"], true, "{headers}");
