@@ -865,3 +865,72 @@ fn a_pulled_checkpoint_keeps_the_top_level_names_podmans_layout_leaves_out() {
     assert_trees_equal(&expected, &dest);
     assert_eq!(fs::read(dest.join("volumes/data.tar")).unwrap(), b"a volume's tar\n");
 }
+
+/// `ckpt pull` with `XDG_CACHE_HOME` set to `cache` and no `--store`.
+fn pull_with_cache(cache: &Path, args: &[Arg]) -> std::process::Output {
+    Command::new(ckpt_bin())
+        .env("XDG_CACHE_HOME", cache)
+        .arg("pull")
+        .args(args.iter().map(|a| a.as_ref()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn blobs_in(store: &Path) -> usize {
+    fs::read_dir(store.join("blobs/sha256")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_pull_without_a_store_keeps_layers_on_dests_mount_and_clones_them_from_there() {
+    let Some(s) = scratch(FsKind::Btrfs) else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 41);
+    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
+    ckpt_ok(&[&"push", &"--store", &tmp.path().join("push-store"), &src, &reference]);
+    // The user's cache is on the root filesystem, DEST on the loop Btrfs.
+    let cache = tmp.path().join("cache");
+    let dest = s.path("restored");
+    let out = pull_with_cache(&cache, &[&reference, &"--import", &dest]);
+    assert!(out.status.success(), "{}", describe(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let store = s.path(format!(".ckpt-store-{}", rustix::process::geteuid().as_raw()));
+    assert!(blobs_in(&store) > 0, "no layers in {}", store.display());
+    assert_eq!(fs::metadata(&store).unwrap().permissions().mode() & 0o7777, 0o700);
+    assert!(!cache.join("ckpt").exists(), "the cache on another mount was used");
+    assert_same_checkpoint(&src, &dest);
+    let pages = dest.join("checkpoint/pages-2.img");
+    assert!(
+        btrfs_shared_bytes(&pages) >= 3 * MIB as u64,
+        "{} does not share the store's extents",
+        pages.display()
+    );
+}
+
+#[test]
+fn a_store_link_at_the_mount_top_is_not_followed_and_the_cache_is_used_instead() {
+    let Some(s) = scratch(FsKind::Btrfs) else { return };
+    let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
+    let src = bundle(tmp.path(), 42);
+    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
+    ckpt_ok(&[&"push", &"--store", &tmp.path().join("push-store"), &src, &reference]);
+    // Whoever could write the mount's top could point the store at a place they can read.
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let link = s.path(format!(".ckpt-store-{}", rustix::process::geteuid().as_raw()));
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let cache = tmp.path().join("cache");
+    let out_tar = s.path("pulled.tar");
+    let out = pull_with_cache(&cache, &[&reference, &out_tar]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains(&link.display().to_string()),
+        "no warning naming the link\n{}",
+        describe(&out)
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "the store went through the link");
+    assert!(blobs_in(&cache.join("ckpt")) > 0, "the cache was not used");
+    let dest = tmp.path().join("dest");
+    ckpt_ok(&[&"import", &out_tar, &dest]);
+    assert_same_checkpoint(&src, &dest);
+}

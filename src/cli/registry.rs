@@ -20,8 +20,9 @@ pub(crate) struct AccessArgs {
     /// ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
     pub(crate) authfile: Option<PathBuf>,
-    /// The local content-addressed layer store [default: $XDG_CACHE_HOME/ckpt, else
-    /// ~/.cache/ckpt]; keep it on the archive's filesystem so restores clone from it.
+    /// The local content-addressed layer store [default: $XDG_CACHE_HOME/ckpt (else
+    /// ~/.cache/ckpt) when on the mount of SRC, OUT or DEST, else .ckpt-store-UID at the top
+    /// of that mount, so that layers are cloned, not copied].
     #[arg(long, value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
 }

@@ -87,8 +87,9 @@ impl Registry {
         self
     }
 
-    /// The content-addressed store of layers [default: `$XDG_CACHE_HOME/ckpt`, else
-    /// `~/.cache/ckpt`]: on the archive's filesystem, restores clone from it.
+    /// The content-addressed store of layers. By default it is `$XDG_CACHE_HOME/ckpt` (else
+    /// `~/.cache/ckpt`) when that is on the mount of the push's source or the pull's output,
+    /// else `.ckpt-store-UID` at the top of that mount, so that layers are cloned, not copied.
     pub fn store(mut self, dir: impl Into<PathBuf>) -> Registry {
         self.store = Some(dir.into());
         self
@@ -109,7 +110,7 @@ impl Registry {
     /// archived by `exporter` in podman's layout) as the image `reference`.
     pub fn push(&self, src: &Path, reference: &Reference, exporter: Exporter) -> Result<PushStats> {
         let started = Instant::now();
-        let store = Store::open(self.store.as_deref())?;
+        let store = Store::open(self.store.as_deref(), src)?;
         let work = store.scratch()?;
         let archive = if std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?.is_dir() {
             let archive = work.path().join("bundle.tar");
@@ -171,7 +172,7 @@ impl Registry {
     /// Pulls `reference` and writes it to `out` as an aligned ckpt archive (mode 0600), which
     /// appears only when complete.
     pub fn pull(&self, reference: &Reference, out: &Path) -> Result<PullStats> {
-        let (stats, _work, tree) = self.pull_tree(reference)?;
+        let (stats, _work, tree) = self.pull_tree(reference, out)?;
         export_tree(&tree, out)?;
         Ok(stats)
     }
@@ -184,7 +185,7 @@ impl Registry {
         dest: &Path,
         importer: Importer,
     ) -> Result<(PullStats, ImportStats)> {
-        let (stats, work, tree) = self.pull_tree(reference)?;
+        let (stats, work, tree) = self.pull_tree(reference, dest)?;
         let archive = work.path().join("pulled.tar");
         export_tree(&tree, &archive)?;
         let imported = importer.import(&archive, dest)?;
@@ -193,9 +194,9 @@ impl Registry {
 
     /// Downloads the image's missing layers into the store and unions its layers into a tree
     /// in a scratch directory.
-    fn pull_tree(&self, reference: &Reference) -> Result<(PullStats, store::Scratch, PathBuf)> {
+    fn pull_tree(&self, reference: &Reference, near: &Path) -> Result<(PullStats, store::Scratch, PathBuf)> {
         let started = Instant::now();
-        let store = Store::open(self.store.as_deref())?;
+        let store = Store::open(self.store.as_deref(), near)?;
         let target = self.target(reference, None)?;
         let text = reference.to_string();
         let bad = |op: &str, reason: String| Error::Registry {

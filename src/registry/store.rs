@@ -16,7 +16,7 @@ use rustix::fs::FlockOperation;
 
 use crate::error::{Context, Error, Result};
 use crate::registry::digest::{Digest, Hasher, copy_hashing, copy_into};
-use crate::sys::temp;
+use crate::sys::{mount, temp};
 
 /// Opens a blob's data from a byte offset (a Range request, a seek): the stream, and the
 /// offset it really starts at (0 when the source ignored the offset and sends everything).
@@ -44,12 +44,12 @@ impl Drop for Scratch {
 }
 
 impl Store {
-    /// The store at `root` (created 0700: layers hold process memory), or the default one,
-    /// `$XDG_CACHE_HOME/ckpt` (else `~/.cache/ckpt`).
-    pub(crate) fn open(root: Option<&Path>) -> Result<Store> {
+    /// The store at `root` (created 0700: layers hold process memory), or the default one for
+    /// data that will be cloned to or from `near` (see `default_root`).
+    pub(crate) fn open(root: Option<&Path>, near: &Path) -> Result<Store> {
         let root = match root {
             Some(root) => root.to_path_buf(),
-            None => default_root()?,
+            None => default_root(near)?,
         };
         for dir in [root.join("blobs/sha256"), root.join("partial"), root.join("origins"), root.join("tmp")] {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).at("mkdir", &dir)?;
@@ -277,7 +277,33 @@ fn fill(
     Ok(Filled { digest: hasher.finish(), received, resumed_from })
 }
 
-fn default_root() -> Result<PathBuf> {
+/// The default store for layers cloned to or from `near`: the user's cache
+/// (`$XDG_CACHE_HOME/ckpt`, else `~/.cache/ckpt`) when it is on `near`'s mount, else
+/// `.ckpt-store-UID` at the top of that mount, as the freedesktop trash keeps a `.Trash-UID`
+/// per mount so that its moves are renames. A clone needs both files on one mount; where the
+/// mount's top is not this user's to write, the cache it is, and layers are copied.
+fn default_root(near: &Path) -> Result<PathBuf> {
+    let cache = user_cache()?;
+    let mount = mount::of(near)?;
+    if mount::of(&cache)?.id == mount.id {
+        return Ok(cache);
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    let local = mount.top.join(format!(".ckpt-store-{uid}"));
+    match claim(&local, uid) {
+        Ok(()) => Ok(local),
+        Err(reason) => {
+            log::warn!(
+                "layer store {}: {reason}; using {}, on another mount, so layers are copied, not cloned",
+                local.display(),
+                cache.display()
+            );
+            Ok(cache)
+        }
+    }
+}
+
+fn user_cache() -> Result<PathBuf> {
     if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(cache).join("ckpt"));
     }
@@ -287,6 +313,29 @@ fn default_root() -> Result<PathBuf> {
             Err(Error::usage("--store", "neither XDG_CACHE_HOME nor HOME is set: name a store directory"))
         }
     }
+}
+
+/// Makes the directory `dir` (0700) unless it exists. One that exists must be a directory,
+/// not a link, that only `uid` can enter: a store another user can reach would let them read
+/// its layers (process memory) or plant blobs a pull trusts by name.
+fn claim(dir: &Path, uid: u32) -> std::result::Result<(), String> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("mkdir: {e}")),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("stat: {e}"))?;
+    if !meta.file_type().is_dir() {
+        return Err("exists and is not a directory".into());
+    }
+    if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "owned by uid {} with mode {:o}, not private to uid {uid}",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -307,7 +356,7 @@ mod tests {
     /// A store holding `partial` as the partial download of `data`'s blob.
     fn store_with_partial(partial: &[u8], data: &[u8]) -> (tempfile::TempDir, Store, Digest) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(Some(dir.path())).unwrap();
+        let store = Store::open(Some(dir.path()), dir.path()).unwrap();
         let digest = Digest::of(data);
         fs::write(dir.path().join("partial").join(digest.hex()), partial).unwrap();
         (dir, store, digest)

@@ -1,8 +1,9 @@
-//! The system layer: moving file data (clone, then copy_file_range, then plain copies) and
-//! writing a file that appears only when complete.
+//! The system layer: moving file data (clone, then copy_file_range, then plain copies),
+//! writing a file that appears only when complete, and which mount a path is on.
 
 pub(crate) mod behind;
 pub(crate) mod clone;
+pub(crate) mod mount;
 pub(crate) mod mover;
 pub(crate) mod outfile;
 pub(crate) mod temp;
