@@ -28,7 +28,8 @@ fn evict(path: &Path) {
     assert_eq!(resident(path), 0, "{}: still cached after fadvise(DONTNEED)", path.display());
 }
 
-/// An XFS scratch area with a tree of a 32 MiB file and an 8 MiB sparse file, not cached.
+/// An XFS scratch area with a tree of a 32 MiB file and a 16 MiB sparse file (1 MiB of data
+/// every 2 MiB), not cached.
 fn cold_tree() -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
     cold_tree_on(FsKind::Xfs)
 }
@@ -43,11 +44,13 @@ fn cold_tree_on(kind: FsKind) -> Option<(Scratch, PathBuf, Vec<PathBuf>)> {
     fs::create_dir(&src).unwrap();
     let big = src.join("pages.img");
     fs::write(&big, pseudo_random_bytes(7, 32 << 20)).unwrap();
+    // Holes no longer than a read-ahead window (Btrfs reads 4 MiB ahead), which reading the
+    // data before each one brings into the cache as zeros.
     let sparse = src.join("sparse.img");
     let file = fs::File::create(&sparse).unwrap();
-    file.set_len(8 << 20).unwrap();
-    for at in [0u64, 3 << 20, 6 << 20] {
-        std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_random_bytes(at, 256 << 10), at).unwrap();
+    file.set_len(16 << 20).unwrap();
+    for at in (0u64..16 << 20).step_by(2 << 20) {
+        std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_random_bytes(at, 1 << 20), at).unwrap();
     }
     let files = vec![big, sparse];
     for f in &files {

@@ -220,6 +220,8 @@ impl<'a> Stream<'a> {
             if let Some(hasher) = &mut self.hasher {
                 manifest::hash_zeros(hasher, at - end);
             }
+            // Reading the data beside a hole reads ahead into it.
+            uncached::forget_hole(file.as_fd(), end, at - end);
             self.range(source, &file, at, at + len)?;
             end = at + len;
         }
