@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
+use zstd::bulk::Decompressor;
+
 use crate::sys::uncached;
 use crate::tar::compress::describe;
 use crate::tar::reader::Reader;
@@ -45,15 +47,21 @@ impl Seekable {
     /// The tar bytes of frame `i`, checked against its content checksum and the seek table.
     fn decode(&self, i: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.decode_into(i, &mut Vec::new(), &mut out)?;
+        self.decode_into(i, &mut Vec::new(), &mut out, &mut Decompressor::new()?)?;
         Ok(out)
     }
 
-    /// Decodes frame `i` into `out` (cleared first), reading it into `src`: buffers a caller
-    /// keeps for the next frame.
-    fn decode_into(&self, i: usize, src: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Decodes frame `i` into `out` (cleared first), reading it into `src`: buffers and a
+    /// decoder a caller keeps for the next frame.
+    fn decode_into(
+        &self,
+        i: usize,
+        src: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        decoder: &mut Decompressor<'static>,
+    ) -> io::Result<()> {
         self.read_frame(i, src)?;
-        self.decode_frame(i, src, out)
+        self.decode_frame(i, src, out, decoder)
     }
 
     /// Reads the compressed bytes of frame `i` into `src`, uncached.
@@ -72,12 +80,19 @@ impl Seekable {
         Ok(())
     }
 
-    /// Decodes the compressed bytes `src` of frame `i` into `out` (cleared first).
-    fn decode_frame(&self, i: usize, src: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    /// Decodes the compressed bytes `src` of frame `i` into `out` (cleared first) with
+    /// `decoder`, which keeps its context from frame to frame rather than allocating one each.
+    fn decode_frame(
+        &self,
+        i: usize,
+        src: &[u8],
+        out: &mut Vec<u8>,
+        decoder: &mut Decompressor<'static>,
+    ) -> io::Result<()> {
         let frame = self.trailer.frames[i];
         out.clear();
         out.reserve_exact(frame.tar_len as usize);
-        let n = zstd::bulk::Decompressor::new()?
+        let n = decoder
             .decompress_to_buffer(src, out)
             .map_err(|e| self.frame_error(i, &describe("zstd", e).to_string()))?;
         if n as u64 != frame.tar_len {
@@ -151,8 +166,9 @@ pub(crate) struct FrameReader {
     /// Buffers of frames read, for the threads to decode into: memory stays at a few
     /// frames, never handed back and forth to the allocator.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
-    /// The compressed bytes of a frame decoded inline.
+    /// The compressed bytes of a frame decoded inline, and its decoder.
     src: Vec<u8>,
+    decoder: Option<Decompressor<'static>>,
 }
 
 impl FrameReader {
@@ -168,6 +184,7 @@ impl FrameReader {
             workers: None,
             spare: Arc::default(),
             src: Vec::new(),
+            decoder: None,
         }
     }
 
@@ -186,10 +203,17 @@ impl FrameReader {
             let (tx, rx) = sync_channel(0);
             let (seekable, spare) = (self.seekable.clone(), self.spare.clone());
             std::thread::Builder::new().name(format!("ckpt-unzstd-{k}")).spawn(move || {
+                let mut decoder = match Decompressor::new() {
+                    Ok(decoder) => decoder,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 for frame in compressed {
                     let mut out = spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
                     let frame = frame.and_then(|(i, src)| {
-                        let decoded = seekable.decode_frame(i, &src, &mut out).map(|()| out);
+                        let decoded = seekable.decode_frame(i, &src, &mut out, &mut decoder).map(|()| out);
                         if let Ok(mut spare) = spare.lock() {
                             spare.push(src);
                         }
@@ -241,7 +265,11 @@ impl FrameReader {
             None => {
                 let mut out = done;
                 let i = self.order[self.next];
-                self.seekable.decode_into(i, &mut self.src, &mut out).map(|()| out)
+                let decoder = match &mut self.decoder {
+                    Some(decoder) => decoder,
+                    None => self.decoder.insert(Decompressor::new()?),
+                };
+                self.seekable.decode_into(i, &mut self.src, &mut out, decoder).map(|()| out)
             }
         };
         self.next += 1;
