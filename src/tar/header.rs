@@ -60,13 +60,17 @@ impl Header {
     /// Whether the checksum field matches the block, summed as unsigned or (as some old
     /// writers did) signed bytes.
     pub(crate) fn checksum_matches(&self) -> bool {
-        let as_space = |i: usize, b: u8| if CHECKSUM.contains(&i) { b' ' } else { b };
-        let unsigned: u64 = self.block.iter().enumerate().map(|(i, &b)| u64::from(as_space(i, b))).sum();
-        let signed: i64 = self.block.iter().enumerate().map(|(i, &b)| i64::from(as_space(i, b) as i8)).sum();
-        match parse_octal(&self.block[CHECKSUM]) {
-            Some(sum) => sum == unsigned || sum as i64 == signed,
-            None => false,
+        // The sum counts the checksum field as eight spaces.
+        let field = &self.block[CHECKSUM];
+        let spaces = 8 * u64::from(b' ');
+        let Some(sum) = parse_octal(field) else { return false };
+        let total = |block: &[u8]| block.iter().map(|&b| u64::from(b)).sum::<u64>();
+        if sum == total(&self.block[..]) - total(field) + spaces {
+            return true;
         }
+        // Some old writers summed the bytes as signed.
+        let signed = |block: &[u8]| block.iter().map(|&b| i64::from(b as i8)).sum::<i64>();
+        sum as i64 == signed(&self.block[..]) - signed(field) + spaces as i64
     }
 
     pub(crate) fn typeflag(&self) -> u8 {
@@ -202,6 +206,23 @@ fn parse_mtime(field: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block with a name byte over 0x7f, its checksum written as `sum` computes it.
+    fn block_summed(sum: impl Fn(u8) -> i64) -> [u8; HEADER_LEN] {
+        let mut block = [0u8; HEADER_LEN];
+        block[..4].copy_from_slice(b"f\xe9\xff\x80");
+        block[CHECKSUM].fill(b' ');
+        let total: i64 = block.iter().map(|&b| sum(b)).sum();
+        block[CHECKSUM][..7].copy_from_slice(format!("{total:06o}\0").as_bytes());
+        block
+    }
+
+    #[test]
+    fn a_checksum_summed_as_unsigned_or_as_signed_bytes_matches_and_another_does_not() {
+        assert!(Header::new(block_summed(i64::from)).checksum_matches());
+        assert!(Header::new(block_summed(|b| i64::from(b as i8))).checksum_matches());
+        assert!(!Header::new(block_summed(|b| i64::from(b) + 1)).checksum_matches());
+    }
 
     #[test]
     fn numbers() {

@@ -468,7 +468,7 @@ fn read_index(tail: &Tail<'_>, frame: &Frame, tar_len: u64) -> Option<Regions> {
         return None;
     }
     let raw = zstd::bulk::decompress(compressed, size as usize).ok()?;
-    let regions = Regions::parse(&raw)?;
+    let regions = Regions::parse(raw)?;
     (regions.tar_len == tar_len).then_some(regions)
 }
 
@@ -477,34 +477,41 @@ fn read_index(tail: &Tail<'_>, frame: &Frame, tar_len: u64) -> Option<Regions> {
 #[derive(Debug, Default)]
 pub(crate) struct Regions {
     spans: Vec<(u64, Span)>,
+    /// The decoded index, which literal spans point into.
+    raw: Vec<u8>,
     /// The length of the whole tar.
     pub(crate) tar_len: u64,
 }
 
 #[derive(Debug)]
 enum Span {
-    Bytes(Vec<u8>),
+    /// Bytes of the index, by range.
+    Bytes(std::ops::Range<usize>),
     Fill(u8, u64),
 }
 
 impl Span {
     fn len(&self) -> u64 {
         match self {
-            Span::Bytes(bytes) => bytes.len() as u64,
+            Span::Bytes(range) => range.len() as u64,
             Span::Fill(_, len) => *len,
         }
     }
 }
 
 impl Regions {
-    fn parse(raw: &[u8]) -> Option<Regions> {
+    fn parse(raw: Vec<u8>) -> Option<Regions> {
         let tar_len = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
         let (mut spans, mut at, mut end) = (Vec::new(), 8, 0u64);
         while at < raw.len() {
             let offset = u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?);
-            let len = u32_at(raw, at + 8)? as usize;
+            let len = u32_at(&raw, at + 8)? as usize;
             let (span, used) = match *raw.get(at + 12)? {
-                LITERAL => (Span::Bytes(raw.get(at + 13..at + 13 + len)?.to_vec()), 13 + len),
+                LITERAL => {
+                    let bytes = at + 13..(at + 13).checked_add(len)?;
+                    raw.get(bytes.clone())?;
+                    (Span::Bytes(bytes), 13 + len)
+                }
                 FILL => (Span::Fill(*raw.get(at + 13)?, len as u64), 14),
                 _ => return None,
             };
@@ -516,7 +523,7 @@ impl Regions {
             spans.push((offset, span));
             at += used;
         }
-        Some(Regions { spans, tar_len })
+        Some(Regions { spans, raw, tar_len })
     }
 
     /// Fills `buf` with the bytes at `offset`, if the index holds all of them.
@@ -533,7 +540,9 @@ impl Regions {
             let from = (offset - start) as usize;
             let n = (buf.len() - done).min((span.len() - from as u64) as usize);
             match span {
-                Span::Bytes(bytes) => buf[done..done + n].copy_from_slice(&bytes[from..from + n]),
+                Span::Bytes(range) => {
+                    buf[done..done + n].copy_from_slice(&self.raw[range.start + from..range.start + from + n])
+                }
                 Span::Fill(byte, _) => buf[done..done + n].fill(*byte),
             }
             (done, offset, i) = (done + n, offset + n as u64, i + 1);
