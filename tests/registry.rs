@@ -881,20 +881,31 @@ fn blobs_in(store: &Path) -> usize {
     fs::read_dir(store.join("blobs/sha256")).map_or(0, |d| d.count())
 }
 
+/// A bundle (of `seed`) pushed into an OCI layout under `dir`: the bundle and the reference.
+fn pushed_to_a_layout(dir: &Path, seed: u64) -> (PathBuf, String) {
+    let src = bundle(dir, seed);
+    let reference = format!("oci:{}:cp1", dir.join("layout").display());
+    ckpt_ok(&[&"push", &"--store", &dir.join("push-store"), &src, &reference]);
+    (src, reference)
+}
+
+/// Where the default store of a pull into `s` goes when the user's cache is on another mount.
+fn store_at_the_top_of(s: &Scratch) -> PathBuf {
+    s.path(format!(".ckpt-store-{}", rustix::process::geteuid().as_raw()))
+}
+
 #[test]
 fn a_pull_without_a_store_keeps_layers_on_dests_mount_and_clones_them_from_there() {
     let Some(s) = scratch(FsKind::Btrfs) else { return };
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
-    let src = bundle(tmp.path(), 41);
-    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
-    ckpt_ok(&[&"push", &"--store", &tmp.path().join("push-store"), &src, &reference]);
+    let (src, reference) = pushed_to_a_layout(tmp.path(), 41);
     // The user's cache is on the root filesystem, DEST on the loop Btrfs.
     let cache = tmp.path().join("cache");
     let dest = s.path("restored");
     let out = pull_with_cache(&cache, &[&reference, &"--import", &dest]);
     assert!(out.status.success(), "{}", describe(&out));
     use std::os::unix::fs::PermissionsExt;
-    let store = s.path(format!(".ckpt-store-{}", rustix::process::geteuid().as_raw()));
+    let store = store_at_the_top_of(&s);
     assert!(blobs_in(&store) > 0, "no layers in {}", store.display());
     assert_eq!(fs::metadata(&store).unwrap().permissions().mode() & 0o7777, 0o700);
     assert!(!cache.join("ckpt").exists(), "the cache on another mount was used");
@@ -911,13 +922,11 @@ fn a_pull_without_a_store_keeps_layers_on_dests_mount_and_clones_them_from_there
 fn a_store_link_at_the_mount_top_is_not_followed_and_the_cache_is_used_instead() {
     let Some(s) = scratch(FsKind::Btrfs) else { return };
     let tmp = tempfile::tempdir_in(test_base_dir()).unwrap();
-    let src = bundle(tmp.path(), 42);
-    let reference = format!("oci:{}:cp1", tmp.path().join("layout").display());
-    ckpt_ok(&[&"push", &"--store", &tmp.path().join("push-store"), &src, &reference]);
+    let (src, reference) = pushed_to_a_layout(tmp.path(), 42);
     // Whoever could write the mount's top could point the store at a place they can read.
     let elsewhere = tmp.path().join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
-    let link = s.path(format!(".ckpt-store-{}", rustix::process::geteuid().as_raw()));
+    let link = store_at_the_top_of(&s);
     std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
     let cache = tmp.path().join("cache");
     let out_tar = s.path("pulled.tar");
