@@ -68,9 +68,15 @@ impl Store {
         fs::metadata(self.blob(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
+    /// A new name in `tmp/`, marked as this process's so that a later run removes it once
+    /// the process is gone.
+    fn temp_path(&self, stem: &[u8]) -> PathBuf {
+        self.root.join("tmp").join(String::from_utf8_lossy(&temp::name_for(stem)).as_ref())
+    }
+
     /// A new scratch directory for one push or pull.
     pub(crate) fn scratch(&self) -> Result<Scratch> {
-        let dir = self.root.join("tmp").join(String::from_utf8_lossy(&temp::name_for(b"work")).as_ref());
+        let dir = self.temp_path(b"work");
         fs::DirBuilder::new().mode(0o700).create(&dir).at("mkdir", &dir)?;
         Ok(Scratch(dir))
     }
@@ -137,10 +143,7 @@ impl Store {
         if locked && still_partial {
             return Ok((file, path, true));
         }
-        let temp_path = self
-            .root
-            .join("tmp")
-            .join(String::from_utf8_lossy(&temp::name_for(digest.hex().as_bytes())).as_ref());
+        let temp_path = self.temp_path(digest.hex().as_bytes());
         Ok((open(&temp_path, true)?, temp_path, false))
     }
 
@@ -186,10 +189,7 @@ impl Store {
         let mut text = origins[keep..].join("\n");
         text.push('\n');
         let path = self.root.join("origins").join(digest.hex());
-        let temp = self
-            .root
-            .join("tmp")
-            .join(String::from_utf8_lossy(&temp::name_for(digest.hex().as_bytes())).as_ref());
+        let temp = self.temp_path(digest.hex().as_bytes());
         let written = fs::write(&temp, text).and_then(|()| fs::rename(&temp, &path));
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
