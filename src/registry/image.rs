@@ -30,7 +30,15 @@ pub(crate) struct Image {
     /// Layers in order, then the config: (digest, size) of blobs in the store.
     pub(crate) layers: Vec<(Digest, u64)>,
     pub(crate) config: Vec<u8>,
+    pub(crate) config_digest: Digest,
     pub(crate) manifest: Vec<u8>,
+}
+
+impl Image {
+    /// The digests of every blob the manifest names: the layers, then the config.
+    pub(crate) fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        self.layers.iter().map(|(digest, _)| digest).chain([&self.config_digest])
+    }
 }
 
 /// Cuts `tree` (consumed: its large files are moved out) into layers in `store`, using
@@ -73,7 +81,7 @@ pub(crate) fn build(tree: &Path, work: &Path, store: &Store) -> Result<Image> {
         "annotations": annotations,
     }))
     .expect("JSON values serialize");
-    Ok(Image { layers, config, manifest })
+    Ok(Image { layers, config, config_digest, manifest })
 }
 
 /// A directory's path with its access and modification times.

@@ -126,8 +126,9 @@ impl Registry {
         let mounts = mount_sources(&store, &image, reference);
         let repos: BTreeSet<String> = mounts.values().cloned().collect();
         let target = self.target(reference, Some(&repos.into_iter().collect::<Vec<_>>()))?;
+        let manifest_digest = Digest::of(&image.manifest);
         let mut stats = PushStats {
-            digest: Digest::of(&image.manifest).to_string(),
+            digest: manifest_digest.to_string(),
             bytes_uploaded: 0,
             blobs_uploaded: 0,
             blobs_skipped: 0,
@@ -160,7 +161,6 @@ impl Registry {
                 let has = |digest: &Digest, size| Ok(layout.has_blob(digest, size));
                 let mut put = |digest: &Digest, path: &Path| layout.put_blob(digest, path).map(|()| false);
                 send_blobs(&image, &store, &config, &mut stats, &has, &mut put)?;
-                let manifest_digest = Digest::of(&image.manifest);
                 layout.put_bytes(&manifest_digest, &image.manifest)?;
                 layout.tag(tag, &manifest_digest, image.manifest.len() as u64)?;
             }
@@ -369,7 +369,7 @@ fn origin(reference: &Reference) -> Option<String> {
 /// Records in the store that every blob of `image` is in the repository `reference` names.
 fn record_origins(store: &Store, image: &image::Image, reference: &Reference) {
     if let Some(here) = origin(reference) {
-        for (digest, _) in image.layers.iter().chain([&(Digest::of(&image.config), 0)]) {
+        for digest in image.blobs() {
             store.add_origin(digest, &here);
         }
     }
@@ -380,9 +380,8 @@ fn record_origins(store: &Store, image: &image::Image, reference: &Reference) {
 fn mount_sources(store: &Store, image: &image::Image, reference: &Reference) -> BTreeMap<Digest, String> {
     let Reference::Registry { host, repo, .. } = reference else { return BTreeMap::new() };
     let prefix = format!("{host}/");
-    let config = Digest::of(&image.config);
-    let blobs = image.layers.iter().map(|(d, _)| d).chain([&config]);
-    blobs
+    image
+        .blobs()
         .filter_map(|digest| {
             let from = store.origins(digest).into_iter().rev().find_map(|o| {
                 let other = o.strip_prefix(&prefix)?;
@@ -405,7 +404,7 @@ fn send_blobs(
     put: &mut dyn FnMut(&Digest, &Path) -> Result<bool>,
 ) -> Result<()> {
     let config_blob: (Digest, PathBuf, u64) =
-        (Digest::of(&image.config), config.to_path_buf(), image.config.len() as u64);
+        (image.config_digest.clone(), config.to_path_buf(), image.config.len() as u64);
     let layers = image.layers.iter().map(|(digest, size)| (digest.clone(), store.blob(digest), *size));
     for (digest, path, size) in layers.chain([config_blob]) {
         if has(&digest, size)? {
