@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::util::{
-    self, Bundle, FsKind, assert_trees_equal, ckpt, ckpt_ok, describe, have, pseudo_random_bytes, scratch,
-    sh, stderr_of,
+    self, Bundle, FsKind, Tar, assert_trees_equal, ckpt, ckpt_ok, describe, have, pseudo_random_bytes,
+    scratch, sh, stderr_of,
 };
 
 /// A tree whose archive has several frames: two large files (own frames, one over 2 MiB),
@@ -255,6 +255,26 @@ fn read_member_returns_config_dump_reading_only_its_frames() {
     if have("zstd") {
         sh("zstd", &[&"-q", &plain, &"-o", &s.path("c.tar.zst2")]);
         assert_eq!(ckpt::read_member(&s.path("c.tar.zst2"), "config.dump", 1 << 20).unwrap(), config);
+    }
+}
+
+#[test]
+fn read_member_takes_the_last_of_two_members_of_one_name_in_a_file_and_in_streams() {
+    if !(have("zstd") && have("gzip")) {
+        return;
+    }
+    let s = scratch(FsKind::Plain).unwrap();
+    let mut tar = Tar::new();
+    tar.file("config.dump", br#"{"first":1}"#)
+        .file("spec.dump", b"{}")
+        .file("./config.dump", br#"{"last":2}"#);
+    let plain = s.path("dup.tar");
+    fs::write(&plain, tar.end().bytes()).unwrap();
+    sh("zstd", &[&"-q", &plain, &"-o", &s.path("dup.tar.zst")]);
+    sh("gzip", &[&"-k", &plain]);
+    for archive in ["dup.tar", "dup.tar.zst", "dup.tar.gz"] {
+        let data = ckpt::read_member(&s.path(archive), "config.dump", 1 << 20).unwrap();
+        assert_eq!(data, br#"{"last":2}"#, "{archive}");
     }
 }
 

@@ -1,9 +1,11 @@
 //! One member's data by name, for runtimes that need a checkpoint's `config.dump` or
 //! `spec.dump` and nothing else: out of a seekable zstd archive only the frames that hold the
 //! member are read and decoded; a plain file is read by offset; other archives are read as a
-//! stream up to the member.
+//! stream, to their end: a later member of the same name replaces an earlier one, as it does
+//! in an extraction.
 
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::container::podman::bundle_name;
@@ -15,8 +17,8 @@ use crate::tar::reader::{Entry, Reader};
 
 /// The data of the regular file `name` at the top level of `archive` (`./` prefixes are
 /// ignored on both sides), at most `max` bytes: a larger member is an error, so a hostile
-/// archive cannot make the caller allocate more. A missing member is an error of kind
-/// `Unsuitable`.
+/// archive cannot make the caller allocate more. Of a name the archive holds twice, the last
+/// member counts, as in an extraction. A missing member is an error of kind `Unsuitable`.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,27 +39,32 @@ pub fn read_member(archive: &Path, name: impl AsRef<[u8]>, max: u64) -> Result<V
     })
 }
 
-/// The data of each of `names` (as [`read_member`]), `None` for those the archive lacks. A
-/// stream is read until all were found, or to its end.
+/// The data of each of `names` (as [`read_member`]), `None` for those the archive lacks. Of a
+/// name the archive holds twice, the last counts, as in an extraction. A file is read by its
+/// headers (seekable ones by their index), and only the data that counts; a stream is read to
+/// its end, keeping the last of each name read so far.
 pub(crate) fn read_members(archive: &Path, names: &[&[u8]], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
-    let mut found = vec![None; names.len()];
     let mut opened = archive::open(archive)?;
-    if let Opened::Stream(stream) = &opened
-        && let Some(seekable) = stream.seekable()
-    {
-        let seekable = seekable.clone();
-        let mut reader = Reader::from_index(seekable.regions(), archive);
-        while let Some(entry) = reader.next_entry()? {
-            if let Some(i) = wanted(names, &entry, max, archive)? {
-                let data = seekable.read_range(entry.data_offset, entry.size);
-                found[i] = Some(data.map_err(|e| compress::stream_error(archive, e))?);
-            }
-        }
-        return Ok(found);
+    let seekable = match &opened {
+        Opened::Stream(stream) => stream.seekable().cloned(),
+        Opened::File(..) => None,
+    };
+    if let Some(seekable) = seekable {
+        let at = last_of_each(Reader::from_index(seekable.regions(), archive), names, max, archive)?;
+        return read_each(at, |offset, len| {
+            seekable.read_range(offset, len).map_err(|e| compress::stream_error(archive, e))
+        });
     }
+    if let Opened::File(file, len) = &opened {
+        let at = last_of_each(Reader::from_file(file, 0, *len, archive), names, max, archive)?;
+        return read_each(at, |offset, len| {
+            let mut data = vec![0; len as usize];
+            file.read_exact_at(&mut data, offset).at("read", archive).map(|()| data)
+        });
+    }
+    let mut found = vec![None; names.len()];
     let mut reader = Reader::open(&mut opened, archive);
-    while found.iter().any(Option::is_none) {
-        let Some(entry) = reader.next_entry()? else { break };
+    while let Some(entry) = reader.next_entry()? {
         if let Some(i) = wanted(names, &entry, max, archive)? {
             let mut data = Vec::with_capacity(entry.size as usize);
             (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
@@ -65,6 +72,30 @@ pub(crate) fn read_members(archive: &Path, names: &[&[u8]], max: u64) -> Result<
         }
     }
     Ok(found)
+}
+
+/// Where the data of the last member of each of `names` is: (offset, length).
+fn last_of_each(
+    mut reader: Reader<'_>,
+    names: &[&[u8]],
+    max: u64,
+    archive: &Path,
+) -> Result<Vec<Option<(u64, u64)>>> {
+    let mut at = vec![None; names.len()];
+    while let Some(entry) = reader.next_entry()? {
+        if let Some(i) = wanted(names, &entry, max, archive)? {
+            at[i] = Some((entry.data_offset, entry.size));
+        }
+    }
+    Ok(at)
+}
+
+/// The data at each of `at`, read with `read(offset, len)`.
+fn read_each(
+    at: Vec<Option<(u64, u64)>>,
+    read: impl Fn(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    at.into_iter().map(|at| at.map(|(offset, len)| read(offset, len)).transpose()).collect()
 }
 
 /// Which of `names` `entry` is, if any; an error when it cannot be returned.
