@@ -1111,3 +1111,45 @@ fn bundle_export_takes_podmans_members_only_never_secrets() {
     ckpt_ok(&[&"import", &archive, &dest]);
     assert_eq!(fs::read(dest.join("spec.dump")).unwrap(), spec);
 }
+
+/// A named volume given with --volume is a nested `volumes/NAME.tar`, as podman's export
+/// writes it: GNU tar extracts it into a tree equal to the volume, its directory first as `./`.
+#[test]
+fn bundle_export_with_a_volume_nests_its_directory_as_podman_does() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let bundle = s.path("bundle");
+    make_bundle(&bundle, 1 << 20);
+    let volume = s.path("volume");
+    write_with_parents(&volume.join("sub/f"), b"in the volume\n");
+    fs::write(volume.join("big"), pseudo_random_bytes(5, 100_000)).unwrap();
+    let archive = s.path("out.tar");
+    let given = format!("vol1={}", volume.display());
+    ckpt_ok(&[&"export", &"--volume", &given, &bundle, &archive]);
+
+    let names = gnu_tar_names(&archive);
+    assert!(names.iter().any(|n| n == "volumes/vol1.tar"), "{names:?}");
+    let extracted = s.path("extracted");
+    fs::create_dir(&extracted).unwrap();
+    let nested = |tar_args: &str| {
+        let script = format!("tar -xOf '{}' volumes/vol1.tar | tar {tar_args}", archive.display());
+        sh("sh", &[&"-c", &script])
+    };
+    assert_eq!(nested("-t").lines().next(), Some("./"));
+    nested(&format!("-x -C '{}'", extracted.display()));
+    assert_trees_equal(&volume, &extracted);
+}
+
+/// A volume name that would put its member elsewhere than volumes/ is a usage error, and
+/// nothing is written.
+#[test]
+fn bundle_export_refuses_a_volume_name_with_a_slash_and_writes_nothing() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let bundle = s.path("bundle");
+    make_bundle(&bundle, 1 << 20);
+    let out = s.path("out");
+    fs::create_dir(&out).unwrap();
+    let given = format!("../x={}", s.path("bundle").display());
+    let o = ckpt_code(2, &[&"export", &"--volume", &given, &bundle, &out.join("c.tar")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a volume name"), "{}", describe(&o));
+    assert!(dir_names(&out).is_empty(), "{:?}", dir_names(&out));
+}

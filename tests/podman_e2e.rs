@@ -2,8 +2,8 @@
 //! Btrfs or XFS are checkpointed and restored by `ckpt podman` and by podman itself, in
 //! every combination; each restored process must continue (its counter keeps growing from
 //! where it was at checkpoint) and see its rootfs changes. Also: rollback into the same
-//! container, secrets kept out of the archive, data shared with the layer, the OCI hooks at
-//! podman's real stages, and refusals that leave nothing behind.
+//! container, secrets kept out of the archive, named volumes carried, data shared with the
+//! layer, the OCI hooks at podman's real stages, and refusals that leave nothing behind.
 //!
 //! Every case runs on Btrfs and on XFS (`CASE::btrfs`, `CASE::xfs`), one at a time: podman
 //! and CRIU are slow enough under load that parallel containers make timings noisy.
@@ -549,5 +549,59 @@ on_btrfs_and_xfs! {
         pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
         pm.assert_counter_continues("c2", at_checkpoint);
         assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "new");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// g. named volumes
+// ---------------------------------------------------------------------------
+
+/// What the container sees of its volume at /vol: types, modes, owners, sizes, MD5s and the
+/// symlink's target.
+const VOLUME_SNAPSHOT: &str = "find /vol -exec stat -c '%n|%F|%a|%u|%g|%s' {} + | sort; \
+    find /vol -type f -exec md5sum {} + | sort; readlink /vol/sub/link";
+
+/// A counter container with volume vol1 at /vol holding a file, a directory, an owned file of
+/// its own mode and a symlink; what it sees of them.
+fn run_with_volume(pm: &Podman, name: &str) -> String {
+    pm.ok(&[&"volume", &"create", &"vol1"]);
+    pm.run_counter(name, &[&"-v", &"vol1:/vol"]);
+    exec_sh(
+        pm,
+        name,
+        "mkdir /vol/sub && head -c 1048576 /dev/urandom > /vol/big && echo small > /vol/sub/f && \
+         chmod 640 /vol/sub/f && chown 1234:5678 /vol/sub/f && ln -s ../big /vol/sub/link",
+    );
+    exec_sh(pm, name, VOLUME_SNAPSHOT)
+}
+
+on_btrfs_and_xfs! {
+    /// ckpt's archive carries a named volume as volumes/NAME.tar, as podman's export does:
+    /// with the container and the volume gone, podman's restore --import recreates the volume
+    /// with its contents, and the process continues.
+    fn podman_import_of_ckpt_checkpoint_restores_a_named_volume(s, pm) {
+        let before = run_with_volume(pm, "c1");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        assert!(members(&archive).iter().any(|n| n == "volumes/vol1.tar"), "{:?}", members(&archive));
+
+        pm.ok(&[&"rm", &"-f", &"c1"]);
+        pm.ok(&[&"volume", &"rm", &"vol1"]);
+        pm.ok(&[&"container", &"restore", &"--import", &archive, &"--name", &"c2"]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", VOLUME_SNAPSHOT), before);
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// --ignore-volumes leaves the volume's contents out, as podman's own option does.
+    fn checkpoint_with_ignore_volumes_leaves_the_volume_out(s, pm) {
+        run_with_volume(pm, "c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--ignore-volumes", &"c1", &archive]);
+        let names = members(&archive);
+        assert!(!names.iter().any(|n| n.starts_with("volumes")), "{names:?}");
+        assert!(names.iter().any(|n| n == "checkpoint/inventory.img"), "{names:?}");
     }
 }

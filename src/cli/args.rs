@@ -101,6 +101,10 @@ pub(crate) struct PodmanCheckpointArgs {
     /// Checkpoint file locks.
     #[arg(long)]
     pub(crate) file_locks: bool,
+    /// Leave the contents of the container's named volumes out of the archive (podman's
+    /// export carries each as volumes/NAME.tar, and so does ckpt's by default).
+    #[arg(long)]
+    pub(crate) ignore_volumes: bool,
     /// Copy every byte instead of sharing extents with the container's files.
     #[arg(long)]
     pub(crate) no_clone: bool,
@@ -155,8 +159,8 @@ pub(crate) struct ExportArgs {
     /// more than copying a few blocks; 0 clones every file with a whole block.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16K")]
     pub(crate) clone_min: u64,
-    /// Treat SRC as a checkpoint bundle and write podman's layout (implied by --rootfs and
-    /// --rootfs-diff).
+    /// Treat SRC as a checkpoint bundle and write podman's layout (implied by --rootfs,
+    /// --rootfs-diff and --volume).
     #[arg(long)]
     pub(crate) bundle: bool,
     #[command(flatten)]
@@ -165,6 +169,10 @@ pub(crate) struct ExportArgs {
     /// directories hide.
     #[arg(long, value_name = "DIR", requires = "rootfs_diff")]
     pub(crate) lower: Vec<PathBuf>,
+    /// A named volume's contents, as volumes/NAME.tar, the way podman's export carries them
+    /// (repeatable; implies --bundle).
+    #[arg(long, value_name = "NAME=DIR", value_parser = parse_volume)]
+    pub(crate) volume: Vec<(String, PathBuf)>,
     /// How deletions in the rootfs changes are recorded.
     #[arg(long, value_enum, default_value = "podman")]
     pub(crate) whiteouts: Whiteouts,
@@ -282,6 +290,13 @@ pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
     };
     let n: u64 = digits.parse().map_err(|_| format!("not a size: {value:?} (e.g. 16K, 1M, 4096)"))?;
     n.checked_mul(1 << shift).ok_or_else(|| format!("too large: {value}"))
+}
+
+fn parse_volume(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), dir.into())),
+        _ => Err(format!("{text:?}: expected NAME=DIR")),
+    }
 }
 
 pub(crate) fn parse_align(value: &str) -> Result<u64, String> {

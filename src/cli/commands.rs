@@ -28,6 +28,9 @@ pub(crate) fn export(args: ExportArgs, progress: bool) -> ckpt::Result<ExitCode>
     if let Some(rootfs) = args.rootfs.rootfs(&args.lower) {
         exporter = exporter.rootfs(rootfs);
     }
+    for (name, dir) in args.volume {
+        exporter = exporter.volume(name, dir);
+    }
     exporter = exporter.compress(args.compress.map(compression));
     if args.digest.is_some() {
         exporter = exporter.digest(true);
@@ -57,6 +60,7 @@ pub(crate) fn podman_checkpoint(args: PodmanCheckpointArgs, progress: bool) -> c
         keep: args.keep,
         tcp_established: args.tcp_established,
         file_locks: args.file_locks,
+        ignore_volumes: args.ignore_volumes,
     };
     let report = ckpt::Podman::new().checkpoint(&args.container, &args.out, exporter, &options)?;
     let stats = &report.export;

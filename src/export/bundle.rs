@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::container::overlay::{self, WhiteoutStyle};
 use crate::container::podman::{BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP};
@@ -16,11 +16,20 @@ use crate::export::pieces;
 use crate::export::walk::{self, Naming, Skipped, Walk};
 use crate::tar::meta::{Kind, Meta};
 
+/// The container's files a checkpoint archive carries beside its bundle, each as a nested
+/// archive.
+#[derive(Clone, Copy)]
+pub(crate) struct ContainerFiles<'a> {
+    pub rootfs: Option<&'a Rootfs>,
+    /// Named volumes: name, directory.
+    pub volumes: &'a [(String, PathBuf)],
+}
+
 /// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
-/// `align`, and the bytes of file data in the rootfs changes.
+/// `align`, and the bytes of file data in the rootfs changes and volumes.
 pub(crate) fn members(
     bundle: &Path,
-    rootfs: Option<&Rootfs>,
+    files: ContainerFiles<'_>,
     style: WhiteoutStyle,
     align: u64,
     skipped: &Skipped,
@@ -33,7 +42,7 @@ pub(crate) fn members(
         ));
     }
     let leading = leading_members(bundle)?;
-    let (trailing, rootfs_bytes) = match rootfs {
+    let (mut trailing, mut nested_bytes) = match files.rootfs {
         Some(rootfs) => {
             for name in [ROOTFS_DIFF, DELETED_FILES] {
                 let path = bundle.join(OsStr::from_bytes(name));
@@ -48,6 +57,11 @@ pub(crate) fn members(
         }
         None => (Vec::new(), 0),
     };
+    for (name, dir) in files.volumes {
+        let (member, bytes) = volume_member(name, dir, align, skipped)?;
+        trailing.push(member);
+        nested_bytes += bytes;
+    }
     // The walk takes what it is not told to omit: omit every other top-level name.
     let mut omit: Vec<Vec<u8>> = LEADING.iter().map(|n| n.to_vec()).collect();
     for entry in std::fs::read_dir(bundle).at("read directory", bundle)? {
@@ -63,7 +77,7 @@ pub(crate) fn members(
     let omit: Vec<&[u8]> = omit.iter().map(Vec::as_slice).collect();
     let rest = Walk::new(bundle, Naming::Bare, skipped.clone())?.omit(&omit);
     let members = leading.into_iter().map(Ok).chain(rest).chain(trailing.into_iter().map(Ok));
-    Ok((Box::new(members), rootfs_bytes))
+    Ok((Box::new(members), nested_bytes))
 }
 
 /// `config.dump` and `spec.dump`. Podman writes both only when it exports a checkpoint
@@ -127,10 +141,7 @@ fn rootfs_members(
     let mut layer = Layer::new(&upper, &lowers, style, skipped.clone())?;
     let (len, bytes) = pieces::archive_len(&mut layer, align)?;
     let deleted = layer.deleted();
-    // The nested archive's header takes its owner and time from the upper dir.
-    let meta = std::fs::metadata(&upper).at("stat", &upper)?;
-    let header_meta =
-        Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 };
+    let header_meta = nested_meta(&upper)?;
     let path = upper.clone();
     let second_pass = move || -> Result<Members<'static>> {
         // What the first pass skipped has been reported, and its deletions listed.
@@ -154,4 +165,38 @@ fn rootfs_members(
         });
     }
     Ok((members, bytes))
+}
+
+/// The metadata of the header of a nested archive of `dir`: private, root's, and the time of
+/// `dir`.
+fn nested_meta(dir: &Path) -> Result<Meta> {
+    let meta = std::fs::metadata(dir).at("stat", dir)?;
+    Ok(Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 })
+}
+
+/// A named volume's contents as podman's export carries them: `volumes/NAME.tar`, the volume's
+/// directory as `./` and what is beneath it; and the bytes of file data in it.
+fn volume_member(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Result<(Member, u64)> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::usage(
+            format!("volume {name:?}"),
+            "not a volume name (empty, or with a slash or a leading dot)",
+        ));
+    }
+    if !std::fs::metadata(dir).at("stat", dir)?.is_dir() {
+        return Err(Error::unsuitable(dir, format!("volume {name}: not a directory")));
+    }
+    // As for the rootfs changes, a first pass finds the nested archive's length.
+    let walk = |skipped: Skipped, dir: &Path| Walk::new(dir, Naming::BareWithRoot, skipped);
+    let (len, bytes) = pieces::archive_len(walk(skipped.clone(), dir)?, align)?;
+    let (path, owned) = (dir.to_path_buf(), dir.to_path_buf());
+    let second_pass = move || -> Result<Members<'static>> { Ok(Box::new(walk(Skipped::default(), &owned)?)) };
+    let member = Member {
+        name: format!("volumes/{name}.tar").into_bytes(),
+        meta: nested_meta(dir)?,
+        kind: Kind::Regular,
+        body: Body::Archive(Nested { len, path, members: Box::new(second_pass) }),
+        xattrs: Vec::new(),
+    };
+    Ok((member, bytes))
 }

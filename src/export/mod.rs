@@ -68,6 +68,7 @@ pub struct Exporter {
     share: bool,
     bundle: bool,
     rootfs: Option<Rootfs>,
+    volumes: Vec<(String, PathBuf)>,
     whiteouts: WhiteoutStyle,
     compression: Option<Compression>,
     digest: bool,
@@ -117,6 +118,7 @@ impl Exporter {
             share: true,
             bundle: false,
             rootfs: None,
+            volumes: Vec::new(),
             whiteouts: WhiteoutStyle::Podman,
             compression: None,
             digest: false,
@@ -158,6 +160,15 @@ impl Exporter {
     /// `deleted.files`), read from the overlay layer's upper dir.
     pub fn rootfs(mut self, rootfs: Rootfs) -> Exporter {
         self.rootfs = Some(rootfs);
+        self
+    }
+
+    /// Adds the contents of the container's named volume `name`, the directory `dir`, as
+    /// podman's own export carries them: a nested `volumes/NAME.tar` holding the directory
+    /// (as `./`) and what is beneath it, which `podman container restore --import` extracts
+    /// into the volume. Implies [`Exporter::bundle_layout`].
+    pub fn volume(mut self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Exporter {
+        self.volumes.push((name.into(), dir.into()));
         self
     }
 
@@ -228,9 +239,10 @@ impl Exporter {
     /// The archive for `src`, planned member by member as it is written; with `holes`, files
     /// with holes are stored as sparse members.
     fn pieces(&self, src: &Path, align: u64, skipped: &Skipped, holes: bool) -> Result<Pieces<'static>> {
-        let bundle = self.bundle || self.rootfs.is_some();
+        let bundle = self.bundle || self.rootfs.is_some() || !self.volumes.is_empty();
         let (members, rootfs_bytes) = if bundle {
-            bundle::members(src, self.rootfs.as_ref(), self.whiteouts, align, skipped)?
+            let files = bundle::ContainerFiles { rootfs: self.rootfs.as_ref(), volumes: &self.volumes };
+            bundle::members(src, files, self.whiteouts, align, skipped)?
         } else {
             (Box::new(Walk::new(src, Naming::DotSlash, skipped.clone())?) as Members, 0)
         };

@@ -31,11 +31,21 @@ impl Podman {
         options: &CheckpointOptions,
     ) -> Result<CheckpointReport> {
         let info = self.running(container)?;
+        let volumes: &[(String, PathBuf)] = if options.ignore_volumes { &[] } else { &info.volumes };
+        if let Some((volume, _)) = volumes.iter().find(|(_, dir)| dir.as_os_str().is_empty()) {
+            return Err(self.refusal(
+                container,
+                format!("podman names no directory for its volume {volume:?}, so it cannot be archived"),
+            ));
+        }
         let mut podman_seconds = self.freeze(&info, out, options)?;
         remove_stale_rootfs_diff(&info.bundle)?;
-        let exporter = exporter
+        let mut exporter = exporter
             .bundle_layout(true)
             .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers.clone() });
+        for (name, dir) in volumes {
+            exporter = exporter.volume(name, dir);
+        }
         let export = exporter.export(&info.bundle, out);
         if !options.keep {
             remove_leftovers(&info.bundle);
@@ -67,18 +77,12 @@ impl Podman {
         Ok(CheckpointReport { container: info.id, podman_seconds, export })
     }
 
-    /// The running `container`'s facts; a warning for each named volume it will lose.
+    /// The running `container`'s facts.
     fn running(&self, container: &str) -> Result<Container> {
         let info = self.inspect(container)?;
         if info.state != "running" {
             return Err(
                 self.refusal(container, format!("is {}, not running: nothing to checkpoint", info.state))
-            );
-        }
-        for volume in &info.volumes {
-            log::warn!(
-                "{container}: the archive does not hold the contents of named volume {volume} \
-                 (podman container checkpoint --export does)"
             );
         }
         Ok(info)

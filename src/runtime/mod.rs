@@ -8,7 +8,8 @@
 //!   writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
 //!   drains and discards, with the rootfs and volumes left out, so it costs one read of the
 //!   CRIU images from the page cache. ckpt then archives the userdata dir's checkpoint
-//!   members and the rootfs changes from the layer's upper dir.
+//!   members, the rootfs changes from the layer's upper dir and each named volume's
+//!   directory, as podman's export would.
 //! - Restore into a new container: the archive's `config.dump` holds the command line that
 //!   created the container (`CreateCommand`); ckpt replays it as `podman create`, gives the
 //!   new container the archive's `spec.dump` as its runtime spec with the old container's
@@ -60,6 +61,8 @@ pub struct CheckpointOptions {
     pub tcp_established: bool,
     /// Checkpoint file locks.
     pub file_locks: bool,
+    /// Leave the contents of the container's named volumes out of the archive.
+    pub ignore_volumes: bool,
 }
 
 /// How `podman container restore` is asked to restore.
@@ -121,8 +124,8 @@ struct Container {
     image: String,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
-    /// Named volumes mounted into the container.
-    volumes: Vec<String>,
+    /// Named volumes mounted into the container: name, the directory that holds them.
+    volumes: Vec<(String, PathBuf)>,
 }
 
 impl Podman {
@@ -164,7 +167,10 @@ impl Podman {
                 .into_iter()
                 .flatten()
                 .filter(|m| m.get("Type").and_then(Value::as_str) == Some("volume"))
-                .filter_map(|m| m.get("Name").and_then(Value::as_str).map(str::to_string))
+                .map(|m| {
+                    let text = |key: &str| m.get(key).and_then(Value::as_str).unwrap_or_default();
+                    (text("Name").to_string(), PathBuf::from(text("Source")))
+                })
                 .collect(),
         })
     }

@@ -100,7 +100,7 @@ impl Podman {
         }
         if config.get("namedVolumes").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) {
             return Err(bad(
-                "the container has named volumes, whose contents ckpt does not carry: restore it with podman container restore --import".into(),
+                "the container has named volumes, whose contents ckpt's restore does not put back: restore it with podman container restore --import, which extracts them from the archive's volumes/".into(),
             ));
         }
         let old_name = config.get("name").and_then(Value::as_str).unwrap_or_default();

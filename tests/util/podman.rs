@@ -24,7 +24,7 @@ pub const COUNTER_LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/c
 /// events and file locks, no network, ulimits podman may set), passed to podman and to
 /// `ckpt podman` by CONTAINERS_CONF and CONTAINERS_STORAGE_CONF.
 ///
-/// Dropping it (also when the test panics) removes every container and image of this
+/// Dropping it (also when the test panics) removes every container, volume and image of this
 /// storage root and unmounts whatever is still mounted below `dir`, so the scratch
 /// filesystem can be unmounted. Declare it after the [`Scratch`] it lives on, so that it
 /// is dropped first.
@@ -206,7 +206,9 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        for args in [&["rm", "-f", "-a", "-t", "0"][..], &["rmi", "-a", "-f"][..]] {
+        let removals =
+            [&["rm", "-f", "-a", "-t", "0"][..], &["volume", "rm", "-a", "-f"][..], &["rmi", "-a", "-f"][..]];
+        for args in removals {
             match self.command("podman").args(args).output() {
                 Ok(o) if o.status.success() => {}
                 Ok(o) => eprintln!("cleanup: podman {} failed: {}", args.join(" "), describe(&o)),
