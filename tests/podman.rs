@@ -1153,3 +1153,27 @@ fn bundle_export_refuses_a_volume_name_with_a_slash_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a volume name"), "{}", describe(&o));
     assert!(dir_names(&out).is_empty(), "{:?}", dir_names(&out));
 }
+
+/// `ckpt import --volume NAME=DIR` restores the archive's `volumes/NAME.tar` into DIR, not as
+/// a file of the bundle; a volume the archive lacks is an error that names it.
+#[test]
+fn import_with_a_volume_restores_its_nested_archive_into_the_directory() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let bundle = s.path("bundle");
+    make_bundle(&bundle, 1 << 20);
+    let volume = s.path("volume");
+    write_with_parents(&volume.join("sub/f"), b"in the volume\n");
+    fs::write(volume.join("big"), pseudo_random_bytes(6, 100_000)).unwrap();
+    let archive = s.path("out.tar");
+    ckpt_ok(&[&"export", &"--volume", &format!("vol1={}", volume.display()), &bundle, &archive]);
+
+    let (dest, restored) = (s.path("dest"), s.path("restored-volume"));
+    ckpt_ok(&[&"import", &"--volume", &format!("vol1={}", restored.display()), &archive, &dest]);
+    assert_trees_equal(&volume, &restored);
+    assert!(!dest.join("volumes").exists(), "volumes/ was restored into the bundle too");
+    let o = ckpt_code(
+        1,
+        &[&"import", &"--volume", &format!("other={}", s.path("o").display()), &archive, &s.path("d2")],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("volumes/other.tar"), "{}", describe(&o));
+}

@@ -562,10 +562,12 @@ const VOLUME_SNAPSHOT: &str = "find /vol -exec stat -c '%n|%F|%a|%u|%g|%s' {} + 
     find /vol -type f -exec md5sum {} + | sort; readlink /vol/sub/link";
 
 /// A counter container with volume vol1 at /vol holding a file, a directory, an owned file of
-/// its own mode and a symlink; what it sees of them.
-fn run_with_volume(pm: &Podman, name: &str) -> String {
+/// its own mode and a symlink (and `extra` options); what it sees of them.
+fn run_with_volume(pm: &Podman, name: &str, extra: &[Arg]) -> String {
     pm.ok(&[&"volume", &"create", &"vol1"]);
-    pm.run_counter(name, &[&"-v", &"vol1:/vol"]);
+    let mut options: Vec<Arg> = vec![&"-v", &"vol1:/vol"];
+    options.extend_from_slice(extra);
+    pm.run_counter(name, &options);
     exec_sh(
         pm,
         name,
@@ -580,7 +582,7 @@ on_btrfs_and_xfs! {
     /// with the container and the volume gone, podman's restore --import recreates the volume
     /// with its contents, and the process continues.
     fn podman_import_of_ckpt_checkpoint_restores_a_named_volume(s, pm) {
-        let before = run_with_volume(pm, "c1");
+        let before = run_with_volume(pm, "c1", &[]);
         let at_checkpoint = pm.counter("c1");
         let archive = s.path("c1.tar");
         pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
@@ -597,11 +599,54 @@ on_btrfs_and_xfs! {
 on_btrfs_and_xfs! {
     /// --ignore-volumes leaves the volume's contents out, as podman's own option does.
     fn checkpoint_with_ignore_volumes_leaves_the_volume_out(s, pm) {
-        run_with_volume(pm, "c1");
+        run_with_volume(pm, "c1", &[]);
         let archive = s.path("c1.tar");
         pm.ckpt_ok(&[&"podman", &"checkpoint", &"--ignore-volumes", &"c1", &archive]);
         let names = members(&archive);
         assert!(!names.iter().any(|n| n.starts_with("volumes")), "{names:?}");
         assert!(names.iter().any(|n| n == "checkpoint/inventory.img"), "{names:?}");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// ckpt's restore puts a named and an anonymous volume back (the anonymous one under its
+    /// new name) when both are gone, and the process continues.
+    fn ckpt_restore_of_ckpt_checkpoint_puts_named_and_anonymous_volumes_back(s, pm) {
+        let before = run_with_volume(pm, "c1", &[&"-v", &"/anon"]);
+        exec_sh(pm, "c1", "echo anonymous > /anon/a");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+
+        pm.ok(&[&"rm", &"-f", &"-v", &"c1"]);
+        pm.ok(&[&"volume", &"rm", &"vol1"]);
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", VOLUME_SNAPSHOT), before);
+        assert_eq!(exec_sh(pm, "c2", "cat /anon/a"), "anonymous");
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// A volume that already holds files is not merged into: the restore is refused and
+    /// leaves no container or volume behind, the volume as it was; with --ignore-volumes the
+    /// new container uses the volume as it is.
+    fn ckpt_restore_into_a_volume_holding_files_is_refused_unless_ignore_volumes(s, pm) {
+        run_with_volume(pm, "c1", &[]);
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        exec_sh(pm, "c1", "echo later > /vol/sub/f");
+        let (containers, volumes) = (pm.container_ids(), pm.ok(&[&"volume", &"ls", &"--quiet"]));
+
+        let o = pm.ckpt_code(1, &[&"podman", &"restore", &"--name", &"c2", &archive]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("vol1") && err.contains("already holds files"), "{}", describe(&o));
+        assert_eq!(pm.container_ids(), containers, "the refused restore left a container");
+        assert_eq!(pm.ok(&[&"volume", &"ls", &"--quiet"]), volumes, "the refused restore left a volume");
+
+        pm.ckpt_ok(&[&"podman", &"restore", &"--ignore-volumes", &"--name", &"c2", &archive]);
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /vol/sub/f"), "later");
     }
 }

@@ -135,6 +135,10 @@ pub(crate) struct PodmanRestoreArgs {
     /// Restore file locks.
     #[arg(long)]
     pub(crate) file_locks: bool,
+    /// Use the new container's named volumes as they are (created empty when missing)
+    /// instead of putting the archive's volumes/NAME.tar back into them.
+    #[arg(long, conflicts_with = "into")]
+    pub(crate) ignore_volumes: bool,
     /// Copy every byte instead of sharing extents with the archive.
     #[arg(long)]
     pub(crate) no_clone: bool,
@@ -233,6 +237,10 @@ pub(crate) struct ImportArgs {
     pub(crate) overwrite: bool,
     #[command(flatten)]
     pub(crate) rootfs: RootfsArgs,
+    /// Restore the checkpoint's volumes/NAME.tar into DIR, the volume's directory, instead of
+    /// as a file (repeatable).
+    #[arg(long, value_name = "NAME=DIR", value_parser = parse_volume)]
+    pub(crate) volume: Vec<(String, PathBuf)>,
     /// Threads decoding a seekable zstd archive (ckpt's --compress zstd) ahead of the
     /// extraction. Default: $CKPT_JOBS, else the number of cores up to 4.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]

@@ -81,6 +81,7 @@ pub(crate) fn podman_restore(args: PodmanRestoreArgs) -> ckpt::Result<ExitCode> 
         tcp_established: args.tcp_established,
         file_locks: args.file_locks,
         share: !args.no_clone,
+        ignore_volumes: args.ignore_volumes,
     };
     let report = ckpt::Podman::new().restore(&args.archive, &target, &options)?;
     let stats = &report.import;
@@ -96,6 +97,9 @@ pub(crate) fn import(args: ImportArgs, progress: bool) -> ckpt::Result<ExitCode>
     let mut importer = ckpt::Importer::new().share(!args.no_clone).overwrite(args.overwrite);
     if let Some(rootfs) = args.rootfs.rootfs(&[]) {
         importer = importer.rootfs(rootfs);
+    }
+    for (name, dir) in &args.volume {
+        importer = importer.volume(name, dir);
     }
     if let Some(jobs) = args.jobs {
         importer = importer.jobs(jobs as usize);

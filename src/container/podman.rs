@@ -13,6 +13,11 @@ pub(crate) const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub(crate) const DELETED_FILES: &[u8] = b"deleted.files";
 pub(crate) const CONFIG_DUMP: &[u8] = b"config.dump";
 pub(crate) const SPEC_DUMP: &[u8] = b"spec.dump";
+
+/// The bundle name of named volume `name`'s contents, a nested archive, in podman's export.
+pub(crate) fn volume_member(name: &str) -> Vec<u8> {
+    format!("volumes/{name}.tar").into_bytes()
+}
 /// Written first so readers (podman's import, checkpointctl) can stop early.
 pub(crate) const LEADING: [&[u8]; 2] = [CONFIG_DUMP, SPEC_DUMP];
 /// deleted.files is a list of paths; anything larger than this is not one (memory stays

@@ -8,7 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::container::overlay::{self, WhiteoutStyle};
-use crate::container::podman::{BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP};
+use crate::container::podman::{
+    BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP, volume_member,
+};
 use crate::error::{Context, Error, Result};
 use crate::export::layer::Layer;
 use crate::export::member::{Body, Member, Members, Nested};
@@ -58,7 +60,7 @@ pub(crate) fn members(
         None => (Vec::new(), 0),
     };
     for (name, dir) in files.volumes {
-        let (member, bytes) = volume_member(name, dir, align, skipped)?;
+        let (member, bytes) = volume_archive(name, dir, align, skipped)?;
         trailing.push(member);
         nested_bytes += bytes;
     }
@@ -176,7 +178,7 @@ fn nested_meta(dir: &Path) -> Result<Meta> {
 
 /// A named volume's contents as podman's export carries them: `volumes/NAME.tar`, the volume's
 /// directory as `./` and what is beneath it; and the bytes of file data in it.
-fn volume_member(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Result<(Member, u64)> {
+fn volume_archive(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Result<(Member, u64)> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::usage(
             format!("volume {name:?}"),
@@ -192,7 +194,7 @@ fn volume_member(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Resul
     let (path, owned) = (dir.to_path_buf(), dir.to_path_buf());
     let second_pass = move || -> Result<Members<'static>> { Ok(Box::new(walk(Skipped::default(), &owned)?)) };
     let member = Member {
-        name: format!("volumes/{name}.tar").into_bytes(),
+        name: volume_member(name),
         meta: nested_meta(dir)?,
         kind: Kind::Regular,
         body: Body::Archive(Nested { len, path, members: Box::new(second_pass) }),

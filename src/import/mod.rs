@@ -28,7 +28,7 @@ use crate::progress::{Progress, ProgressHandle};
 use crate::tar::archive::{self, Opened};
 use crate::tar::frames;
 use crate::tar::meta::Kind;
-use crate::tar::reader::Reader;
+use crate::tar::reader::{Entry, Reader};
 
 /// Restores archives into directories.
 ///
@@ -59,6 +59,9 @@ pub struct Importer {
     progress: Option<ProgressHandle>,
     /// When set, only the members under these top-level names are restored.
     only: Option<Vec<Vec<u8>>>,
+    /// Named volumes whose nested `volumes/NAME.tar` is restored into a directory: the
+    /// member's bundle name, the directory.
+    volumes: Vec<(Vec<u8>, PathBuf)>,
     /// Threads decoding a seekable zstd archive; None for the default.
     jobs: Option<usize>,
 }
@@ -84,6 +87,7 @@ impl Importer {
             rootfs: None,
             progress: None,
             only: None,
+            volumes: Vec::new(),
             jobs: None,
         }
     }
@@ -113,6 +117,15 @@ impl Importer {
     /// changes go to the layer given with [`Importer::rootfs`] either way.
     pub fn only<N: AsRef<[u8]>>(mut self, names: impl IntoIterator<Item = N>) -> Importer {
         self.only = Some(names.into_iter().map(|n| n.as_ref().to_vec()).collect());
+        self
+    }
+
+    /// Restores a checkpoint archive's nested `volumes/NAME.tar` (a named volume's contents,
+    /// as podman's export and ckpt's carry them) into `dir`, the volume's directory, instead
+    /// of as a file in the bundle. An archive without that member is an error of kind
+    /// `Unsuitable`, once the rest is restored.
+    pub fn volume(mut self, name: &str, dir: impl Into<PathBuf>) -> Importer {
+        self.volumes.push((podman::volume_member(name), dir.into()));
         self
     }
 
@@ -198,12 +211,33 @@ impl Importer {
             }
             None => None,
         };
+        let mut volumes = Vec::with_capacity(self.volumes.len());
+        for (_, dir) in &self.volumes {
+            volumes.push((Extractor::new(dir, self.options, progress.clone())?, false));
+        }
         let mut deleted = Vec::new();
-        let walked =
-            self.extract_members(reader, archive, &mut bundle, layer_extractor.as_mut(), &mut deleted);
+        let mut targets =
+            Targets { bundle: &mut bundle, layer: layer_extractor.as_mut(), volumes: &mut volumes };
+        let walked = self.extract_members(reader, archive, &mut targets, &mut deleted);
         // Directory metadata is applied even when the archive could not be read to its end:
         // what was restored gets its modes and times.
         let bundle_stats = bundle.finish();
+        let mut volume_stats = Vec::with_capacity(volumes.len());
+        for ((name, _), (volume, found)) in self.volumes.iter().zip(volumes) {
+            let finished = volume.finish();
+            // An archive not read to its end has its own error.
+            volume_stats.push(if found || walked.is_err() {
+                finished
+            } else {
+                let name = String::from_utf8_lossy(name);
+                Err(Error::unsuitable(
+                    archive,
+                    format!(
+                        "has no {name}: the volume's contents are not in it (checkpointed without volumes?)"
+                    ),
+                ))
+            });
+        }
         let mut layer_stats = None;
         if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
             // Podman applies the deletions after the changes, as here; a layer whose changes
@@ -224,6 +258,9 @@ impl Importer {
         if let Some(layer_stats) = layer_stats {
             stats.absorb(layer_stats?);
         }
+        for volume in volume_stats {
+            stats.absorb(volume?);
+        }
         Ok(stats)
     }
 
@@ -231,20 +268,25 @@ impl Importer {
         &self,
         reader: &mut Reader<'_>,
         archive: &Path,
-        bundle: &mut Extractor,
-        mut layer_extractor: Option<&mut Extractor>,
+        targets: &mut Targets<'_>,
         deleted: &mut Vec<String>,
     ) -> Result<()> {
         while let Some(entry) = reader.next_entry()? {
             let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
-            match layer_extractor.as_deref_mut() {
-                Some(layer) if podman::is_rootfs_diff(&entry) => {
-                    let mut inner = reader.nested(&entry);
-                    while let Some(member) = inner.next_entry()? {
-                        layer.extract(&member, &mut inner)?;
-                    }
-                }
+            let volume = match entry.kind {
+                Some(Kind::Regular) => self.volumes.iter().position(|(member, _)| member == name),
+                _ => None,
+            };
+            if let Some(i) = volume {
+                let (extractor, found) = &mut targets.volumes[i];
+                *found = true;
+                extract_nested(reader, &entry, extractor)?;
+                continue;
+            }
+            let bundle = &mut *targets.bundle;
+            match targets.layer.as_deref_mut() {
+                Some(layer) if podman::is_rootfs_diff(&entry) => extract_nested(reader, &entry, layer)?,
                 Some(_) if name == podman::DELETED_FILES && entry.kind == Some(Kind::Regular) => {
                     if entry.size > podman::MAX_DELETED_FILES {
                         return Err(Error::damaged(
@@ -262,6 +304,23 @@ impl Importer {
         }
         Ok(())
     }
+}
+
+/// Where an import puts what it restores.
+struct Targets<'a> {
+    bundle: &'a mut Extractor,
+    layer: Option<&'a mut Extractor>,
+    /// Each volume's extractor, and whether its archive was found.
+    volumes: &'a mut [(Extractor, bool)],
+}
+
+/// Restores the members of the archive nested in `entry` with `extractor`.
+fn extract_nested(reader: &mut Reader<'_>, entry: &Entry, extractor: &mut Extractor) -> Result<()> {
+    let mut inner = reader.nested(entry);
+    while let Some(member) = inner.next_entry()? {
+        extractor.extract(&member, &mut inner)?;
+    }
+    Ok(())
 }
 
 /// Reads the archive's headers (and the small members packed between them) ahead of the

@@ -13,7 +13,8 @@ use crate::error::{Context, Result};
 use crate::export::Exporter;
 
 use super::{
-    CheckpointOptions, CheckpointReport, Container, Podman, Scratch, criu_flags, remove_stale_rootfs_diff,
+    CheckpointOptions, CheckpointReport, Container, Podman, Scratch, Volume, criu_flags,
+    remove_stale_rootfs_diff,
 };
 
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
@@ -31,11 +32,14 @@ impl Podman {
         options: &CheckpointOptions,
     ) -> Result<CheckpointReport> {
         let info = self.running(container)?;
-        let volumes: &[(String, PathBuf)] = if options.ignore_volumes { &[] } else { &info.volumes };
-        if let Some((volume, _)) = volumes.iter().find(|(_, dir)| dir.as_os_str().is_empty()) {
+        let volumes: &[Volume] = if options.ignore_volumes { &[] } else { &info.volumes };
+        if let Some(volume) = volumes.iter().find(|v| v.dir.as_os_str().is_empty()) {
             return Err(self.refusal(
                 container,
-                format!("podman names no directory for its volume {volume:?}, so it cannot be archived"),
+                format!(
+                    "podman names no directory for its volume {:?}, so it cannot be archived",
+                    volume.name
+                ),
             ));
         }
         let mut podman_seconds = self.freeze(&info, out, options)?;
@@ -43,8 +47,8 @@ impl Podman {
         let mut exporter = exporter
             .bundle_layout(true)
             .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers.clone() });
-        for (name, dir) in volumes {
-            exporter = exporter.volume(name, dir);
+        for volume in volumes {
+            exporter = exporter.volume(&volume.name, &volume.dir);
         }
         let export = exporter.export(&info.bundle, out);
         if !options.keep {

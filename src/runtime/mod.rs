@@ -74,6 +74,9 @@ pub struct RestoreOptions {
     pub file_locks: bool,
     /// `false` copies every byte instead of sharing it with the archive.
     pub share: bool,
+    /// Leave the new container's named volumes as they are (created empty when missing)
+    /// instead of putting the archive's contents of them back.
+    pub ignore_volumes: bool,
 }
 
 /// Which container a checkpoint is restored into.
@@ -124,8 +127,18 @@ struct Container {
     image: String,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
-    /// Named volumes mounted into the container: name, the directory that holds them.
-    volumes: Vec<(String, PathBuf)>,
+    /// Named volumes mounted into the container.
+    volumes: Vec<Volume>,
+}
+
+/// A named volume mounted into a container.
+#[derive(Debug)]
+struct Volume {
+    name: String,
+    /// The directory that holds its contents (empty when podman names none).
+    dir: PathBuf,
+    /// Where it is mounted in the container.
+    dest: String,
 }
 
 impl Podman {
@@ -168,8 +181,8 @@ impl Podman {
                 .flatten()
                 .filter(|m| m.get("Type").and_then(Value::as_str) == Some("volume"))
                 .map(|m| {
-                    let text = |key: &str| m.get(key).and_then(Value::as_str).unwrap_or_default();
-                    (text("Name").to_string(), PathBuf::from(text("Source")))
+                    let text = |key: &str| m.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+                    Volume { name: text("Name"), dir: text("Source").into(), dest: text("Destination") }
                 })
                 .collect(),
         })

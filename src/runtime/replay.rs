@@ -77,20 +77,28 @@ pub(super) struct Places<'a> {
     pub(super) new_dirs: [Option<&'a Path>; 2],
     /// Where podman will mount the new container's rootfs.
     pub(super) new_root: &'a Path,
+    /// The new container's named volumes: where each is mounted, its directory.
+    pub(super) new_volumes: Vec<(&'a str, &'a Path)>,
 }
 
 /// The runtime spec a new container restores the checkpoint with: `spec.dump`, the spec the
 /// checkpointed process ran under (podman's own `restore --import` uses it as the new
 /// container's `config.json` too), with what belonged to the old container made the new
-/// one's: the rootfs, mount sources in its userdata and run dirs, its cgroup, and the
-/// hostname podman derived from its ID. A mount of some other file of the old container's
-/// cannot be given to the new one: refused.
+/// one's: the rootfs, mount sources in its userdata and run dirs, its volumes (by where they
+/// are mounted: an anonymous volume has a new name), its cgroup, and the hostname podman
+/// derived from its ID. A mount of some other file of the old container's cannot be given to
+/// the new one: refused.
 pub(super) fn respec(spec: &Value, places: &Places<'_>) -> std::result::Result<Value, String> {
     let mut spec = spec.clone();
     let root = spec.pointer_mut("/root/path").ok_or("spec.dump has no root path")?;
     *root = places.new_root.to_string_lossy().into();
     for mount in spec.get_mut("mounts").and_then(Value::as_array_mut).into_iter().flatten() {
         let Some(source) = mount.get("source").and_then(Value::as_str) else { continue };
+        let destination = mount.get("destination").and_then(Value::as_str).unwrap_or_default();
+        if let Some((_, dir)) = places.new_volumes.iter().find(|(dest, _)| *dest == destination) {
+            mount["source"] = dir.to_string_lossy().into();
+            continue;
+        }
         if !source.contains(places.old_id) {
             continue;
         }
@@ -98,7 +106,6 @@ pub(super) fn respec(spec: &Value, places: &Places<'_>) -> std::result::Result<V
             let rest = Path::new(source).strip_prefix((*old)?).ok()?;
             Some(new.as_ref()?.join(rest))
         });
-        let destination = mount.get("destination").and_then(Value::as_str).unwrap_or_default();
         let moved = moved.ok_or_else(|| {
             format!("the mount on {destination} is the checkpointed container's own {source}")
         })?;
@@ -167,7 +174,9 @@ mod tests {
     }
 
     fn places<'a>(old_dirs: [Option<&'a Path>; 2], new_dirs: [Option<&'a Path>; 2]) -> Places<'a> {
-        Places { old_id: OLD, old_dirs, new_id: NEW, new_dirs, new_root: Path::new("/s/overlay/l2/merged") }
+        let new_volumes = vec![("/anon", Path::new("/s/volumes/cccc/_data"))];
+        let new_root = Path::new("/s/overlay/l2/merged");
+        Places { old_id: OLD, old_dirs, new_id: NEW, new_dirs, new_root, new_volumes }
     }
 
     const OLD: &str = "aaaaaaaaaaaa1111";
@@ -183,13 +192,14 @@ mod tests {
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "source": "/run/c/aaaaaaaaaaaa1111/userdata/hosts"},
                 {"destination": "/dev/shm", "source": "/s/c/aaaaaaaaaaaa1111/userdata/shm"},
-                {"destination": "/srv", "source": "/home/u/srv"}
+                {"destination": "/srv", "source": "/home/u/srv"},
+                {"destination": "/anon", "type": "bind", "source": "/s/volumes/aaaa/_data"}
             ]
         })
     }
 
     #[test]
-    fn respec_gives_the_new_container_its_root_dirs_cgroup_and_hostname() {
+    fn respec_gives_the_new_container_its_root_dirs_volumes_cgroup_and_hostname() {
         let (old_static, old_run) =
             (Path::new("/s/c/aaaaaaaaaaaa1111/userdata"), Path::new("/run/c/aaaaaaaaaaaa1111/userdata"));
         let (new_static, new_run) =
@@ -209,7 +219,8 @@ mod tests {
                 "proc",
                 "/run/c/bbbbbbbbbbbb2222/userdata/hosts",
                 "/s/c/bbbbbbbbbbbb2222/userdata/shm",
-                "/home/u/srv"
+                "/home/u/srv",
+                "/s/volumes/cccc/_data"
             ]
         );
         assert_eq!(spec["process"]["args"], dumped()["process"]["args"]);

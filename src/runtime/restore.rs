@@ -1,7 +1,7 @@
 //! `ckpt podman restore`: a new container made as the archive's config.dump says, or the
 //! archived container rolled back, gets the checkpoint cloned in; podman restores the process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rustix::fs::RenameFlags;
@@ -32,31 +32,55 @@ impl Podman {
     ) -> Result<RestoreReport> {
         let dumps = read_dumps(archive)?;
         let started = Instant::now();
-        let (info, created) = match target {
+        let (info, made) = match target {
             RestoreTarget::New { name } => {
-                let config = dumps.config.as_ref().ok_or_else(|| {
-                    Error::unsuitable(archive, "has no config.dump: which container to create is not known")
-                })?;
-                let id = self.create_like(archive, config, name.as_deref())?;
-                let made = self.prepare_new(&id, archive, &dumps);
-                match made {
-                    Ok(info) => (info, true),
-                    Err(e) => {
-                        self.remove(&id);
-                        return Err(e);
-                    }
-                }
+                let (info, made) = self.make_new(archive, &dumps, name.as_deref(), options)?;
+                (info, Some(made))
             }
-            RestoreTarget::Existing(container) => (self.prepare_rollback(container, archive, &dumps)?, false),
+            RestoreTarget::Existing(container) => (self.prepare_rollback(container, archive, &dumps)?, None),
         };
         let mut podman_seconds = started.elapsed().as_secs_f64();
-        let result = self.place_and_restore(archive, &info, created, options, &mut podman_seconds);
+        let result = self.place_and_restore(archive, &info, made.as_ref(), options, &mut podman_seconds);
         match result {
             Ok(import) => Ok(RestoreReport { container: info.id, podman_seconds, import }),
             Err(e) => {
-                if created {
-                    self.remove(&info.id);
+                if let Some(made) = &made {
+                    self.remove_made(made);
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the new container as the archive's `config.dump` says and readies it for the
+    /// checkpoint; removed again if that fails.
+    fn make_new(
+        &self,
+        archive: &Path,
+        dumps: &Dumps,
+        name: Option<&str>,
+        options: &RestoreOptions,
+    ) -> Result<(Container, Made)> {
+        let config = dumps.config.as_ref().ok_or_else(|| {
+            Error::unsuitable(archive, "has no config.dump: which container to create is not known")
+        })?;
+        let old_volumes = named_volumes(config);
+        // Volumes podman makes for the new container are removed with it if the restore fails.
+        let volumes_before = if old_volumes.is_empty() { Vec::new() } else { self.volume_names()? };
+        let id = self.create_like(archive, config, name)?;
+        let mut made = Made { id, volumes: Vec::new(), fill: Vec::new() };
+        let prepared = self.inspect(&made.id).and_then(|info| {
+            made.volumes =
+                info.volumes.iter().map(|v| v.name.clone()).filter(|n| !volumes_before.contains(n)).collect();
+            if !options.ignore_volumes {
+                made.fill = volumes_to_fill(&old_volumes, &info)?;
+            }
+            self.prepare_new(info, archive, dumps)
+        });
+        match prepared {
+            Ok(info) => Ok((info, made)),
+            Err(e) => {
+                self.remove_made(&made);
                 Err(e)
             }
         }
@@ -66,17 +90,20 @@ impl Podman {
         &self,
         archive: &Path,
         info: &Container,
-        created: bool,
+        made: Option<&Made>,
         options: &RestoreOptions,
         podman_seconds: &mut f64,
     ) -> Result<ImportStats> {
-        let import = if created {
+        let import = if let Some(made) = made {
             // A new container's layer holds nothing of its own yet but the mount points runc
             // made: the archive's changes are applied over them.
-            let importer = Importer::new()
+            let mut importer = Importer::new()
                 .share(options.share)
                 .only(podman::RESTORED_MEMBERS)
                 .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: Vec::new() });
+            for (name, dir) in &made.fill {
+                importer = importer.volume(name, dir);
+            }
             complete(importer.import(archive, &info.bundle)?, &info.bundle)?
         } else {
             rollback(archive, info, options.share)?
@@ -90,17 +117,27 @@ impl Podman {
         Ok(import)
     }
 
+    /// The names of the volumes podman has.
+    fn volume_names(&self) -> Result<Vec<String>> {
+        Ok(self.run(&["volume", "ls", "--quiet"])?.lines().map(str::to_string).collect())
+    }
+
+    /// Removes a container made for a restore that failed, and the volumes made with it.
+    fn remove_made(&self, made: &Made) {
+        self.remove(&made.id);
+        for volume in &made.volumes {
+            if let Err(e) = self.run(&["volume", "rm", "--force", volume]) {
+                log::warn!("cannot remove volume {volume}, made for the restore: {e}");
+            }
+        }
+    }
+
     /// Creates a container as `config` (the archive's `config.dump`) says; its ID.
     fn create_like(&self, archive: &Path, config: &Value, name: Option<&str>) -> Result<String> {
         let bad = |why: String| Error::unsuitable(archive, format!("config.dump: {why}"));
         if config.get("pod").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
             return Err(bad(
                 "the container was in a pod: restore it with podman container restore --import --pod".into(),
-            ));
-        }
-        if config.get("namedVolumes").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) {
-            return Err(bad(
-                "the container has named volumes, whose contents ckpt's restore does not put back: restore it with podman container restore --import, which extracts them from the archive's volumes/".into(),
             ));
         }
         let old_name = config.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -127,8 +164,7 @@ impl Podman {
     /// Gives the new container `id` the runtime spec the checkpointed process ran under, with
     /// the old container's places made its own; podman's restore then mounts its rootfs and
     /// makes its `/etc/hosts`, secrets and `/dev/shm` as it would for `init`.
-    fn prepare_new(&self, id: &str, archive: &Path, dumps: &Dumps) -> Result<Container> {
-        let info = self.inspect(id)?;
+    fn prepare_new(&self, info: Container, archive: &Path, dumps: &Dumps) -> Result<Container> {
         let spec = dumps.spec.as_ref().ok_or_else(|| {
             Error::unsuitable(
                 archive,
@@ -163,6 +199,7 @@ impl Podman {
             new_id: &info.id,
             new_dirs: [Some(info.bundle.as_path()), info.run_dir.as_deref()],
             new_root: &layer.join("merged"),
+            new_volumes: info.volumes.iter().map(|v| (v.dest.as_str(), v.dir.as_path())).collect(),
         };
         let spec = respec(spec, &places).map_err(refuse)?;
         let path = info.bundle.join("config.json");
@@ -207,6 +244,51 @@ impl Podman {
         }
         Ok(info)
     }
+}
+
+/// A container made for a restore.
+struct Made {
+    id: String,
+    /// The volumes podman made with it.
+    volumes: Vec<String>,
+    /// The volumes whose archived contents are put back: the archive's name for each (the
+    /// checkpointed container's), and the new container's volume directory.
+    fill: Vec<(String, PathBuf)>,
+}
+
+/// The checkpointed container's named volumes, from `config.dump`: name, destination.
+fn named_volumes(config: &Value) -> Vec<(String, String)> {
+    let volumes = config.get("namedVolumes").and_then(Value::as_array);
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    volumes.into_iter().flatten().map(|v| (text(v, "volumeName"), text(v, "dest"))).collect()
+}
+
+/// Where each of the checkpointed container's volumes is put back: into the new container's
+/// volume at the same destination (an anonymous volume gets a new name), which must be empty,
+/// since ckpt does not merge a checkpoint into what a volume already holds.
+fn volumes_to_fill(old: &[(String, String)], new: &Container) -> Result<Vec<(String, PathBuf)>> {
+    let mut fill = Vec::with_capacity(old.len());
+    for (name, dest) in old {
+        let Some(volume) = new.volumes.iter().find(|v| &v.dest == dest) else {
+            return Err(Error::refused(
+                &new.bundle,
+                format!("the new container has no volume at {dest}, where volume {name} was"),
+            ));
+        };
+        let mut entries = std::fs::read_dir(&volume.dir).at("read directory", &volume.dir)?;
+        if entries.next().is_some() {
+            return Err(Error::refused(
+                &volume.dir,
+                format!(
+                    "volume {} already holds files, which ckpt does not merge a checkpoint into: \
+                     remove the volume, or give --ignore-volumes to use it as it is",
+                    volume.name
+                ),
+            ));
+        }
+        fill.push((name.clone(), volume.dir.clone()));
+    }
+    Ok(fill)
 }
 
 /// A failed member means the checkpoint is not whole: a restore from it would not be the
