@@ -15,8 +15,9 @@
 //!   new container the archive's `spec.dump` as its runtime spec with the old container's
 //!   paths made the new one's (as podman's own `restore --import` does, without a `podman
 //!   init` and `stop` to write a spec that is then replaced), clones the checkpoint into the
-//!   new userdata dir and the rootfs changes into the new upper dir, and has podman restore
-//!   the process (`podman container restore`).
+//!   new userdata dir, the rootfs changes into the new upper dir and each named volume's
+//!   contents into the new container's volume, and has podman restore the process
+//!   (`podman container restore`).
 //! - Rollback: the same container gets the archive's checkpoint and rootfs changes, built
 //!   beside its own and swapped in with `renameat2(RENAME_EXCHANGE)`, then is restored.
 
