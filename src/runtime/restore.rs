@@ -161,7 +161,7 @@ impl Podman {
         Ok(id)
     }
 
-    /// Gives the new container `id` the runtime spec the checkpointed process ran under, with
+    /// Gives the new container `info` the runtime spec the checkpointed process ran under, with
     /// the old container's places made its own; podman's restore then mounts its rootfs and
     /// makes its `/etc/hosts`, secrets and `/dev/shm` as it would for `init`.
     fn prepare_new(&self, info: Container, archive: &Path, dumps: &Dumps) -> Result<Container> {
