@@ -1112,19 +1112,25 @@ fn bundle_export_takes_podmans_members_only_never_secrets() {
     assert_eq!(fs::read(dest.join("spec.dump")).unwrap(), spec);
 }
 
-/// A named volume given with --volume is a nested `volumes/NAME.tar`, as podman's export
-/// writes it: GNU tar extracts it into a tree equal to the volume, its directory first as `./`.
-#[test]
-fn bundle_export_with_a_volume_nests_its_directory_as_podman_does() {
-    let Some(s) = scratch(FsKind::Plain) else { return };
+/// A volume directory (a file, a directory, a 100 kB file) and the archive of a bundle with it
+/// as volume vol1.
+fn export_with_volume(s: &Scratch) -> (PathBuf, PathBuf) {
     let bundle = s.path("bundle");
     make_bundle(&bundle, 1 << 20);
     let volume = s.path("volume");
     write_with_parents(&volume.join("sub/f"), b"in the volume\n");
     fs::write(volume.join("big"), pseudo_random_bytes(5, 100_000)).unwrap();
     let archive = s.path("out.tar");
-    let given = format!("vol1={}", volume.display());
-    ckpt_ok(&[&"export", &"--volume", &given, &bundle, &archive]);
+    ckpt_ok(&[&"export", &"--volume", &format!("vol1={}", volume.display()), &bundle, &archive]);
+    (volume, archive)
+}
+
+/// A named volume given with --volume is a nested `volumes/NAME.tar`, as podman's export
+/// writes it: GNU tar extracts it into a tree equal to the volume, its directory first as `./`.
+#[test]
+fn bundle_export_with_a_volume_nests_its_directory_as_podman_does() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let (volume, archive) = export_with_volume(&s);
 
     let names = gnu_tar_names(&archive);
     assert!(names.iter().any(|n| n == "volumes/vol1.tar"), "{names:?}");
@@ -1159,13 +1165,7 @@ fn bundle_export_refuses_a_volume_name_with_a_slash_and_writes_nothing() {
 #[test]
 fn import_with_a_volume_restores_its_nested_archive_into_the_directory() {
     let Some(s) = scratch(FsKind::Plain) else { return };
-    let bundle = s.path("bundle");
-    make_bundle(&bundle, 1 << 20);
-    let volume = s.path("volume");
-    write_with_parents(&volume.join("sub/f"), b"in the volume\n");
-    fs::write(volume.join("big"), pseudo_random_bytes(6, 100_000)).unwrap();
-    let archive = s.path("out.tar");
-    ckpt_ok(&[&"export", &"--volume", &format!("vol1={}", volume.display()), &bundle, &archive]);
+    let (volume, archive) = export_with_volume(&s);
 
     let (dest, restored) = (s.path("dest"), s.path("restored-volume"));
     ckpt_ok(&[&"import", &"--volume", &format!("vol1={}", restored.display()), &archive, &dest]);
