@@ -112,10 +112,19 @@ fn pages_cached_before_a_copying_export_stay_cached() {
     let Some((scratch, src, files)) = cold_tree() else { return };
     let big = &files[0];
     let size = fs::metadata(big).unwrap().len();
+    // Read twice, so that its pages are on the active list: reclaim, when the tests running
+    // beside this one fill memory, takes inactive pages first.
+    fs::read(big).unwrap();
     fs::read(big).unwrap();
     assert_eq!(resident(big), size, "reading {} did not cache it", big.display());
     ckpt_ok(&[&"export", &"--no-clone", &src, &scratch.root.join("a.tar")]);
-    assert_eq!(resident(big), size, "the export evicted pages it found cached");
+    // An export that dropped what it read would leave none of the 32 MiB; reclaim may take a
+    // few pages all the same.
+    let kept = resident(big);
+    assert!(
+        kept + LEFT_AT_MOST >= size,
+        "the export evicted pages it found cached: {kept} of {size} bytes left"
+    );
 }
 
 #[test]
