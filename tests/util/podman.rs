@@ -169,9 +169,17 @@ impl Podman {
         id
     }
 
-    /// The counter of a container running [`COUNTER_LOOP`].
+    /// The counter of a container running [`COUNTER_LOOP`]. The loop's `>` empties the file
+    /// before it writes the next value, so an empty read is read again.
     pub fn counter(&self, name: &str) -> u64 {
-        let v = self.ok(&[&"exec", &name, &"cat", &"/tmp/count"]);
+        let mut v = String::new();
+        for _ in 0..20 {
+            v = self.ok(&[&"exec", &name, &"cat", &"/tmp/count"]);
+            if !v.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         v.parse().unwrap_or_else(|_| panic!("container {name}: /tmp/count holds {v:?}"))
     }
 
