@@ -767,13 +767,25 @@ e2e_podman_down() {
   unset CONTAINERS_CONF CONTAINERS_STORAGE_CONF
 }
 
+# e2e_count NAME: container NAME's counter. The loop's > empties the file before it writes
+# the next value, so an empty read is read again.
+e2e_count() {
+  local v
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    v=$(podman exec "$1" cat /tmp/count 2>&1) || true
+    [[ -z $v ]] || break
+    sleep 0.02
+  done
+  echo "$v"
+}
+
 # e2e_check NAME KEY: the restored container's counter grows and it sees as many /data
 # entries as the source container; records the verdict.
 e2e_check() {
   local a b want got
-  a=$(podman exec "$1" cat /tmp/count 2>&1) || true
+  a=$(e2e_count "$1")
   sleep 0.5
-  b=$(podman exec "$1" cat /tmp/count 2>&1) || true
+  b=$(e2e_count "$1")
   want=$(podman exec src find /data | wc -l) || true
   got=$(podman exec "$1" find /data | wc -l) || true
   if [[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]] && ((b > a && got == want)); then
