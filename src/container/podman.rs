@@ -13,11 +13,6 @@ pub(crate) const ROOTFS_DIFF: &[u8] = b"rootfs-diff.tar";
 pub(crate) const DELETED_FILES: &[u8] = b"deleted.files";
 pub(crate) const CONFIG_DUMP: &[u8] = b"config.dump";
 pub(crate) const SPEC_DUMP: &[u8] = b"spec.dump";
-
-/// The bundle name of named volume `name`'s contents, a nested archive, in podman's export.
-pub(crate) fn volume_member(name: &str) -> Vec<u8> {
-    format!("volumes/{name}.tar").into_bytes()
-}
 /// Written first so readers (podman's import, checkpointctl) can stop early.
 pub(crate) const LEADING: [&[u8]; 2] = [CONFIG_DUMP, SPEC_DUMP];
 /// deleted.files is a list of paths; anything larger than this is not one (memory stays
@@ -67,6 +62,11 @@ pub(crate) fn bundle_name(name: &[u8]) -> &[u8] {
         name = rest;
     }
     name.strip_prefix(b"/").unwrap_or(name)
+}
+
+/// The bundle name of named volume `name`'s contents, a nested archive, in podman's export.
+pub(crate) fn volume_member(name: &str) -> Vec<u8> {
+    format!("volumes/{name}.tar").into_bytes()
 }
 
 /// Whether `entry` is the container's rootfs changes, the archive nested in a checkpoint

@@ -143,7 +143,7 @@ fn rootfs_members(
     let mut layer = Layer::new(&upper, &lowers, style, skipped.clone())?;
     let (len, bytes) = pieces::archive_len(&mut layer, align)?;
     let deleted = layer.deleted();
-    let header_meta = nested_meta(&upper)?;
+    let header_meta = nested_meta(&std::fs::metadata(&upper).at("stat", &upper)?);
     let path = upper.clone();
     let second_pass = move || -> Result<Members<'static>> {
         // What the first pass skipped has been reported, and its deletions listed.
@@ -169,11 +169,10 @@ fn rootfs_members(
     Ok((members, bytes))
 }
 
-/// The metadata of the header of a nested archive of `dir`: private, root's, and the time of
-/// `dir`.
-fn nested_meta(dir: &Path) -> Result<Meta> {
-    let meta = std::fs::metadata(dir).at("stat", dir)?;
-    Ok(Meta { mode: 0o600, uid: 0, gid: 0, mtime: meta.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 })
+/// The metadata of the header of a nested archive of a directory (`dir` is its metadata):
+/// private, root's, and the directory's time.
+fn nested_meta(dir: &std::fs::Metadata) -> Meta {
+    Meta { mode: 0o600, uid: 0, gid: 0, mtime: dir.mtime(), mtime_nsec: 0, dev_major: 0, dev_minor: 0 }
 }
 
 /// A named volume's contents as podman's export carries them: `volumes/NAME.tar`, the volume's
@@ -185,7 +184,8 @@ fn volume_archive(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Resu
             "not a volume name (empty, or with a slash or a leading dot)",
         ));
     }
-    if !std::fs::metadata(dir).at("stat", dir)?.is_dir() {
+    let meta = std::fs::metadata(dir).at("stat", dir)?;
+    if !meta.is_dir() {
         return Err(Error::unsuitable(dir, format!("volume {name}: not a directory")));
     }
     // As for the rootfs changes, a first pass finds the nested archive's length.
@@ -195,7 +195,7 @@ fn volume_archive(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Resu
     let second_pass = move || -> Result<Members<'static>> { Ok(Box::new(walk(Skipped::default(), &owned)?)) };
     let member = Member {
         name: volume_member(name),
-        meta: nested_meta(dir)?,
+        meta: nested_meta(&meta),
         kind: Kind::Regular,
         body: Body::Archive(Nested { len, path, members: Box::new(second_pass) }),
         xattrs: Vec::new(),
