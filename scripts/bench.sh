@@ -29,8 +29,10 @@
 #     runc, CRIU and busybox-static), on Btrfs and XFS, for each --e2e-sizes size of rootfs
 #     changes (the checkpoint-shaped tree, written into a running container's layer):
 #       checkpoint: podman container checkpoint --export (--compress none, and zstd) vs
-#                   ckpt podman checkpoint (uncompressed, and --compress zstd), all with
-#                   --leave-running so that every run checkpoints the same running container
+#                   ckpt podman checkpoint (uncompressed, and --compress zstd): each stops
+#                   the container, which is rolled back (ckpt podman restore --into, untimed)
+#                   for the next run; and, without a target, both uncompressed with
+#                   --leave-running
 #       restore:    podman container restore --import of podman's archive vs ckpt podman
 #                   restore of ckpt's archive, each into a new container (removed, untimed,
 #                   after the run)
@@ -796,10 +798,19 @@ e2e_check() {
   fi
 }
 
+# e2e_rollback ARCHIVE: container src running again as ARCHIVE (its own checkpoint) has it,
+# after a checkpoint that stopped it.
+e2e_rollback() {
+  "$CKPT" podman restore -q --into src "$1" >/dev/null || die "cannot roll src back to $1"
+}
+
 # bench_e2e FSTYPE SIZE: a running container with SIZE of rootfs changes on a fresh FSTYPE
 # image; checkpoint and restore timed for podman and for ckpt. podman's export leaves its
 # rootfs-diff.tar and deleted.files in the userdata dir, where ckpt podman checkpoint refuses
 # to find them: they are removed (untimed) with podman's archive after each podman run.
+# A checkpoint without --leave-running stops the container, as a migration does; each such
+# run is followed by a rollback (untimed) to a checkpoint made first, so that every run
+# checkpoints the same running container.
 bench_e2e() {
   local fs=$1 size=$2 bytes name img M upper userdata r op
   bytes=$(to_bytes "$size")
@@ -827,23 +838,31 @@ bench_e2e() {
   meta "e2e_bytes.$fs.$size" "$(du -sb "$upper" | cut -f1)"
 
   userdata=$(podman inspect --format '{{.StaticDir}}' src)
+  log "$name: making the archives to roll back to and to restore (untimed)"
+  "$CKPT" podman checkpoint --leave-running src "$M/arch/c.tar" >/dev/null
+  podman container checkpoint --leave-running --export "$M/arch/p.tar" --compress none src >/dev/null
+  rm -f "$userdata/rootfs-diff.tar" "$userdata/deleted.files"
+  local podman_outs="$userdata/rootfs-diff.tar $userdata/deleted.files"
   op=checkpoint-$size
   log "$name: checkpoint"
   for ((r = 1; r <= RUNS; r++)); do
-    measure "$fs" "$op" podman "$r" "$M" "$fs" "$M/out/p.tar $userdata/rootfs-diff.tar $userdata/deleted.files" \
-      "podman container checkpoint --leave-running --export $M/out/p.tar --compress none src"
+    measure "$fs" "$op" podman "$r" "$M" "$fs" "$M/out/p.tar $podman_outs" \
+      "podman container checkpoint --export $M/out/p.tar --compress none src"
+    e2e_rollback "$M/arch/c.tar"
     measure "$fs" "$op" ckpt "$r" "$M" "$fs" "$M/out/c.tar" \
-      "$CKPT podman checkpoint --leave-running src $M/out/c.tar"
-    measure "$fs" "$op" podman-zstd "$r" "$M" "$fs" "$M/out/p.tar.zst $userdata/rootfs-diff.tar $userdata/deleted.files" \
-      "podman container checkpoint --leave-running --export $M/out/p.tar.zst --compress zstd src"
+      "$CKPT podman checkpoint src $M/out/c.tar"
+    e2e_rollback "$M/arch/c.tar"
+    measure "$fs" "$op" podman-zstd "$r" "$M" "$fs" "$M/out/p.tar.zst $podman_outs" \
+      "podman container checkpoint --export $M/out/p.tar.zst --compress zstd src"
+    e2e_rollback "$M/arch/c.tar"
     measure "$fs" "$op" ckpt-zstd "$r" "$M" "$fs" "$M/out/c.tar.zst" \
-      "$CKPT podman checkpoint --leave-running --compress zstd src $M/out/c.tar.zst"
+      "$CKPT podman checkpoint --compress zstd src $M/out/c.tar.zst"
+    e2e_rollback "$M/arch/c.tar"
+    measure "$fs" "$op" podman-running "$r" "$M" "$fs" "$M/out/p.tar $podman_outs" \
+      "podman container checkpoint --leave-running --export $M/out/p.tar --compress none src"
+    measure "$fs" "$op" ckpt-running "$r" "$M" "$fs" "$M/out/c.tar" \
+      "$CKPT podman checkpoint --leave-running src $M/out/c.tar"
   done
-
-  log "$name: making the archives to restore (untimed)"
-  podman container checkpoint --leave-running --export "$M/arch/p.tar" --compress none src >/dev/null
-  rm -f "$userdata/rootfs-diff.tar" "$userdata/deleted.files"
-  "$CKPT" podman checkpoint --leave-running src "$M/arch/c.tar" >/dev/null
   op=restore-$size
   log "$name: restore"
   for ((r = 1; r <= RUNS; r++)); do
@@ -880,10 +899,12 @@ LABEL = {
     ("checkpoint", "ckpt"): "ckpt podman checkpoint",
     ("checkpoint", "podman-zstd"): "podman container checkpoint --export --compress zstd",
     ("checkpoint", "ckpt-zstd"): "ckpt podman checkpoint --compress zstd",
+    ("checkpoint", "podman-running"): "podman container checkpoint --leave-running --export --compress none",
+    ("checkpoint", "ckpt-running"): "ckpt podman checkpoint --leave-running",
     ("restore", "podman"): "podman container restore --import",
     ("restore", "ckpt"): "ckpt podman restore",
 }
-PEER = {"podman": "ckpt", "podman-zstd": "ckpt-zstd"}
+PEER = {"podman": "ckpt", "podman-zstd": "ckpt-zstd", "podman-running": "ckpt-running"}
 FSN = {"btrfs": "Btrfs", "xfs": "XFS"}
 def s(x): return "%.2f" % x if x < 10 else "%.1f" % x
 def gib(b): return "%.2f GiB" % (b / (1 << 30)) if abs(b) >= 1 << 30 else "%.1f MiB" % (b / (1 << 20))
@@ -898,7 +919,7 @@ for k in runs:
         seen.append(k[:2])
 for fs, op in seen:
     case, size = op.split("-", 1)
-    for tool in ("podman", "ckpt", "podman-zstd", "ckpt-zstd"):
+    for tool in ("podman", "ckpt", "podman-zstd", "ckpt-zstd", "podman-running", "ckpt-running"):
         r = runs.get((fs, op, tool))
         if r is None:
             continue
