@@ -1177,3 +1177,16 @@ fn import_with_a_volume_restores_its_nested_archive_into_the_directory() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("volumes/other.tar"), "{}", describe(&o));
 }
+
+/// A volume name that would restore a member other than one file in volumes/ is a usage
+/// error, before anything is restored.
+#[test]
+fn import_refuses_a_volume_name_with_a_slash_and_restores_nothing() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let (_, archive) = export_with_volume(&s);
+    let (dest, volume) = (s.path("dest"), s.path("restored-volume"));
+    let given = format!("../x={}", volume.display());
+    let o = ckpt_code(2, &[&"import", &"--volume", &given, &archive, &dest]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a volume name"), "{}", describe(&o));
+    assert!(!dest.exists() && !volume.exists(), "the import wrote before refusing");
+}

@@ -69,6 +69,17 @@ pub(crate) fn volume_member(name: &str) -> Vec<u8> {
     format!("volumes/{name}.tar").into_bytes()
 }
 
+/// Refuses a volume name whose member would not be one file directly in `volumes/`.
+pub(crate) fn check_volume_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::usage(
+            format!("volume {name:?}"),
+            "not a volume name (empty, or with a slash or a leading dot)",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `entry` is the container's rootfs changes, the archive nested in a checkpoint
 /// archive: a regular file named `rootfs-diff.tar` at the top of the bundle.
 pub(crate) fn is_rootfs_diff(entry: &Entry) -> bool {

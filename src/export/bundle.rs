@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::container::overlay::{self, WhiteoutStyle};
 use crate::container::podman::{
-    BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP, volume_member,
+    BUNDLE_MEMBERS, DELETED_FILES, LEADING, ROOTFS_DIFF, Rootfs, SPEC_DUMP, check_volume_name, volume_member,
 };
 use crate::error::{Context, Error, Result};
 use crate::export::layer::Layer;
@@ -178,12 +178,7 @@ fn nested_meta(dir: &std::fs::Metadata) -> Meta {
 /// A named volume's contents as podman's export carries them: `volumes/NAME.tar`, the volume's
 /// directory as `./` and what is beneath it; and the bytes of file data in it.
 fn volume_archive(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Result<(Member, u64)> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::usage(
-            format!("volume {name:?}"),
-            "not a volume name (empty, or with a slash or a leading dot)",
-        ));
-    }
+    check_volume_name(name)?;
     let meta = std::fs::metadata(dir).at("stat", dir)?;
     if !meta.is_dir() {
         return Err(Error::unsuitable(dir, format!("volume {name}: not a directory")));

@@ -59,9 +59,8 @@ pub struct Importer {
     progress: Option<ProgressHandle>,
     /// When set, only the members under these top-level names are restored.
     only: Option<Vec<Vec<u8>>>,
-    /// Named volumes whose nested `volumes/NAME.tar` is restored into a directory: the
-    /// member's bundle name, the directory.
-    volumes: Vec<(Vec<u8>, PathBuf)>,
+    /// Named volumes whose nested `volumes/NAME.tar` is restored into a directory.
+    volumes: Vec<VolumeTarget>,
     /// Threads decoding a seekable zstd archive; None for the default.
     jobs: Option<usize>,
 }
@@ -70,6 +69,15 @@ impl Default for Importer {
     fn default() -> Self {
         Importer::new()
     }
+}
+
+/// A named volume restored into a directory of its own.
+#[derive(Debug, Clone)]
+struct VolumeTarget {
+    name: String,
+    /// Its nested archive's bundle name, `volumes/NAME.tar`.
+    member: Vec<u8>,
+    dir: PathBuf,
 }
 
 /// Where a layer is restored to, and how its deletions are applied.
@@ -123,9 +131,14 @@ impl Importer {
     /// Restores a checkpoint archive's nested `volumes/NAME.tar` (a named volume's contents,
     /// as podman's export and ckpt's carry them) into `dir`, the volume's directory, instead
     /// of as a file in the bundle. An archive without that member is an error of kind
-    /// `Unsuitable`, once the rest is restored.
+    /// `Unsuitable`, once the rest is restored; a name that cannot be a volume's (empty, with a
+    /// slash or a leading dot) is one of kind `Usage`, before anything is restored.
     pub fn volume(mut self, name: &str, dir: impl Into<PathBuf>) -> Importer {
-        self.volumes.push((podman::volume_member(name), dir.into()));
+        self.volumes.push(VolumeTarget {
+            name: name.to_string(),
+            member: podman::volume_member(name),
+            dir: dir.into(),
+        });
         self
     }
 
@@ -156,6 +169,9 @@ impl Importer {
     /// whether they are fatal.
     pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
         let started = Instant::now();
+        for volume in &self.volumes {
+            podman::check_volume_name(&volume.name)?;
+        }
         let layer = self.rootfs.as_ref().map(layer_target).transpose()?;
         let mut opened = archive::open_jobs(archive, self.jobs.unwrap_or_else(frames::default_jobs))?;
         let (mut reader, seekable) = match &mut opened {
@@ -212,8 +228,8 @@ impl Importer {
             None => None,
         };
         let mut volumes = Vec::with_capacity(self.volumes.len());
-        for (_, dir) in &self.volumes {
-            volumes.push((Extractor::new(dir, self.options, progress.clone())?, false));
+        for volume in &self.volumes {
+            volumes.push((Extractor::new(&volume.dir, self.options, progress.clone())?, false));
         }
         let mut deleted = Vec::new();
         let mut targets =
@@ -223,13 +239,13 @@ impl Importer {
         // what was restored gets its modes and times.
         let bundle_stats = bundle.finish();
         let mut volume_stats = Vec::with_capacity(volumes.len());
-        for ((name, _), (volume, found)) in self.volumes.iter().zip(volumes) {
+        for (target, (volume, found)) in self.volumes.iter().zip(volumes) {
             let finished = volume.finish();
             // An archive not read to its end has its own error.
             volume_stats.push(if found || walked.is_err() {
                 finished
             } else {
-                let name = String::from_utf8_lossy(name);
+                let name = String::from_utf8_lossy(&target.member);
                 Err(Error::unsuitable(
                     archive,
                     format!(
@@ -275,7 +291,7 @@ impl Importer {
             let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
             let volume = match entry.kind {
-                Some(Kind::Regular) => self.volumes.iter().position(|(member, _)| member == name),
+                Some(Kind::Regular) => self.volumes.iter().position(|v| v.member == name),
                 _ => None,
             };
             if let Some(i) = volume {
