@@ -1178,6 +1178,33 @@ fn import_with_a_volume_restores_its_nested_archive_into_the_directory() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("volumes/other.tar"), "{}", describe(&o));
 }
 
+/// `list --nested` and `verify` walk a volume's nested archive as they walk rootfs-diff.tar:
+/// its members are listed under `volumes/NAME.tar/`, and a damaged header inside it is found
+/// and named.
+#[test]
+fn list_nested_and_verify_walk_a_volume_archive() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let (_, archive) = export_with_volume(&s);
+    let listing = ckpt_ok(&[&"list", &"--json", &"--nested", &archive]);
+    let members: Vec<serde_json::Value> = listing.lines().map(parse_json).collect();
+    let big = members
+        .iter()
+        .find(|m| m["name"].as_str() == Some("volumes/vol1.tar/big"))
+        .unwrap_or_else(|| panic!("no volumes/vol1.tar/big in\n{listing}"));
+    assert_eq!(big["nested_in"], "volumes/vol1.tar", "{big}");
+    let v = ckpt_json(&[&"verify", &"--json", &archive]);
+    assert!(json_u64(&v, "nested_members") >= 3, "{v}");
+
+    let header = json_u64(big, "data_offset") - 512;
+    let file = fs::OpenOptions::new().read(true).write(true).open(&archive).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, header + 101).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], header + 101).unwrap();
+    let o = ckpt_code(1, &[&"verify", &archive]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("volumes/vol1.tar/big") && err.contains("checksum"), "{}", describe(&o));
+}
+
 /// A volume name that would restore a member other than one file in volumes/ is a usage
 /// error, before anything is restored.
 #[test]

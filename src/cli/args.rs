@@ -261,8 +261,8 @@ pub(crate) struct ListArgs {
     /// link, dev_major/dev_minor, nested_in.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Also list the members of a nested rootfs-diff.tar, named `rootfs-diff.tar/NAME`, with
-    /// offsets in the outer archive.
+    /// Also list the members of the nested archives (rootfs-diff.tar, volumes/NAME.tar), named
+    /// `rootfs-diff.tar/NAME`, with offsets in the outer archive.
     #[arg(long)]
     pub(crate) nested: bool,
     /// The boundary alignment is reported against.

@@ -86,6 +86,17 @@ pub(crate) fn is_rootfs_diff(entry: &Entry) -> bool {
     entry.kind == Some(Kind::Regular) && bundle_name(&entry.name) == ROOTFS_DIFF
 }
 
+/// Whether `entry` is an archive nested in a checkpoint archive: the rootfs changes, or a
+/// named volume's contents (`volumes/NAME.tar`).
+pub(crate) fn is_nested_archive(entry: &Entry) -> bool {
+    let volume = || {
+        let name = bundle_name(&entry.name);
+        let name = name.strip_prefix(b"volumes/").and_then(|n| n.strip_suffix(b".tar"));
+        name.and_then(|n| std::str::from_utf8(n).ok()).is_some_and(|n| check_volume_name(n).is_ok())
+    };
+    entry.kind == Some(Kind::Regular) && (bundle_name(&entry.name) == ROOTFS_DIFF || volume())
+}
+
 /// Parses `deleted.files`: a JSON array of absolute paths.
 pub(crate) fn parse_deleted_files(data: &[u8], archive: &Path) -> Result<Vec<String>> {
     serde_json::from_slice(data)

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Serialize, Serializer};
 
-use crate::container::podman::is_rootfs_diff;
+use crate::container::podman::is_nested_archive;
 use crate::error::Result;
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
@@ -130,7 +130,8 @@ fn octal<S: Serializer>(mode: &u32, s: S) -> std::result::Result<S::Ok, S::Error
 /// What `list` reports.
 #[derive(Debug, Clone, Copy)]
 pub struct ListOptions {
-    /// Also list the members of a nested `rootfs-diff.tar`.
+    /// Also list the members of the nested archives: `rootfs-diff.tar` and each
+    /// `volumes/NAME.tar`.
     pub nested: bool,
     /// The boundary `aligned` is measured against.
     pub align: u64,
@@ -171,7 +172,7 @@ fn list_members(
 ) -> Result<()> {
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, options.align))?;
-        if !(options.nested && is_rootfs_diff(&entry)) {
+        if !(options.nested && is_nested_archive(&entry)) {
             continue;
         }
         let mut inner = reader.nested(&entry);

@@ -1,5 +1,6 @@
 //! `ckpt verify`: the archive's structure (every header and its checksum, no member past the
-//! end, the end-of-archive blocks of the archive and of a nested `rootfs-diff.tar`),
+//! end, the end-of-archive blocks of the archive and of its nested archives: `rootfs-diff.tar`
+//! and each `volumes/NAME.tar`),
 //! alignment, and the `ckpt.sha256` digest manifest. Separate from `list` because it judges
 //! rather than shows: it reads all data, and a malformed archive is a finding, not an error.
 //!
@@ -20,7 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::container::podman::{bundle_name, is_rootfs_diff};
+use crate::container::podman::{bundle_name, is_nested_archive};
 use crate::error::{Context, Error, Result};
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
@@ -63,7 +64,7 @@ impl std::fmt::Display for Problem {
 pub struct VerifyReport {
     /// Members of the archive itself.
     pub members: u64,
-    /// Members of a nested `rootfs-diff.tar`.
+    /// Members of the nested archives (`rootfs-diff.tar`, `volumes/NAME.tar`).
     pub nested_members: u64,
     /// Regular files with data (at both levels).
     pub files: u64,
@@ -117,7 +118,7 @@ pub struct VerifyProgress {
 
 /// Checks `archive` (`-` for standard input; gzip and zstd are detected): every header and
 /// its checksum, that no member runs past the end, the two zero blocks that end it (and those
-/// of a nested `rootfs-diff.tar`), and, when its last member is a `ckpt.sha256` manifest, the
+/// of the nested `rootfs-diff.tar` and `volumes/NAME.tar`), and, when its last member is a `ckpt.sha256` manifest, the
 /// data of every regular member against it. Alignment to `align` is reported, not required.
 /// A compressed archive is decoded to its end, so its checksums are checked too (every frame
 /// of a seekable zstd archive, a corrupt one named).
@@ -170,8 +171,8 @@ struct Run<'a> {
     headers_only: bool,
 }
 
-/// One level of the archive as verify walks it, the archive itself or a nested
-/// `rootfs-diff.tar`: where its members count, and what judging its end needs.
+/// One level of the archive as verify walks it, the archive itself or a nested archive
+/// (`rootfs-diff.tar`, `volumes/NAME.tar`): where its members count, and what judging its end needs.
 struct Level<'n> {
     /// The outer member's name, for a nested level.
     nested_in: Option<&'n [u8]>,
@@ -320,7 +321,7 @@ fn walk_headers(
         if entry.kind == Some(Kind::Regular) {
             covered.push(Covered::new(&entry));
         }
-        if is_rootfs_diff(&entry) {
+        if is_nested_archive(&entry) {
             let mut inner = reader.nested(&entry);
             let mut nested = Level::nested(&entry, entry.data_offset, 0);
             while nested.next(run.report, &mut inner)?.is_some() {}
@@ -422,7 +423,7 @@ fn walk_stream(run: &mut Run<'_>, reader: &mut Reader<'_>) -> Result<Streamed> {
         if entry.kind != Some(Kind::Regular) {
             continue;
         }
-        let digest = if is_rootfs_diff(&entry) {
+        let digest = if is_nested_archive(&entry) {
             walk_nested_stream(run, reader, &entry)?
         } else {
             let (digest, text) = hash_stream(run, reader, &entry, &mut buf)?;
