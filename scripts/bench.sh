@@ -148,7 +148,8 @@ Time (2 cores, virtio disk): the defaults with --rss-scale take ~17 min (3 runs;
 tar, bsdtar and zstd writing full copies); --size 512M about a third of that. The
 100,000-file case takes ~3 min (--files 0 skips it, --files 20000 shrinks it);
 --rss-scale adds ~2 min. The end-to-end section (--e2e) writes each size's tree, then
-per run one copy per podman export and import: roughly 1 min per GiB and filesystem.
+per run three podman exports and one podman import: roughly 3 min per GiB and filesystem
+(~30 min for the default sizes).
 Output: the tables on stdout; progress on stderr; the tables and raw runs (runs.tsv,
 e2e.tsv) in
 WORK/results/DATE/.
