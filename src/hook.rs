@@ -24,10 +24,11 @@ pub(crate) const LOWER: &str = "io.ckpt.lower";
 pub(crate) const COMPRESS: &str = "io.ckpt.compress";
 pub(crate) const DIGEST: &str = "io.ckpt.digest";
 pub(crate) const OVERWRITE: &str = "io.ckpt.overwrite";
+pub(crate) const IGNORE_VOLUMES: &str = "io.ckpt.ignore-volumes";
 
 /// Every annotation the hook reads: its name, its value, and what it does. `ckpt hook
 /// --help` prints this; the README's table says the same at length.
-pub const ANNOTATIONS: [(&str, &str, &str); 9] = [
+pub const ANNOTATIONS: [(&str, &str, &str); 10] = [
     (EXPORT, "ARCHIVE", "once the container has stopped (poststop), archive its checkpoint bundle"),
     (
         IMPORT,
@@ -41,6 +42,7 @@ pub const ANNOTATIONS: [(&str, &str, &str); 9] = [
     (COMPRESS, "gzip|zstd", "compress the archive (export)"),
     (DIGEST, "sha256", "add the ckpt.sha256 digest manifest (export)"),
     (OVERWRITE, "true", "replace existing entries (import)"),
+    (IGNORE_VOLUMES, "true", "leave the named volumes' contents out (export)"),
 ];
 
 /// The largest state document read from standard input.
@@ -189,18 +191,47 @@ fn rootfs(state: &HookState, export: bool) -> Result<Option<Rootfs>> {
     })
 }
 
-/// `root.path` of `<bundle>/config.json`, relative to the bundle, if the file exists.
-fn config_root(bundle: &Path) -> Result<Option<PathBuf>> {
+/// `<bundle>/config.json`, the container's OCI runtime spec, if the file exists.
+fn read_config(bundle: &Path) -> Result<Option<serde_json::Value>> {
     let config = bundle.join("config.json");
     let data = match std::fs::read(&config) {
         Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &config, e)),
     };
-    let value: serde_json::Value = serde_json::from_slice(&data)
-        .map_err(|e| Error::unsuitable(&config, format!("not an OCI runtime spec: {e}")))?;
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| Error::unsuitable(&config, format!("not an OCI runtime spec: {e}")))
+}
+
+/// `root.path` of `<bundle>/config.json`, relative to the bundle, if the file exists.
+fn config_root(bundle: &Path) -> Result<Option<PathBuf>> {
+    let Some(value) = read_config(bundle)? else { return Ok(None) };
     let root = value.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs");
     Ok(Some(bundle.join(root)))
+}
+
+/// The named volumes the container mounts, as the bind mounts of `<bundle>/config.json`
+/// whose source is a podman local volume's directory (`…/volumes/NAME/_data`): name and
+/// directory. The state names no volumes, so podman's layout is what tells them apart from
+/// other bind mounts.
+fn config_volumes(bundle: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let Some(value) = read_config(bundle)? else { return Ok(Vec::new()) };
+    let mounts = value.get("mounts").and_then(|m| m.as_array()).map_or(&[][..], Vec::as_slice);
+    Ok(mounts
+        .iter()
+        .filter_map(|m| m.get("source").and_then(|s| s.as_str()))
+        .filter_map(|source| {
+            let dir = Path::new(source);
+            let name = dir.parent().filter(|_| dir.file_name() == Some("_data".as_ref()))?;
+            let volumes = name.parent()?;
+            let name = name.file_name()?.to_str()?;
+            let is_volume = volumes.file_name() == Some("volumes".as_ref())
+                && podman::check_volume_name(name).is_ok()
+                && dir.is_dir();
+            is_volume.then(|| (name.to_string(), dir.to_path_buf()))
+        })
+        .collect())
 }
 
 fn export_checkpoint(
@@ -218,6 +249,17 @@ fn export_checkpoint(
     let mut exporter = Exporter::new().bundle_layout(true);
     if let Some(rootfs) = rootfs(state, true)? {
         exporter = exporter.rootfs(rootfs);
+    }
+    match state.annotation(IGNORE_VOLUMES) {
+        None | Some("" | "false") => {
+            for (name, dir) in config_volumes(&state.bundle)? {
+                exporter = exporter.volume(name, dir);
+            }
+        }
+        Some("true") => {}
+        Some(other) => {
+            return Err(Error::usage(format!("{IGNORE_VOLUMES}={other}"), "expected true or false"));
+        }
     }
     exporter = exporter.compress(match state.annotation(COMPRESS) {
         None | Some("" | "none") => None,
@@ -306,6 +348,32 @@ mod tests {
         )
         .unwrap();
         assert!(run_hook(&state, None).is_err());
+    }
+
+    #[test]
+    fn config_volumes_are_the_bind_mounts_of_podman_local_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["volumes/vol1/_data", "volumes/.hidden/_data", "other/vol2/_data", "volumes/gone"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let source = |rel: &str| root.join(rel).to_str().unwrap().to_string();
+        let mounts: Vec<serde_json::Value> = [
+            "volumes/vol1/_data",
+            "volumes/.hidden/_data",
+            "other/vol2/_data",
+            "volumes/gone/_data",
+            "volumes/vol1",
+        ]
+        .iter()
+        .map(|rel| serde_json::json!({"destination": "/d", "type": "bind", "source": source(rel)}))
+        .chain([serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"})])
+        .collect();
+        let config = serde_json::json!({"root": {"path": "rootfs"}, "mounts": mounts});
+        std::fs::write(root.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        let found = config_volumes(root).unwrap();
+        assert_eq!(found, [("vol1".to_string(), root.join("volumes/vol1/_data"))]);
+        assert!(config_volumes(&root.join("other")).unwrap().is_empty(), "no config.json: no volumes");
     }
 
     #[test]

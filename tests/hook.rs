@@ -141,6 +141,41 @@ fn hook_exports_checkpoint_and_imports_identically() {
     assert_checkpoint_restored(&bundle, &new_bundle);
 }
 
+/// The export hook carries each podman local volume the bundle's config.json bind-mounts
+/// (`…/volumes/NAME/_data`) as `volumes/NAME.tar`, as podman's export does, other bind
+/// mounts not; io.ckpt.ignore-volumes=true leaves the volumes out.
+#[test]
+fn hook_export_carries_podman_volumes_unless_ignored() {
+    let s = scratch(FsKind::Plain).unwrap();
+    let bundle = s.path("bundle");
+    make_bundle(&bundle, "rootfs");
+    let volume = s.path("storage/volumes/vol1/_data");
+    write_with_parents(&volume.join("sub/f"), b"in the volume\n");
+    fs::write(volume.join("big"), pseudo_random_bytes(6, 100_000)).unwrap();
+    write_with_parents(&s.path("elsewhere/_data/x"), b"a bind mount\n");
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["mounts"] = serde_json::json!([
+        {"destination": "/vol", "type": "bind", "source": volume},
+        {"destination": "/x", "type": "bind", "source": s.path("elsewhere/_data")},
+    ]);
+    fs::write(&config_path, config.to_string()).unwrap();
+
+    for (ignore, carried) in [("false", true), ("true", false)] {
+        let archive = s.path(format!("ignore-{ignore}.tar"));
+        let annotations = serde_json::json!({"io.ckpt.export": archive, "io.ckpt.ignore-volumes": ignore});
+        let o = hook(&state("stopped", &bundle, annotations));
+        assert!(o.status.success(), "{}", describe(&o));
+        let listing = ckpt_ok(&[&"list", &archive]);
+        assert_eq!(listing.contains("volumes/vol1.tar"), carried, "ignore-volumes={ignore}:\n{listing}");
+        assert!(!listing.contains("volumes/_data") && !listing.contains("elsewhere"), "{listing}");
+    }
+    let (dest, restored) = (s.path("dest"), s.path("restored-volume"));
+    let archive = s.path("ignore-false.tar");
+    ckpt_ok(&[&"import", &"--volume", &format!("vol1={}", restored.display()), &archive, &dest]);
+    assert_trees_equal(&volume, &restored);
+}
+
 /// io.ckpt.rootfs-diff names the layer's diff dir (podman unmounts the rootfs before
 /// poststop): the changes go into rootfs-diff.tar and deleted.files, and an import with
 /// io.ckpt.rootfs-diff restores them into the new layer, whiteouts included.

@@ -429,6 +429,31 @@ on_btrfs_and_xfs! {
     }
 }
 
+on_btrfs_and_xfs! {
+    /// The export hook finds a real container's named volume among its bind mounts and
+    /// carries it as volumes/NAME.tar, with the volume's contents.
+    fn export_hook_carries_the_named_volume_of_a_podman_container(s, pm) {
+        let hooks = hooks_dir(s);
+        let out_dir = s.path("exported");
+        let template = format!("io.ckpt.export={}/{{id}}.tar", out_dir.display());
+        pm.ok(&[&"volume", &"create", &"hvol"]);
+        let id = pm.ok(&[
+            &"--hooks-dir", &hooks, &"run", &"-d", &"--name", &"c1", &"--annotation", &template,
+            &"-v", &"hvol:/vol", &BUSYBOX_IMAGE, &"/bin/sh", &"-c", &COUNTER_LOOP,
+        ]);
+        wait_for_counter(pm, "c1", 1);
+        exec_sh(pm, "c1", "mkdir /vol/sub && echo in-volume > /vol/sub/f");
+        pm.ok(&[&"--hooks-dir", &hooks, &"container", &"checkpoint", &"--keep", &"c1"]);
+        let archive = out_dir.join(format!("{id}.tar"));
+        assert!(members(&archive).iter().any(|n| n == "volumes/hvol.tar"), "{:?}", members(&archive));
+
+        let (dest, restored) = (s.path("imported"), s.path("restored-volume"));
+        ckpt_ok(&[&"import", &"--volume", &format!("hvol={}", restored.display()), &archive, &dest]);
+        let source = pm.ok(&[&"volume", &"inspect", &"--format", &"{{.Mountpoint}}", &"hvol"]);
+        assert_trees_equal(Path::new(source.trim()), &restored);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // h. refusals
 // ---------------------------------------------------------------------------
