@@ -1205,6 +1205,21 @@ fn list_nested_and_verify_walk_a_volume_archive() {
     assert!(err.contains("volumes/vol1.tar/big") && err.contains("checksum"), "{}", describe(&o));
 }
 
+/// Outside a checkpoint archive a `volumes/NAME.tar` is a file like any other: verify and
+/// `list --nested` do not read it as a nested archive.
+#[test]
+fn verify_and_list_take_a_volumes_tar_outside_a_checkpoint_for_a_plain_file() {
+    let Some(s) = scratch(FsKind::Plain) else { return };
+    let tree = s.path("tree");
+    write_with_parents(&tree.join("volumes/db.tar"), &pseudo_random_bytes(7, 10_000));
+    let archive = s.path("t.tar");
+    ckpt_ok(&[&"export", &tree, &archive]);
+    let v = ckpt_json(&[&"verify", &"--json", &archive]);
+    assert_eq!(json_u64(&v, "nested_members"), 0, "{v}");
+    let listing = ckpt_ok(&[&"list", &"--nested", &archive]);
+    assert!(listing.contains("volumes/db.tar") && !listing.contains("volumes/db.tar/"), "{listing}");
+}
+
 /// A volume name that would restore a member other than one file in volumes/ is a usage
 /// error, before anything is restored.
 #[test]

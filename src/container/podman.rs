@@ -86,15 +86,27 @@ pub(crate) fn is_rootfs_diff(entry: &Entry) -> bool {
     entry.kind == Some(Kind::Regular) && bundle_name(&entry.name) == ROOTFS_DIFF
 }
 
-/// Whether `entry` is an archive nested in a checkpoint archive: the rootfs changes, or a
-/// named volume's contents (`volumes/NAME.tar`).
-pub(crate) fn is_nested_archive(entry: &Entry) -> bool {
-    let volume = || {
+/// Tells the archives nested in a checkpoint archive from its other members, member by
+/// member: `rootfs-diff.tar` always, and a named volume's `volumes/NAME.tar` once the archive
+/// has shown itself a checkpoint's (a `config.dump`, `spec.dump` or `checkpoint/` member
+/// before it, as in podman's layout and ckpt's), so that a `volumes/x.tar` in an archive of
+/// some other tree is not taken for one.
+#[derive(Debug, Default)]
+pub(crate) struct NestedArchives {
+    in_checkpoint: bool,
+}
+
+impl NestedArchives {
+    /// Whether `entry`, the next member of the archive, is a nested archive.
+    pub(crate) fn is_nested(&mut self, entry: &Entry) -> bool {
         let name = bundle_name(&entry.name);
-        let name = name.strip_prefix(b"volumes/").and_then(|n| n.strip_suffix(b".tar"));
-        name.and_then(|n| std::str::from_utf8(n).ok()).is_some_and(|n| check_volume_name(n).is_ok())
-    };
-    entry.kind == Some(Kind::Regular) && (bundle_name(&entry.name) == ROOTFS_DIFF || volume())
+        self.in_checkpoint |= LEADING.contains(&name) || name.starts_with(b"checkpoint/");
+        let volume = || {
+            let volume = name.strip_prefix(b"volumes/").and_then(|n| n.strip_suffix(b".tar"));
+            volume.and_then(|n| std::str::from_utf8(n).ok()).is_some_and(|n| check_volume_name(n).is_ok())
+        };
+        entry.kind == Some(Kind::Regular) && (name == ROOTFS_DIFF || (self.in_checkpoint && volume()))
+    }
 }
 
 /// Parses `deleted.files`: a JSON array of absolute paths.

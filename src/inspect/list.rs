@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Serialize, Serializer};
 
-use crate::container::podman::is_nested_archive;
+use crate::container::podman::NestedArchives;
 use crate::error::Result;
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
@@ -130,7 +130,7 @@ fn octal<S: Serializer>(mode: &u32, s: S) -> std::result::Result<S::Ok, S::Error
 /// What `list` reports.
 #[derive(Debug, Clone, Copy)]
 pub struct ListOptions {
-    /// Also list the members of the nested archives: `rootfs-diff.tar` and each
+    /// Also list the members of the nested archives: `rootfs-diff.tar` and a checkpoint's
     /// `volumes/NAME.tar`.
     pub nested: bool,
     /// The boundary `aligned` is measured against.
@@ -170,9 +170,10 @@ fn list_members(
     options: &ListOptions,
     each: &mut dyn FnMut(&ListEntry) -> Result<()>,
 ) -> Result<()> {
+    let mut nested_archives = NestedArchives::default();
     while let Some(entry) = reader.next_entry()? {
         each(&ListEntry::new(&entry, None, options.align))?;
-        if !(options.nested && is_nested_archive(&entry)) {
+        if !(nested_archives.is_nested(&entry) && options.nested) {
             continue;
         }
         let mut inner = reader.nested(&entry);

@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::container::podman::{bundle_name, is_nested_archive};
+use crate::container::podman::{NestedArchives, bundle_name};
 use crate::error::{Context, Error, Result};
 use crate::tar::archive::{self, Opened};
 use crate::tar::meta::Kind;
@@ -118,8 +118,8 @@ pub struct VerifyProgress {
 
 /// Checks `archive` (`-` for standard input; gzip and zstd are detected): every header and
 /// its checksum, that no member runs past the end, the two zero blocks that end it (and those
-/// of the nested `rootfs-diff.tar` and `volumes/NAME.tar`), and, when its last member is a `ckpt.sha256` manifest, the
-/// data of every regular member against it. Alignment to `align` is reported, not required.
+/// of the nested `rootfs-diff.tar` and a checkpoint's `volumes/NAME.tar`), and, when its last
+/// member is a `ckpt.sha256` manifest, the data of every regular member against it. Alignment to `align` is reported, not required.
 /// A compressed archive is decoded to its end, so its checksums are checked too (every frame
 /// of a seekable zstd archive, a corrupt one named).
 ///
@@ -172,7 +172,8 @@ struct Run<'a> {
 }
 
 /// One level of the archive as verify walks it, the archive itself or a nested archive
-/// (`rootfs-diff.tar`, `volumes/NAME.tar`): where its members count, and what judging its end needs.
+/// (`rootfs-diff.tar`, `volumes/NAME.tar`): where its members count, and what judging its end
+/// needs.
 struct Level<'n> {
     /// The outer member's name, for a nested level.
     nested_in: Option<&'n [u8]>,
@@ -316,12 +317,13 @@ fn walk_headers(
 ) -> Result<(Vec<Covered>, Option<Vec<u8>>)> {
     let mut level = Level::top();
     let mut covered = Vec::new();
+    let mut nested_archives = NestedArchives::default();
     while let Some(entry) = level.next(run.report, &mut reader)? {
         (run.progress)(VerifyProgress { phase: "headers", done: entry.data_offset, total: Some(len) });
         if entry.kind == Some(Kind::Regular) {
             covered.push(Covered::new(&entry));
         }
-        if is_nested_archive(&entry) {
+        if nested_archives.is_nested(&entry) {
             let mut inner = reader.nested(&entry);
             let mut nested = Level::nested(&entry, entry.data_offset, 0);
             while nested.next(run.report, &mut inner)?.is_some() {}
@@ -418,12 +420,13 @@ fn walk_stream(run: &mut Run<'_>, reader: &mut Reader<'_>) -> Result<Streamed> {
     let mut covered = Vec::new();
     let mut manifest_text = None;
     let mut buf = vec![0u8; CHUNK];
+    let mut nested_archives = NestedArchives::default();
     while let Some(entry) = level.next(run.report, reader)? {
         (run.progress)(VerifyProgress { phase: "data", done: entry.data_offset, total: None });
         if entry.kind != Some(Kind::Regular) {
             continue;
         }
-        let digest = if is_nested_archive(&entry) {
+        let digest = if nested_archives.is_nested(&entry) {
             walk_nested_stream(run, reader, &entry)?
         } else {
             let (digest, text) = hash_stream(run, reader, &entry, &mut buf)?;
