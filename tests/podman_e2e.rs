@@ -201,6 +201,9 @@ fn ckpt_restore_of_podman_export(s: &Scratch, pm: &Podman, compress: &str) {
         exec_sh(pm, "c1", "cat /data/f; [ -L /bin/vi ] && echo vi present || echo vi absent"),
         "kept\nvi absent"
     );
+    // podman's archives do not carry the layer's own directory: it stays as podman made it.
+    assert_eq!(fs::metadata(pm.upper_dir("c1")).unwrap().mode(), fresh_upper_mode(pm));
+    assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
 }
 
 on_btrfs_and_xfs! {
@@ -245,6 +248,88 @@ on_btrfs_and_xfs! {
         assert_eq!(snapshot(pm, "c2"), before, "the restored container sees other files");
         let x = xattrs(&pm.upper_dir("c2").join("data/big"));
         assert_eq!(x.get("user.ckpt.test").map(Vec::as_slice), Some(&b"xattr value"[..]), "{x:?}");
+    }
+}
+
+/// The mode of the upper dir podman gives a container it creates now.
+fn fresh_upper_mode(pm: &Podman) -> u32 {
+    pm.ok(&[&"create", &"--name", &"probe", &BUSYBOX_IMAGE, &"true"]);
+    let mode = fs::metadata(pm.upper_dir("probe")).unwrap().mode();
+    pm.ok(&[&"rm", &"probe"]);
+    mode
+}
+
+on_btrfs_and_xfs! {
+    /// While podman creates the new container, the checkpoint is cloned into a stage in
+    /// podman's store, then moved into the container: the process continues, the layer's own
+    /// directory is the checkpointed one's (ckpt's archives carry it), and the store keeps
+    /// nothing of the stage.
+    fn restore_staged_in_the_store_moves_in_and_leaves_no_stage(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f && chmod 750 /");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        let old_upper = fs::metadata(pm.upper_dir("c1")).unwrap();
+        assert_eq!(old_upper.mode() & 0o7777, 0o750);
+
+        let out = pm.ckpt_code(0, &[&"podman", &"restore", &"-vv", &"--name", &"c2", &archive]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("moved into the container"), "{stderr}");
+        pm.assert_counter_continues("c2", at_checkpoint);
+        assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "kept");
+        // Its time is not compared: podman's restore changes what the directory holds.
+        let new_upper = fs::metadata(pm.upper_dir("c2")).unwrap();
+        assert_eq!(
+            (new_upper.mode(), new_upper.uid(), new_upper.gid()),
+            (old_upper.mode(), old_upper.uid(), old_upper.gid()),
+            "the layer's own directory is not the checkpointed one's"
+        );
+        assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// A checkpoint made in another podman store on this host (config.dump names it) is
+    /// staged there, does not fit the new container's mounts, and is restored in place: the
+    /// process continues, and neither store keeps anything of the stage.
+    fn restore_into_another_store_is_restored_in_place(s, pm) {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "mkdir /data && echo kept > /data/f");
+        let at_checkpoint = pm.counter("c1");
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"c1", &archive]);
+        let Some(s2) = scratch_sized(s.kind, 1 << 30) else { return };
+        let Some(pm2) = Podman::new(&s2) else { return };
+        // The same image (by ID) in both stores, as a restore needs.
+        let image = s.path("image.tar");
+        pm.ok(&[&"save", &"-q", &"-o", &image, &BUSYBOX_IMAGE]);
+        pm2.ok(&[&"load", &"-q", &"-i", &image]);
+
+        let out = pm2.ckpt_code(0, &[&"podman", &"restore", &"-vv", &archive]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("restoring in place"), "{stderr}");
+        pm2.assert_counter_continues("c1", at_checkpoint);
+        assert_eq!(exec_sh(&pm2, "c1", "cat /data/f"), "kept");
+        assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
+        assert_eq!(pm2.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// A restore whose container podman cannot create (its name is taken) fails with
+    /// podman's reason and leaves no new container and no stage behind.
+    fn restore_under_a_taken_name_fails_and_leaves_no_stage(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        let before = pm.container_ids();
+
+        let out = pm.ckpt_code(1, &[&"podman", &"restore", &archive]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("create") && stderr.contains("c1"), "{stderr}");
+        assert_eq!(pm.container_ids(), before);
+        assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
     }
 }
 

@@ -151,6 +151,11 @@ impl Extractor {
         node.meta = DirMeta::from_meta(meta);
     }
 
+    /// Whether the archive gave the destination directory itself metadata (its `./`).
+    pub(crate) fn root_has_meta(&self) -> bool {
+        self.tree.node(0).flags & HAS_META != 0
+    }
+
     /// Applies directory owners, modes and times, deepest first whatever the archive's
     /// order, now that nothing more will be created inside them. A directory that fails is
     /// reported and counted in `stats.failed`; the others are still done.

@@ -168,6 +168,17 @@ impl Importer {
     /// with existing entries and refused members are reported in the stats; the caller decides
     /// whether they are fatal.
     pub fn import(&self, archive: &Path, dest: &Path) -> Result<ImportStats> {
+        self.import_noting_layer_root(archive, dest).map(|(stats, _)| stats)
+    }
+
+    /// Restores as [`import`](Self::import) does, and says whether the archive gave the
+    /// layer's own directory its metadata (a `./` member in the rootfs changes): a layer
+    /// restored elsewhere and then moved into place must take that directory with it.
+    pub(crate) fn import_noting_layer_root(
+        &self,
+        archive: &Path,
+        dest: &Path,
+    ) -> Result<(ImportStats, bool)> {
         let started = Instant::now();
         for volume in &self.volumes {
             podman::check_volume_name(&volume.name)?;
@@ -199,13 +210,13 @@ impl Importer {
         }
         // Where uncached writes were refused, the last pages written are still cached.
         crate::sys::behind::settle();
-        let mut stats = result?;
+        let (mut stats, layer_root) = result?;
         drop(reader);
         if let Opened::Stream(stream) = &mut opened {
             stream.finish(archive)?;
         }
         stats.seconds = started.elapsed().as_secs_f64();
-        Ok(stats)
+        Ok((stats, layer_root))
     }
 
     fn extract_all(
@@ -215,7 +226,7 @@ impl Importer {
         dest: &Path,
         layer: Option<LayerTarget>,
         progress: Option<Arc<dyn Progress>>,
-    ) -> Result<ImportStats> {
+    ) -> Result<(ImportStats, bool)> {
         let mut bundle = Extractor::new(dest, self.options, progress.clone())?;
         let mut layer_extractor = match &layer {
             Some(target) => {
@@ -255,7 +266,9 @@ impl Importer {
             });
         }
         let mut layer_stats = None;
+        let mut layer_root = false;
         if let (Some(mut layer), Some(target)) = (layer_extractor, layer) {
+            layer_root = layer.root_has_meta();
             // Podman applies the deletions after the changes, as here; a layer whose changes
             // were not all read gets none of its deletions.
             let applied = match &walked {
@@ -277,7 +290,7 @@ impl Importer {
         for volume in volume_stats {
             stats.absorb(volume?);
         }
-        Ok(stats)
+        Ok((stats, layer_root))
     }
 
     fn extract_members(

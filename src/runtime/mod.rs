@@ -17,13 +17,15 @@
 //!   init` and `stop` to write a spec that is then replaced), clones the checkpoint into the
 //!   new userdata dir, the rootfs changes into the new upper dir and each named volume's
 //!   contents into the new container's volume, and has podman restore the process
-//!   (`podman container restore`).
+//!   (`podman container restore`). Without volumes to fill, the cloning overlaps `podman
+//!   create`: it goes into a stage in podman's store, moved in once the container exists.
 //! - Rollback: the same container gets the archive's checkpoint and rootfs changes, built
 //!   beside its own and swapped in with `renameat2(RENAME_EXCHANGE)`, then is restored.
 
 mod checkpoint;
 mod replay;
 mod restore;
+mod stage;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

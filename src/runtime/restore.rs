@@ -14,6 +14,7 @@ use crate::import::stats::ImportStats;
 use crate::inspect::member::read_members;
 
 use super::replay::{Places, create_args, respec};
+use super::stage::{Stage, Staged};
 use super::{
     Container, Podman, RestoreOptions, RestoreReport, RestoreTarget, Scratch, criu_flags,
     remove_stale_rootfs_diff,
@@ -31,22 +32,53 @@ impl Podman {
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let dumps = read_dumps(archive)?;
-        let started = Instant::now();
-        let (info, made) = match target {
+        let container = match target {
             RestoreTarget::New { name } => {
-                let (info, made) = self.make_new(archive, &dumps, name.as_deref(), options)?;
-                (info, Some(made))
+                return self.restore_new(archive, &dumps, name.as_deref(), options);
             }
-            RestoreTarget::Existing(container) => (self.prepare_rollback(container, archive, &dumps)?, None),
+            RestoreTarget::Existing(container) => container,
         };
-        let mut podman_seconds = started.elapsed().as_secs_f64();
-        let result = self.place_and_restore(archive, &info, made.as_ref(), options, &mut podman_seconds);
-        match result {
-            Ok(import) => Ok(RestoreReport { container: info.id, podman_seconds, import }),
+        let started = Instant::now();
+        let info = self.prepare_rollback(container, archive, &dumps)?;
+        let podman_seconds = started.elapsed().as_secs_f64();
+        let import = rollback(archive, &info, options.share)?;
+        let podman_seconds = podman_seconds + self.resume(&info, options)?;
+        Ok(RestoreReport { container: info.id, podman_seconds, import })
+    }
+
+    /// Restores into a new container. While podman creates it, the archive is restored into a
+    /// stage in podman's store when there is one, and moved into place once the container's
+    /// directories are known.
+    fn restore_new(
+        &self,
+        archive: &Path,
+        dumps: &Dumps,
+        name: Option<&str>,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let importer = Importer::new().share(options.share).only(podman::RESTORED_MEMBERS);
+        // A volume's directory is known only once the container exists.
+        let fills_volumes =
+            !options.ignore_volumes && dumps.config.as_ref().is_some_and(|c| !named_volumes(c).is_empty());
+        let stage = if fills_volumes { None } else { dumps.config.as_ref().and_then(Stage::in_store_of) };
+        let (made, staged) = std::thread::scope(|scope| {
+            let maker = scope.spawn(|| {
+                let started = Instant::now();
+                let made = self.make_new(archive, dumps, name, options)?;
+                Ok((made, started.elapsed().as_secs_f64()))
+            });
+            let staged = stage.as_ref().map(|stage| stage.import(importer.clone(), archive));
+            (maker.join().expect("making the container does not panic"), staged)
+        });
+        let ((info, made), create_seconds): ((Container, Made), f64) = made?;
+        let restored = self.place_new(archive, &info, &made, staged, importer).and_then(|import| {
+            let podman_seconds = create_seconds + self.resume(&info, options)?;
+            Ok((import, podman_seconds))
+        });
+        match restored {
+            Ok((import, podman_seconds)) => Ok(RestoreReport { container: info.id, podman_seconds, import }),
             Err(e) => {
-                if let Some(made) = &made {
-                    self.remove_made(made);
-                }
+                self.remove_made(&made);
                 Err(e)
             }
         }
@@ -86,35 +118,41 @@ impl Podman {
         }
     }
 
-    fn place_and_restore(
+    /// Puts the checkpoint and rootfs changes into the new container: the staged ones moved
+    /// in, or, without a stage that fits, restored from the archive. A new container's layer
+    /// holds nothing of its own yet: the archive's changes are applied to an empty layer.
+    fn place_new(
         &self,
         archive: &Path,
         info: &Container,
-        made: Option<&Made>,
-        options: &RestoreOptions,
-        podman_seconds: &mut f64,
+        made: &Made,
+        staged: Option<Result<Staged<'_>>>,
+        importer: Importer,
     ) -> Result<ImportStats> {
-        let import = if let Some(made) = made {
-            // A new container's layer holds nothing of its own yet but the mount points runc
-            // made: the archive's changes are applied over them.
-            let mut importer = Importer::new()
-                .share(options.share)
-                .only(podman::RESTORED_MEMBERS)
-                .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: Vec::new() });
-            for (name, dir) in &made.fill {
-                importer = importer.volume(name, dir);
+        if let Some(staged) = staged {
+            let staged = staged?;
+            complete(&staged.stats, &info.bundle)?;
+            if staged.fits(info)? {
+                return staged.place(info);
             }
-            complete(importer.import(archive, &info.bundle)?, &info.bundle)?
-        } else {
-            rollback(archive, info, options.share)?
-        };
+        }
+        let mut importer = importer.rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: Vec::new() });
+        for (name, dir) in &made.fill {
+            importer = importer.volume(name, dir);
+        }
+        let stats = importer.import(archive, &info.bundle)?;
+        complete(&stats, &info.bundle)?;
+        Ok(stats)
+    }
+
+    /// Has podman restore the process from the container's checkpoint; the seconds it took.
+    fn resume(&self, info: &Container, options: &RestoreOptions) -> Result<f64> {
         let started = Instant::now();
         let mut args = vec!["container", "restore"];
         args.extend(criu_flags(options.tcp_established, options.file_locks));
         args.push(&info.id);
         self.run(&args)?;
-        *podman_seconds += started.elapsed().as_secs_f64();
-        Ok(import)
+        Ok(started.elapsed().as_secs_f64())
     }
 
     /// The names of the volumes podman has.
@@ -293,14 +331,14 @@ fn volumes_to_fill(old: &[(String, String)], new: &Container) -> Result<Vec<(Str
 
 /// A failed member means the checkpoint is not whole: a restore from it would not be the
 /// checkpointed process.
-fn complete(stats: ImportStats, bundle: &Path) -> Result<ImportStats> {
+fn complete(stats: &ImportStats, bundle: &Path) -> Result<()> {
     if let Some(first) = stats.refused.first().or(stats.failed.first()) {
         return Err(Error::refused(bundle, format!("checkpoint member not restored: {first}")));
     }
     if let Some(first) = stats.conflicts.first() {
         return Err(Error::refused(first, "already exists; the checkpoint was not restored over it"));
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Builds the archive's checkpoint and rootfs changes beside the container's own, then swaps
@@ -316,7 +354,8 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
         .share(share)
         .only(podman::RESTORED_MEMBERS.iter().copied().chain(["network.status"]))
         .rootfs(Rootfs::Diff { upper: new_upper.path.clone(), lowers: Vec::new() });
-    let stats = complete(importer.import(archive, &new_bundle.path)?, &new_bundle.path)?;
+    let stats = importer.import(archive, &new_bundle.path)?;
+    complete(&stats, &new_bundle.path)?;
     remove_stale_rootfs_diff(&info.bundle)?;
     for name in podman::RESTORED_MEMBERS.iter().chain(&["network.status"]) {
         let from = new_bundle.path.join(name);

@@ -30,6 +30,17 @@ pub(crate) fn of(path: &Path) -> Result<Mount> {
     Ok(Mount { id, top })
 }
 
+/// Whether `a` and `b` are on one mount of one filesystem (and one Btrfs subvolume), so
+/// that rename(2) moves entries from one to the other.
+pub(crate) fn renames_between(a: &Path, b: &Path) -> Result<bool> {
+    let statx = |path: &Path| {
+        rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID).at("statx", path)
+    };
+    let (a, b) = (statx(a)?, statx(b)?);
+    Ok(a.stx_mnt_id == b.stx_mnt_id
+        && (a.stx_dev_major, a.stx_dev_minor) == (b.stx_dev_major, b.stx_dev_minor))
+}
+
 fn mount_id(path: &Path) -> Result<u64> {
     let st = rustix::fs::statx(CWD, path, AtFlags::empty(), StatxFlags::MNT_ID).at("statx", path)?;
     Ok(st.stx_mnt_id)

@@ -203,6 +203,18 @@ impl Podman {
         PathBuf::from(self.inspect(name, "{{.GraphDriver.Data.UpperDir}}"))
     }
 
+    /// ckpt's private directories (`.ckpt-*`) in this storage root's container and layer
+    /// directories, where a restore stages what it clones.
+    pub fn ckpt_leftovers(&self) -> Vec<PathBuf> {
+        let storage = self.dir.join("storage");
+        ["overlay-containers", "overlay"]
+            .iter()
+            .flat_map(|dir| fs::read_dir(storage.join(dir)).into_iter().flatten())
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".ckpt-")))
+            .collect()
+    }
+
     /// IDs of all containers of this storage root, sorted.
     pub fn container_ids(&self) -> Vec<String> {
         let mut v: Vec<String> =

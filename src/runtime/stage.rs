@@ -1,0 +1,127 @@
+//! Restoring into a new container while podman creates it: the checkpoint and the rootfs
+//! changes are cloned into private directories in podman's store, the new container's
+//! directories are known only once `podman create` returns, and then the staged entries are
+//! renamed into them. The clones and podman's own start-up overlap.
+
+use std::path::Path;
+
+use rustix::fs::{CWD, RenameFlags};
+use serde_json::Value;
+
+use crate::container::podman;
+use crate::error::{Context, Error, Result};
+use crate::import::Importer;
+use crate::import::stats::ImportStats;
+use crate::sys::mount;
+
+use super::{Container, Scratch};
+
+/// Private directories beside the directories podman keeps its containers' userdata dirs and
+/// its layers in (each a mount of its own: podman bind-mounts its layers' directory), holding
+/// a checkpoint's bundle members and rootfs changes until their container exists.
+pub(super) struct Stage {
+    bundle: Scratch,
+    diff: Scratch,
+}
+
+/// A checkpoint restored into a stage.
+pub(super) struct Staged<'a> {
+    stage: &'a Stage,
+    pub(super) stats: ImportStats,
+    /// Whether the archive gave the layer's own directory its metadata (`./`).
+    layer_root: bool,
+}
+
+impl Stage {
+    /// A stage in the overlay store the checkpointed container was in (its userdata dir was
+    /// `STORAGE/overlay-containers/ID/userdata`, as `config.dump`'s `staticDir` says), when
+    /// this host has that store: a restore on the host of the checkpoint lands there. `None`
+    /// when there is no such store; the archive is then restored once the container exists.
+    pub(super) fn in_store_of(config: &Value) -> Option<Stage> {
+        let static_dir = Path::new(config.get("staticDir").and_then(Value::as_str)?);
+        let containers = static_dir.parent()?.parent()?;
+        let layers = containers.with_file_name("overlay");
+        // The archive names the directories: only those of a containers/storage store are used.
+        if static_dir.file_name()? != "userdata"
+            || containers.file_name()? != "overlay-containers"
+            || !containers.join("containers.json").is_file()
+            || !layers.is_dir()
+        {
+            return None;
+        }
+        let made = Scratch::create(containers, "restore")
+            .and_then(|bundle| Ok(Stage { bundle, diff: Scratch::create(&layers, "restore")? }));
+        match made {
+            Ok(stage) => Some(stage),
+            Err(e) => {
+                log::debug!("not staging the restore in {}: {e}", containers.display());
+                None
+            }
+        }
+    }
+
+    /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
+    pub(super) fn import(&self, importer: Importer, archive: &Path) -> Result<Staged<'_>> {
+        let upper = self.diff.path.clone();
+        let importer = importer.rootfs(podman::Rootfs::Diff { upper, lowers: Vec::new() });
+        let (stats, layer_root) = importer.import_noting_layer_root(archive, &self.bundle.path)?;
+        Ok(Staged { stage: self, stats, layer_root })
+    }
+}
+
+impl Staged<'_> {
+    /// Whether the staged entries can be renamed into the new container `info`'s directories:
+    /// each stage is on the mount and filesystem of its directory, and the layer is still
+    /// empty.
+    pub(super) fn fits(&self, info: &Container) -> Result<bool> {
+        for (stage, dir) in [(&self.stage.bundle.path, &info.bundle), (&self.stage.diff.path, &info.upper)] {
+            if !mount::renames_between(stage, dir)? {
+                log::debug!("{}: not on the mount of {}; restoring in place", stage.display(), dir.display());
+                return Ok(false);
+            }
+        }
+        let mut entries = std::fs::read_dir(&info.upper).at("read directory", &info.upper)?;
+        Ok(entries.next().is_none())
+    }
+
+    /// Renames the staged bundle members into the new container's userdata dir and the rootfs
+    /// changes into its layer; what a rename would replace is refused instead.
+    pub(super) fn place(self, info: &Container) -> Result<ImportStats> {
+        for name in podman::RESTORED_MEMBERS {
+            let from = self.stage.bundle.path.join(name);
+            if std::fs::symlink_metadata(&from).is_ok() {
+                move_new(&from, &info.bundle.join(name))?;
+            }
+        }
+        let diff = &self.stage.diff.path;
+        if self.layer_root {
+            // The staged directory is the layer's as the archive has it; the new container's
+            // empty one goes to the stage and is removed with it.
+            rustix::fs::renameat_with(CWD, diff, CWD, &info.upper, RenameFlags::EXCHANGE)
+                .map_err(|e| Error::io("exchange", &info.upper, e))?;
+        } else {
+            // The layer's directory keeps podman's owner, mode and times; only its entries move.
+            for entry in std::fs::read_dir(diff).at("read directory", diff)? {
+                let entry = entry.at("read directory", diff)?;
+                move_new(&entry.path(), &info.upper.join(entry.file_name()))?;
+            }
+        }
+        log::debug!(
+            "{} and {}: restored there while podman made the container, moved into the container",
+            self.stage.bundle.path.display(),
+            diff.display()
+        );
+        Ok(self.stats)
+    }
+}
+
+/// Renames `from` to `to`, which must not exist.
+fn move_new(from: &Path, to: &Path) -> Result<()> {
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => {
+            Err(Error::refused(to, "already exists; the checkpoint was not restored over it"))
+        }
+        Err(e) => Err(Error::io("rename into place", to, e)),
+    }
+}
