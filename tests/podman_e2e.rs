@@ -371,6 +371,40 @@ on_btrfs_and_xfs! {
     }
 }
 
+on_btrfs_and_xfs! {
+    /// ckpt archives the checkpoint while podman finishes after its export; when podman then
+    /// fails, ckpt fails with podman's message and the archive it would have replaced is left
+    /// as it was, with no temporary file beside it.
+    fn checkpoint_whose_podman_fails_after_its_export_keeps_the_old_archive(s, pm) {
+        pm.run_counter("c1", &[]);
+        let dir = s.path("out");
+        fs::create_dir(&dir).unwrap();
+        let archive = dir.join("c1.tar");
+        fs::write(&archive, b"the previous archive").unwrap();
+        let podman = s.path("podman-fails-after-checkpoint");
+        fs::write(
+            &podman,
+            "#!/bin/sh\npodman \"$@\" || exit\n\
+             if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n",
+        )
+        .unwrap();
+        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let out = pm
+            .command(ckpt_bin())
+            .env("CKPT_PODMAN", &podman)
+            .args([&"podman" as &dyn AsRef<std::ffi::OsStr>, &"checkpoint", &"c1", &archive].iter().map(|a| a.as_ref()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cleanup failed (test)"), "{stderr}");
+        assert_eq!(fs::read(&archive).unwrap(), b"the previous archive");
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["c1.tar"]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // e. secrets stay out
 // ---------------------------------------------------------------------------

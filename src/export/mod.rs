@@ -204,6 +204,18 @@ impl Exporter {
     /// in the checkpoint layout when asked for. A regular `out` (or a new one) is replaced
     /// when the archive is complete; a character device or fifo is written into.
     pub fn export(&self, src: &Path, out: &Path) -> Result<ExportStats> {
+        self.export_checked(src, out, &mut || Ok(()))
+    }
+
+    /// Exports as [`export`](Self::export) does, and runs `check` once the archive is
+    /// written, before it replaces a regular `out`: an error from `check` is the export's,
+    /// and leaves such an `out` as it was (a stream has been written by then).
+    pub(crate) fn export_checked(
+        &self,
+        src: &Path,
+        out: &Path,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<ExportStats> {
         let started = Instant::now();
         if let Some(align) = self.align {
             check_align(align)?;
@@ -211,13 +223,16 @@ impl Exporter {
         let skipped = Skipped::default();
         let result = if out == Path::new("-") {
             self.write_stream(src, &skipped, std::io::stdout().as_fd(), Path::new("<stdout>"))
+                .and_then(|stats| check().map(|()| stats))
         } else {
             Destination::open(out).and_then(|destination| match destination {
-                Destination::Stream(file) => self.write_stream(src, &skipped, file.as_fd(), out),
+                Destination::Stream(file) => self
+                    .write_stream(src, &skipped, file.as_fd(), out)
+                    .and_then(|stats| check().map(|()| stats)),
                 Destination::Replace(out_file) if self.compression.is_some() => {
-                    self.write_compressed_file(src, &skipped, out_file, out)
+                    self.write_compressed_file(src, &skipped, out_file, out, check)
                 }
-                Destination::Replace(out_file) => self.write_file(src, &skipped, out_file, out),
+                Destination::Replace(out_file) => self.write_file(src, &skipped, out_file, out, check),
             })
         };
         if let Some(progress) = self.progress_receiver() {
@@ -265,6 +280,7 @@ impl Exporter {
         skipped: &Skipped,
         out_file: OutFile,
         out: &Path,
+        check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<ExportStats> {
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
@@ -278,6 +294,7 @@ impl Exporter {
         let MoveStats { bytes_cloned, bytes_copied } = placer.mover.stats;
         let len = pieces.len().expect("every piece was placed");
         file.set_len(len).at("ftruncate", out)?;
+        check()?;
         out_file.commit()?;
         Ok(stats(&pieces, align, bytes_cloned, bytes_copied, len))
     }
@@ -362,12 +379,14 @@ impl Exporter {
         skipped: &Skipped,
         out_file: OutFile,
         out: &Path,
+        check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<ExportStats> {
         let compression = self.compression.expect("compressed output");
         let align = self.align.unwrap_or(DEFAULT_ALIGN);
         let mut pieces = self.pieces(src, align, skipped, true)?;
         let (copied, written) =
             self.write_compressed(&mut pieces, compression, out_file.file().as_fd(), out)?;
+        check()?;
         out_file.commit()?;
         Ok(stats(&pieces, align, 0, copied, written))
     }

@@ -3,17 +3,19 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use rustix::fs::{Mode, OFlags};
 
 use crate::container::podman::Rootfs;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::export::Exporter;
 
 use super::{
-    CheckpointOptions, CheckpointReport, Container, Podman, Scratch, Volume, criu_flags,
+    CheckpointOptions, CheckpointReport, Container, Podman, Scratch, Started, Volume, criu_flags,
     remove_stale_rootfs_diff,
 };
 
@@ -42,15 +44,19 @@ impl Podman {
                 ),
             ));
         }
-        let mut podman_seconds = self.freeze(&info, out, options)?;
-        remove_stale_rootfs_diff(&info.bundle)?;
         let mut exporter = exporter
             .bundle_layout(true)
             .rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: info.lowers.clone() });
         for volume in volumes {
             exporter = exporter.volume(&volume.name, &volume.dir);
         }
-        let export = exporter.export(&info.bundle, out);
+        let (export, mut podman_seconds) = self.freeze(&info, out, options, |podman_exited| {
+            // Podman has written its export: the checkpoint is complete and the container
+            // stopped. It is archived while podman cleans up, and replaces OUT only if podman
+            // then succeeds.
+            remove_stale_rootfs_diff(&info.bundle)
+                .and_then(|()| exporter.export_checked(&info.bundle, out, podman_exited))
+        })?;
         if !options.keep {
             remove_leftovers(&info.bundle);
         }
@@ -92,10 +98,18 @@ impl Podman {
         Ok(info)
     }
 
-    /// Has podman checkpoint the container, its export drained beside `out`; the seconds it
-    /// took. Not podman's --leave-running: the process would go on changing its files while
-    /// they are archived. It is stopped, archived, then restored from the checkpoint.
-    fn freeze(&self, info: &Container, out: &Path, options: &CheckpointOptions) -> Result<f64> {
+    /// Has podman checkpoint the container, its export drained beside `out`, and once that
+    /// export has ended runs `then` with a function that waits for podman to exit (an error if
+    /// it failed); `then`'s result and the seconds podman took, or podman's error. Not
+    /// podman's --leave-running: the process would go on changing its files while they are
+    /// archived. It is stopped, archived, then restored from the checkpoint.
+    fn freeze<T>(
+        &self,
+        info: &Container,
+        out: &Path,
+        options: &CheckpointOptions,
+        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> T,
+    ) -> Result<(T, f64)> {
         let started = Instant::now();
         let drain = Drain::new(out)?;
         let mut args: Vec<&OsStr> =
@@ -106,8 +120,8 @@ impl Podman {
         args.push(drain.fifo.as_os_str());
         args.extend(criu_flags(options.tcp_established, options.file_locks).map(OsStr::new));
         args.push(OsStr::new(&info.id));
-        drain.run(|| self.run(&args))?;
-        Ok(started.elapsed().as_secs_f64())
+        let podman = self.start(&args)?;
+        drain.run(podman, started, then)
     }
 }
 
@@ -148,11 +162,19 @@ impl Drain {
         Ok(Drain { dir, fifo })
     }
 
-    /// Runs `producer` (podman writing into the pipe) while reading the pipe to its end.
-    fn run<T>(&self, producer: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Reads the pipe while `podman` writes its export into it; once the export has ended,
+    /// runs `then` with a function that waits for podman to exit (an error if podman failed).
+    /// Podman is waited for in any case: `then`'s result and the seconds from `started` to
+    /// podman's exit, or podman's error.
+    fn run<T>(
+        &self,
+        podman: Started,
+        started: Instant,
+        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> T,
+    ) -> Result<(T, f64)> {
         // The read end opens at once without blocking; the write end held here keeps the pipe
-        // from reading as ended before podman opens it, and is closed once podman is done,
-        // so the read ends exactly when podman's writes do (or at once, if it never wrote).
+        // from reading as ended before podman opens it, and is closed once podman has written
+        // (or has exited), so the read ends exactly when podman's writes do.
         let read_end =
             rustix::fs::open(&self.fifo, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
                 .at("open", &self.fifo)?;
@@ -160,14 +182,69 @@ impl Drain {
         let write_end = rustix::fs::open(&self.fifo, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
             .at("open", &self.fifo)?;
         let mut pipe = File::from(read_end);
+        let command = podman.command.clone();
         std::thread::scope(|scope| {
-            let reader = scope.spawn(move || std::io::copy(&mut pipe, &mut std::io::sink()));
-            let result = producer();
+            let (wrote_or_exited, event) = mpsc::channel();
+            let reader = {
+                let wrote = wrote_or_exited.clone();
+                scope.spawn(move || {
+                    let mut first = [0u8; 64 << 10];
+                    let n = pipe.read(&mut first)?;
+                    if n > 0 {
+                        let _ = wrote.send(());
+                    }
+                    Ok::<u64, std::io::Error>(n as u64 + std::io::copy(&mut pipe, &mut std::io::sink())?)
+                })
+            };
+            let waiter = scope.spawn(move || {
+                let exited = podman.wait();
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = wrote_or_exited.send(());
+                (exited, seconds)
+            });
+            let _ = event.recv();
             drop(write_end);
-            let drained = reader.join().expect("the drain does not panic");
-            let bytes = drained.at("read", &self.fifo)?;
-            log::debug!("podman's export, {bytes} bytes, drained from {}", self.dir.path.display());
-            result
+            let drained = reader.join().expect("the drain does not panic").at("read", &self.fifo);
+            let mut exit = Exit { waiter: Some(waiter), exited: None };
+            let then_result = match &drained {
+                Ok(0) | Err(_) => None,
+                Ok(bytes) => {
+                    log::debug!("podman's export, {bytes} bytes, drained from {}", self.dir.path.display());
+                    Some(then(&mut || match exit.wait() {
+                        (Ok(_), _) => Ok(()),
+                        (Err(_), _) => Err(Error::Runtime {
+                            command: command.clone(),
+                            reason: "failed: the archive is not written".into(),
+                        }),
+                    }))
+                }
+            };
+            let (podman_result, seconds) = exit.into_result();
+            podman_result?;
+            drained?;
+            let then_result = then_result
+                .ok_or_else(|| Error::Runtime { command, reason: "wrote no checkpoint export".into() })?;
+            Ok((then_result, seconds))
         })
+    }
+}
+
+/// Podman's exit, waited for once.
+struct Exit<'scope> {
+    waiter: Option<std::thread::ScopedJoinHandle<'scope, (Result<String>, f64)>>,
+    exited: Option<(Result<String>, f64)>,
+}
+
+impl Exit<'_> {
+    fn wait(&mut self) -> &(Result<String>, f64) {
+        if let Some(waiter) = self.waiter.take() {
+            self.exited = Some(waiter.join().expect("waiting for podman does not panic"));
+        }
+        self.exited.as_ref().expect("podman was waited for")
+    }
+
+    fn into_result(mut self) -> (Result<String>, f64) {
+        self.wait();
+        self.exited.expect("podman was waited for")
     }
 }

@@ -7,9 +7,10 @@
 //!   the container's userdata dir and podman write `config.dump` and `spec.dump` there (it
 //!   writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
 //!   drains and discards, with the rootfs and volumes left out, so it costs one read of the
-//!   CRIU images from the page cache. ckpt then archives the userdata dir's checkpoint
-//!   members, the rootfs changes from the layer's upper dir and each named volume's
-//!   directory, as podman's export would.
+//!   CRIU images from the page cache. Once that export has ended, while podman cleans up,
+//!   ckpt archives the userdata dir's checkpoint members, the rootfs changes from the layer's
+//!   upper dir and each named volume's directory, as podman's export would; the archive is
+//!   committed only if podman succeeds.
 //! - Restore into a new container: the archive's `config.dump` holds the command line that
 //!   created the container (`CreateCommand`); ckpt replays it as `podman create`, gives the
 //!   new container the archive's `spec.dump` as its runtime spec with the old container's
@@ -30,7 +31,7 @@ mod stage;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use rustix::fs::Mode;
 use serde_json::Value;
@@ -193,22 +194,22 @@ impl Podman {
 
     /// Runs podman with `args`; its standard output. A failure carries podman's message.
     fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
-        let shown = || {
-            let words: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-            format!("{} {}", self.program.to_string_lossy(), words.join(" "))
-        };
-        log::debug!("running {}", shown());
-        let output = Command::new(&self.program)
+        self.start(args)?.wait()
+    }
+
+    /// Starts podman with `args`, its output captured.
+    fn start<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Started> {
+        let words: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let command = format!("{} {}", self.program.to_string_lossy(), words.join(" "));
+        log::debug!("running {command}");
+        let child = Command::new(&self.program)
             .args(args)
             .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::Runtime { command: shown(), reason: format!("cannot run: {e}") })?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let message = stderr.trim().lines().last().unwrap_or("no message").to_string();
-            return Err(Error::Runtime { command: shown(), reason: format!("{}: {message}", output.status) });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime { command: command.clone(), reason: format!("cannot run: {e}") })?;
+        Ok(Started { child, command })
     }
 
     fn refusal(&self, container: &str, reason: String) -> Error {
@@ -220,6 +221,29 @@ impl Podman {
         if let Err(e) = self.run(&["rm", "-f", id]) {
             log::warn!("cannot remove the container made for the restore: {e}");
         }
+    }
+}
+
+/// A podman command that is running.
+struct Started {
+    child: Child,
+    command: String,
+}
+
+impl Started {
+    /// Waits for podman to exit; its standard output. A failure carries podman's message.
+    fn wait(self) -> Result<String> {
+        let command = self.command;
+        let output = self.child.wait_with_output().map_err(|e| Error::Runtime {
+            command: command.clone(),
+            reason: format!("cannot wait for it: {e}"),
+        })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = stderr.trim().lines().last().unwrap_or("no message").to_string();
+            return Err(Error::Runtime { command, reason: format!("{}: {message}", output.status) });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
