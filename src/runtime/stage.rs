@@ -3,6 +3,7 @@
 //! directories are known only once `podman create` returns, and then the staged entries are
 //! renamed into them. The clones and podman's own start-up overlap.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{CWD, RenameFlags};
@@ -41,11 +42,14 @@ impl Stage {
         let static_dir = Path::new(config.get("staticDir").and_then(Value::as_str)?);
         let containers = static_dir.parent()?.parent()?;
         let layers = containers.with_file_name("overlay");
-        // The archive names the directories: only those of a containers/storage store are used.
+        // The archive names the directories: only those of a containers/storage store that no
+        // other user can change are used.
         if static_dir.file_name()? != "userdata"
             || containers.file_name()? != "overlay-containers"
             || !containers.join("containers.json").is_file()
             || !layers.is_dir()
+            || !out_of_others_reach(containers)
+            || !out_of_others_reach(&layers)
         {
             return None;
         }
@@ -115,6 +119,18 @@ impl Staged<'_> {
     }
 }
 
+/// Whether no other user can rename, replace or add entries in `dir`, nor in any directory
+/// above it: each is this user's or root's, and writable by no one else unless sticky.
+fn out_of_others_reach(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else { return false };
+    let me = rustix::process::geteuid().as_raw();
+    dir.ancestors().all(|d| {
+        std::fs::symlink_metadata(d).is_ok_and(|m| {
+            (m.uid() == me || m.uid() == 0) && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+        })
+    })
+}
+
 /// Renames `from` to `to`, which must not exist.
 fn move_new(from: &Path, to: &Path) -> Result<()> {
     match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
@@ -123,5 +139,30 @@ fn move_new(from: &Path, to: &Path) -> Result<()> {
             Err(Error::refused(to, "already exists; the checkpoint was not restored over it"))
         }
         Err(e) => Err(Error::io("rename into place", to, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_store_below_a_directory_others_can_write_to_is_not_staged_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        let store = open.join("storage");
+        std::fs::create_dir_all(&store).unwrap();
+        let set =
+            |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        set(&open, 0o755).unwrap();
+        assert!(out_of_others_reach(&store), "{}", store.display());
+        set(&open, 0o777).unwrap();
+        assert!(!out_of_others_reach(&store));
+        // Sticky, as /tmp: others cannot rename or replace what is not theirs.
+        set(&open, 0o1777).unwrap();
+        assert!(out_of_others_reach(&store));
+        set(&store, 0o775).unwrap();
+        assert!(!out_of_others_reach(&store));
     }
 }
