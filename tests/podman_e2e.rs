@@ -599,6 +599,25 @@ on_btrfs_and_xfs! {
 }
 
 on_btrfs_and_xfs! {
+    /// A config.dump whose volume name would reach outside podman's volumes (`../x`) is
+    /// refused as the archive's fault before podman creates anything: exit 1 naming it.
+    fn restore_with_a_hostile_volume_name_is_refused_before_creating(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        pm.ok(&[&"container", &"checkpoint", &"--export", &archive, &"--compress", &"none", &"c1"]);
+        let edited = edited_podman_archive(s, &archive, |config| {
+            config["namedVolumes"] = serde_json::json!([{"volumeName": "../x", "dest": "/vol"}]);
+        });
+        let before = pm.container_ids();
+        let out = pm.ckpt_code(1, &[&"podman", &"restore", &"--name", &"c2", &edited]);
+        let err = stderr_of(&out);
+        assert!(err.contains("\"../x\" is not a volume name"), "{err}");
+        assert!(!err.contains("podman create") && !err.contains("running podman"), "{err}");
+        assert_eq!(pm.container_ids(), before, "a refused restore left a container behind");
+    }
+}
+
+on_btrfs_and_xfs! {
     /// The checkpointed image is not the image the replayed `podman create` made the new
     /// container of: exit 1 naming the image, and no new container is left behind.
     fn restore_onto_a_different_image_is_refused_and_leaves_no_container(s, pm) {

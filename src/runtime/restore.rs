@@ -97,6 +97,10 @@ impl Podman {
             Error::unsuitable(archive, "has no config.dump: which container to create is not known")
         })?;
         let old_volumes = named_volumes(config);
+        if let Some((name, _)) = old_volumes.iter().find(|(name, _)| podman::check_volume_name(name).is_err())
+        {
+            return Err(Error::unsuitable(archive, format!("config.dump: {name:?} is not a volume name")));
+        }
         // Volumes podman makes for the new container are removed with it if the restore fails.
         let volumes_before = if old_volumes.is_empty() { Vec::new() } else { self.volume_names()? };
         let id = self.create_like(archive, config, name)?;
