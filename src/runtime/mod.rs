@@ -29,17 +29,19 @@ mod restore;
 mod stage;
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use rustix::fs::Mode;
+use rustix::fs::{Mode, OFlags};
 use serde_json::Value;
 
 use crate::container::podman;
 use crate::error::{Context, Error, Result};
 use crate::export::ExportStats;
 use crate::import::stats::ImportStats;
+use crate::sys::temp;
 
 /// The podman command line ckpt drives.
 #[derive(Debug, Clone)]
@@ -247,19 +249,25 @@ impl Started {
     }
 }
 
-/// A private directory beside `near`, removed with what it holds unless it was swapped away.
+/// A private directory in `dir`, `.ckpt-WHAT-PID`, removed with what it holds unless it was
+/// swapped away. It is locked while this process lives, so that a later ckpt can tell one a
+/// killed ckpt left behind (it may hold a checkpoint: process memory) and remove it.
 struct Scratch {
     path: PathBuf,
+    _lock: Option<OwnedFd>,
 }
 
 impl Scratch {
     fn create(dir: &Path, what: &str) -> Result<Scratch> {
+        remove_stale_scratch(dir, what);
         let path = dir.join(format!(".ckpt-{what}-{}", std::process::id()));
         if std::fs::symlink_metadata(&path).is_ok() {
             std::fs::remove_dir_all(&path).at("remove stale", &path)?;
         }
         rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)).at("mkdir", &path)?;
-        Ok(Scratch { path })
+        // Filesystems without locks keep what killed processes left.
+        let lock = lock_dir(&path);
+        Ok(Scratch { path, _lock: lock })
     }
 }
 
@@ -267,6 +275,34 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Removes the `.ckpt-WHAT-PID` directories in `dir` whose process is gone and whose lock no
+/// process holds (the lock also covers a ckpt in another pid namespace). Best effort.
+fn remove_stale_scratch(dir: &Path, what: &str) {
+    let prefix = format!(".ckpt-{what}-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let pid = pid.parse().ok().filter(|_| pid.bytes().all(|b| b.is_ascii_digit()));
+        let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) else { continue };
+        let path = entry.path();
+        if temp::writer_gone(pid) && lock_dir(&path).is_some() {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => log::info!("{}: removed, left behind by a ckpt that was killed", path.display()),
+                Err(e) => log::debug!("{}: not removed: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// The directory `path` (not a symlink to one), locked exclusively; `None` if it cannot be.
+fn lock_dir(path: &Path) -> Option<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).ok()?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(fd)
 }
 
 /// Podman 4.3's own export means to remove the rootfs-diff.tar and deleted.files it writes
@@ -291,4 +327,34 @@ fn criu_flags<'a>(tcp_established: bool, file_locks: bool) -> impl Iterator<Item
     [(tcp_established, "--tcp-established"), (file_locks, "--file-locks")]
         .into_iter()
         .filter_map(|(set, flag)| set.then_some(flag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scratch_dir_of_a_killed_ckpt_is_removed_and_a_locked_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone_pid = || {
+            let mut child = Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        let stale = dir.path().join(format!(".ckpt-restore-{}", gone_pid()));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("pages-1.img"), b"process memory").unwrap();
+        // A ckpt of a gone process ID, alive in another pid namespace, holds its lock.
+        let locked = dir.path().join(format!(".ckpt-restore-{}", gone_pid()));
+        std::fs::create_dir(&locked).unwrap();
+        let _lock = lock_dir(&locked).unwrap();
+
+        let scratch = Scratch::create(dir.path(), "restore").unwrap();
+        assert!(!stale.exists(), "the killed ckpt's scratch dir is still there");
+        assert!(locked.exists(), "a locked scratch dir was removed");
+        assert!(scratch.path.is_dir());
+        drop(scratch);
+        assert!(locked.exists());
+    }
 }
