@@ -44,7 +44,8 @@ impl Stage {
         let layers = containers.with_file_name("overlay");
         // The archive names the directories: only those of a containers/storage store that no
         // other user can change are used.
-        if static_dir.file_name()? != "userdata"
+        if !static_dir.is_absolute()
+            || static_dir.file_name()? != "userdata"
             || containers.file_name()? != "overlay-containers"
             || !containers.join("containers.json").is_file()
             || !layers.is_dir()
