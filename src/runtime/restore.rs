@@ -372,7 +372,7 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
 }
 
 /// Puts `from` at `to`; what was at `to` is removed once `from` is in its place.
-fn swap_in(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn swap_in(from: &Path, to: &Path) -> Result<()> {
     match rustix::fs::renameat_with(rustix::fs::CWD, from, rustix::fs::CWD, to, RenameFlags::EXCHANGE) {
         Ok(()) => {
             let old = from;

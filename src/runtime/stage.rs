@@ -15,6 +15,7 @@ use crate::import::Importer;
 use crate::import::stats::ImportStats;
 use crate::sys::mount;
 
+use super::restore::swap_in;
 use super::{Container, Scratch};
 
 /// Private directories beside the directories podman keeps its containers' userdata dirs and
@@ -100,10 +101,9 @@ impl Staged<'_> {
         }
         let diff = &self.stage.diff.path;
         if self.layer_root {
-            // The staged directory is the layer's as the archive has it; the new container's
-            // empty one goes to the stage and is removed with it.
-            rustix::fs::renameat_with(CWD, diff, CWD, &info.upper, RenameFlags::EXCHANGE)
-                .map_err(|e| Error::io("exchange", &info.upper, e))?;
+            // The staged directory is the layer's as the archive has it; it replaces the new
+            // container's empty one.
+            swap_in(diff, &info.upper)?;
         } else {
             // The layer's directory keeps podman's owner, mode and times; only its entries move.
             for entry in std::fs::read_dir(diff).at("read directory", diff)? {
