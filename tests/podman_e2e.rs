@@ -275,6 +275,7 @@ on_btrfs_and_xfs! {
 
         let out = pm.ckpt_code(0, &[&"podman", &"restore", &"-vv", &"--name", &"c2", &archive]);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("container restore --import"), "podman's import made it: {stderr}");
         assert!(stderr.contains("moved into the container"), "{stderr}");
         pm.assert_counter_continues("c2", at_checkpoint);
         assert_eq!(exec_sh(pm, "c2", "cat /data/f"), "kept");
@@ -318,7 +319,8 @@ on_btrfs_and_xfs! {
 
 on_btrfs_and_xfs! {
     /// A restore whose container podman cannot create (its name is taken) fails with
-    /// podman's reason and leaves no new container and no stage behind.
+    /// podman's reason, keeps the container that has the name, and leaves no new container
+    /// and no stage behind.
     fn restore_under_a_taken_name_fails_and_leaves_no_stage(s, pm) {
         pm.run_counter("c1", &[]);
         let archive = s.path("c1.tar");
@@ -327,8 +329,36 @@ on_btrfs_and_xfs! {
 
         let out = pm.ckpt_code(1, &[&"podman", &"restore", &archive]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("create") && stderr.contains("c1"), "{stderr}");
+        assert!(stderr.contains("already in use") && stderr.contains("c1"), "{stderr}");
         assert_eq!(pm.container_ids(), before);
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
+        assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
+    }
+}
+
+on_btrfs_and_xfs! {
+    /// A restore whose podman fails after ckpt moved the checkpoint into the container podman
+    /// made: ckpt fails with podman's message, removes that container, and leaves no stage.
+    fn restore_whose_podman_fails_after_moving_in_removes_the_new_container(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        let before = pm.container_ids();
+        let podman = s.path("podman-fails-after-restore");
+        fs::write(
+            &podman,
+            "#!/bin/sh\npodman \"$@\" || exit\n\
+             if [ \"$1 $2\" = 'container restore' ]; then echo 'restore failed (test)' >&2; exit 1; fi\n",
+        )
+        .unwrap();
+        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let args: [&dyn AsRef<std::ffi::OsStr>; 6] = [&"podman", &"restore", &"-vv", &"--name", &"c2", &archive];
+        let out = pm.command(ckpt_bin()).env("CKPT_PODMAN", &podman).args(args.iter().map(|a| a.as_ref())).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("restore failed (test)") && stderr.contains("moved into the container"), "{stderr}");
+        assert_eq!(pm.container_ids(), before, "the container made for the restore is left");
         assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
     }
 }

@@ -11,19 +11,26 @@
 //!   ckpt archives the userdata dir's checkpoint members, the rootfs changes from the layer's
 //!   upper dir and each named volume's directory, as podman's export would; the archive is
 //!   committed only if podman succeeds.
-//! - Restore into a new container: the archive's `config.dump` holds the command line that
-//!   created the container (`CreateCommand`); ckpt replays it as `podman create`, gives the
-//!   new container the archive's `spec.dump` as its runtime spec with the old container's
-//!   paths made the new one's (as podman's own `restore --import` does, without a `podman
-//!   init` and `stop` to write a spec that is then replaced), clones the checkpoint into the
-//!   new userdata dir, the rootfs changes into the new upper dir and each named volume's
-//!   contents into the new container's volume, and has podman restore the process
-//!   (`podman container restore`). Without volumes to fill, the cloning overlaps `podman
-//!   create`: it goes into a stage in podman's store, moved in once the container exists.
+//! - Restore into a new container on the host of the checkpoint's store: podman's own
+//!   `container restore --import` makes the container from the archive's `config.dump` and
+//!   `spec.dump`, which ckpt feeds it through a named pipe (see `handoff`); ckpt clones the
+//!   checkpoint and the rootfs changes into a stage in the store meanwhile, and moves them
+//!   into the container once podman has made it and before podman mounts its rootfs. Podman
+//!   copies only the two dumps.
+//! - Restore into a new container otherwise (another host's store, named volumes or secrets,
+//!   which podman 4.3's import does not restore as ckpt does, or an image the store lacks):
+//!   the archive's `config.dump` holds the command line that created the container
+//!   (`CreateCommand`); ckpt replays it as `podman create`, gives the new container the
+//!   archive's `spec.dump` as its runtime spec with the old container's paths made the new
+//!   one's (as podman's own `restore --import` does), clones the checkpoint into the new
+//!   userdata dir, the rootfs changes into the new upper dir and each named volume's contents
+//!   into the new container's volume, and has podman restore the process (`podman container
+//!   restore`).
 //! - Rollback: the same container gets the archive's checkpoint and rootfs changes, built
 //!   beside its own and swapped in with `renameat2(RENAME_EXCHANGE)`, then is restored.
 
 mod checkpoint;
+mod handoff;
 mod replay;
 mod restore;
 mod stage;

@@ -1,20 +1,27 @@
 //! `ckpt podman restore`: a new container made as the archive's config.dump says, or the
 //! archived container rolled back, gets the checkpoint cloned in; podman restores the process.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
 
 use rustix::fs::RenameFlags;
 use serde_json::Value;
 
 use crate::container::podman::{self, Rootfs};
 use crate::error::{Context, Error, Result};
+use crate::export::member::{Body, Member};
+use crate::export::plan::{Planner, encode_headers};
 use crate::import::Importer;
 use crate::import::stats::ImportStats;
 use crate::inspect::member::read_members;
+use crate::tar::meta::{Kind, Meta};
+use crate::tar::{BLOCK, round_up};
 
+use super::handoff::Handoff;
 use super::replay::{Places, create_args, respec};
-use super::stage::{Stage, Staged};
+use super::stage::{NewContainer, Stage, Staged};
 use super::{
     Container, Podman, RestoreOptions, RestoreReport, RestoreTarget, Scratch, criu_flags,
     remove_stale_rootfs_diff,
@@ -46,9 +53,9 @@ impl Podman {
         Ok(RestoreReport { container: info.id, podman_seconds, import })
     }
 
-    /// Restores into a new container. While podman creates it, the archive is restored into a
-    /// stage in podman's store when there is one, and moved into place once the container's
-    /// directories are known.
+    /// Restores into a new container: made by podman's own import, the data moved in as it
+    /// does, when the checkpoint's store is on this host and there are no volumes to fill;
+    /// otherwise made by ckpt with `podman create`, and the data restored into it.
     fn restore_new(
         &self,
         archive: &Path,
@@ -56,22 +63,154 @@ impl Podman {
         name: Option<&str>,
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        let config = dumps.config.as_ref().ok_or_else(|| {
+            Error::unsuitable(archive, "has no config.dump: which container to create is not known")
+        })?;
+        let bad = |why: &str| Error::unsuitable(archive, format!("config.dump: {why}"));
+        if config.get("pod").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
+            return Err(bad(
+                "the container was in a pod: restore it with podman container restore --import --pod",
+            ));
+        }
+        if dumps.spec.is_none() {
+            return Err(Error::unsuitable(
+                archive,
+                "has no spec.dump: the runtime spec the process ran under is not known",
+            ));
+        }
+        let old_name = config.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = name.unwrap_or(old_name);
+        if name.is_empty() {
+            return Err(bad("no container name; give one with --name"));
+        }
+        // Podman 4.3's import restores neither volumes as ckpt does (it refuses those that
+        // exist, anonymous ones too) nor containers with secrets (CRIU finds no mount point
+        // for them); and a container is made of the image by ID.
+        let secrets = config.get("secrets").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+        let image = config.get("rootfsImageID").and_then(Value::as_str).unwrap_or_default();
+        if named_volumes(config).is_empty()
+            && !secrets
+            && let Some(stage) = Stage::in_store_of(config)
+            && stage.has_image(image)
+        {
+            return self.restore_imported(archive, dumps, name, options, &stage);
+        }
+        self.restore_created(archive, dumps, name, options)
+    }
+
+    /// Restores into a new container that podman's own `restore --import` makes from the
+    /// archive's `config.dump`, fed through a [`Handoff`]: while podman starts, the archive is
+    /// restored into a stage in the store; once podman has made the container, the stage is
+    /// moved into it, and podman mounts its rootfs and restores the process.
+    fn restore_imported(
+        &self,
+        archive: &Path,
+        dumps: &Dumps,
+        name: &str,
+        options: &RestoreOptions,
+        stage: &Stage,
+    ) -> Result<RestoreReport> {
+        // Podman may use another store than the checkpoint's, where the name is free.
+        let before = stage.named(name)?;
+        let config = dumps.config.as_ref().expect("a new container is made from config.dump");
+        let mut handoff = Handoff::new(stage.containers())?;
+        let mut args: Vec<&OsStr> = ["container", "restore", "--import"].map(OsStr::new).to_vec();
+        args.push(handoff.path().as_os_str());
+        args.extend(["--name", name].map(OsStr::new));
+        args.extend(criu_flags(options.tcp_established, options.file_locks).map(OsStr::new));
         let importer = Importer::new().share(options.share).only(podman::RESTORED_MEMBERS);
-        // A volume's directory is known only once the container exists.
-        let fills_volumes =
-            !options.ignore_volumes && dumps.config.as_ref().is_some_and(|c| !named_volumes(c).is_empty());
-        let stage = if fills_volumes { None } else { dumps.config.as_ref().and_then(Stage::in_store_of) };
-        let (made, staged) = std::thread::scope(|scope| {
-            let maker = scope.spawn(|| {
-                let started = Instant::now();
-                let made = self.make_new(archive, dumps, name, options)?;
-                Ok((made, started.elapsed().as_secs_f64()))
+        let since = SystemTime::now();
+        let started = Instant::now();
+        let podman = self.start(&args)?;
+        let exited = AtomicBool::new(false);
+        let mut made: Option<String> = None;
+        let (served, (podman_result, podman_seconds)) = std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let result = podman.wait();
+                exited.store(true, Ordering::Release);
+                (result, started.elapsed().as_secs_f64())
             });
-            let staged = stage.as_ref().map(|stage| stage.import(importer.clone(), archive));
-            (maker.join().expect("making the container does not panic"), staged)
+            let mut staging = Some(scope.spawn(|| stage.import(importer.clone(), archive)));
+            let served = handoff.serve(&dumps.tar(), &exited, || {
+                let Some(new) = stage.made(name, &before)? else { return Ok(None) };
+                made = Some(new.id.clone());
+                let staged = staging.take().expect("podman makes the container once");
+                let staged = staged.join().expect("staging does not panic")?;
+                move_in(archive, config, &new, staged, &importer).map(Some)
+            });
+            if served.is_err() {
+                handoff.abandon();
+            }
+            if let Some(staging) = staging {
+                // Podman exited before making the container: the stage is removed with it.
+                let _ = staging.join();
+            }
+            (served, waiter.join().expect("waiting for podman does not panic"))
         });
-        let ((info, made), create_seconds): ((Container, Made), f64) = made?;
-        let restored = self.place_new(archive, &info, &made, staged, importer).and_then(|import| {
+        let remove_made = || {
+            if let Some(id) = &made {
+                self.remove(id);
+            }
+        };
+        match served {
+            Ok(Some(Ok(import))) => match podman_result {
+                Ok(_) => {
+                    let container = made.clone().expect("a container was made");
+                    Ok(RestoreReport { container, podman_seconds, import })
+                }
+                Err(e) => {
+                    remove_made();
+                    Err(e)
+                }
+            },
+            Ok(Some(Err(e))) | Err(e) => {
+                remove_made();
+                Err(e)
+            }
+            Ok(None) => {
+                let e = podman_result.err().unwrap_or_else(|| Error::Runtime {
+                    command: format!("podman container restore --import {}", handoff.path().display()),
+                    reason: "restored a container without reading its checkpoint".into(),
+                });
+                // Podman made the container where ckpt did not look: in another store.
+                let image = config.get("rootfsImageID").and_then(Value::as_str).unwrap_or_default();
+                let Some(id) = self.made_since(name, image, since) else { return Err(e) };
+                log::debug!(
+                    "podman made {name} outside {}; restoring in place",
+                    stage.containers().display()
+                );
+                self.remove(&id);
+                self.restore_created(archive, dumps, name, options)
+            }
+        }
+    }
+
+    /// The ID of the container `name` if it was made of `image` at `since` or later: the one
+    /// this restore's podman made, since names are unique.
+    fn made_since(&self, name: &str, image: &str, since: SystemTime) -> Option<String> {
+        let format = "{{.ID}} {{.Image}} {{.Created.UnixNano}}";
+        let out = self.run(&["container", "inspect", "--format", format, name]).ok()?;
+        let mut words = out.split_whitespace();
+        let (id, made_of, created) = (words.next()?, words.next()?, words.next()?);
+        let created: u128 = created.parse().ok()?;
+        let since = since.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos();
+        (created >= since && made_of == image).then(|| id.to_string())
+    }
+
+    /// Restores into a new container made with `podman create` as the archive's
+    /// `config.dump` says: the archive is restored into it, then podman restores the process.
+    fn restore_created(
+        &self,
+        archive: &Path,
+        dumps: &Dumps,
+        name: &str,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let (info, made) = self.make_new(archive, dumps, name, options)?;
+        let create_seconds = started.elapsed().as_secs_f64();
+        let importer = Importer::new().share(options.share).only(podman::RESTORED_MEMBERS);
+        let restored = self.place_new(archive, &info, &made, importer).and_then(|import| {
             let podman_seconds = create_seconds + self.resume(&info, options)?;
             Ok((import, podman_seconds))
         });
@@ -90,12 +229,10 @@ impl Podman {
         &self,
         archive: &Path,
         dumps: &Dumps,
-        name: Option<&str>,
+        name: &str,
         options: &RestoreOptions,
     ) -> Result<(Container, Made)> {
-        let config = dumps.config.as_ref().ok_or_else(|| {
-            Error::unsuitable(archive, "has no config.dump: which container to create is not known")
-        })?;
+        let config = dumps.config.as_ref().expect("a new container is made from config.dump");
         let old_volumes = named_volumes(config);
         if let Some((name, _)) = old_volumes.iter().find(|(name, _)| podman::check_volume_name(name).is_err())
         {
@@ -122,24 +259,15 @@ impl Podman {
         }
     }
 
-    /// Puts the checkpoint and rootfs changes into the new container: the staged ones moved
-    /// in, or, without a stage that fits, restored from the archive. A new container's layer
-    /// holds nothing of its own yet: the archive's changes are applied to an empty layer.
+    /// Restores the checkpoint and rootfs changes into the new container. A new container's
+    /// layer holds nothing of its own yet: the archive's changes are applied to an empty layer.
     fn place_new(
         &self,
         archive: &Path,
         info: &Container,
         made: &Made,
-        staged: Option<Result<Staged<'_>>>,
         importer: Importer,
     ) -> Result<ImportStats> {
-        if let Some(staged) = staged {
-            let staged = staged?;
-            complete(&staged.stats, &info.bundle)?;
-            if staged.fits(info)? {
-                return staged.place(info);
-            }
-        }
         let mut importer = importer.rootfs(Rootfs::Diff { upper: info.upper.clone(), lowers: Vec::new() });
         for (name, dir) in &made.fill {
             importer = importer.volume(name, dir);
@@ -175,18 +303,8 @@ impl Podman {
     }
 
     /// Creates a container as `config` (the archive's `config.dump`) says; its ID.
-    fn create_like(&self, archive: &Path, config: &Value, name: Option<&str>) -> Result<String> {
+    fn create_like(&self, archive: &Path, config: &Value, name: &str) -> Result<String> {
         let bad = |why: String| Error::unsuitable(archive, format!("config.dump: {why}"));
-        if config.get("pod").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) {
-            return Err(bad(
-                "the container was in a pod: restore it with podman container restore --import --pod".into(),
-            ));
-        }
-        let old_name = config.get("name").and_then(Value::as_str).unwrap_or_default();
-        let name = name.unwrap_or(old_name);
-        if name.is_empty() {
-            return Err(bad("no container name; give one with --name".into()));
-        }
         let args = create_args(config, name).map_err(bad)?;
         let mut full: Vec<&str> = Vec::new();
         let runtime = config.get("runtime").and_then(Value::as_str).filter(|r| !r.is_empty());
@@ -207,12 +325,7 @@ impl Podman {
     /// the old container's places made its own; podman's restore then mounts its rootfs and
     /// makes its `/etc/hosts`, secrets and `/dev/shm` as it would for `init`.
     fn prepare_new(&self, info: Container, archive: &Path, dumps: &Dumps) -> Result<Container> {
-        let spec = dumps.spec.as_ref().ok_or_else(|| {
-            Error::unsuitable(
-                archive,
-                "has no spec.dump: the runtime spec the process ran under is not known",
-            )
-        })?;
+        let spec = dumps.spec.as_ref().expect("a new container needs spec.dump");
         let config = dumps.config.as_ref().expect("a new container is made from config.dump");
         let text = |key: &str| config.get(key).and_then(Value::as_str).filter(|v| !v.is_empty());
         let refuse = |why: String| {
@@ -221,12 +334,7 @@ impl Podman {
                 format!("{why}; the recreated container would not be the checkpointed one"),
             )
         };
-        if let Some(image) = text("rootfsImageID").filter(|image| *image != info.image) {
-            return Err(refuse(format!(
-                "the checkpointed container ran on image {image}, the new one is made of {}",
-                info.image
-            )));
-        }
+        same_image(archive, config, &info.image)?;
         let old_id = text("id").ok_or_else(|| refuse("config.dump has no container ID".into()))?;
         let layer = info
             .upper
@@ -400,6 +508,32 @@ fn overlay_uses_upper(upper: &Path) -> Result<bool> {
 struct Dumps {
     config: Option<Value>,
     spec: Option<Value>,
+    /// Each dump as the archive holds it.
+    raw: Vec<(&'static [u8], Vec<u8>)>,
+}
+
+impl Dumps {
+    /// A tar of the dumps, without the blocks that end an archive.
+    fn tar(&self) -> Vec<u8> {
+        let mut planner = Planner::new(BLOCK);
+        let mut out = Vec::new();
+        for (name, data) in &self.raw {
+            let meta =
+                Meta { mode: 0o600, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, dev_major: 0, dev_minor: 0 };
+            let member = Member {
+                name: name.to_vec(),
+                meta,
+                kind: Kind::Regular,
+                body: Body::Bytes(data.clone()),
+                xattrs: Vec::new(),
+            };
+            let placed = planner.place(member);
+            out.extend(encode_headers(&placed));
+            out.extend_from_slice(data);
+            out.resize(round_up(out.len() as u64, BLOCK) as usize, 0);
+        }
+        out
+    }
 }
 
 /// Reads `config.dump` and `spec.dump` from the archive; they come first in ckpt's archives
@@ -413,12 +547,53 @@ fn read_dumps(archive: &Path) -> Result<Dumps> {
             "holds neither config.dump nor spec.dump: not a container checkpoint",
         ));
     }
-    let mut parsed = names.iter().zip(found).map(|(name, data)| {
-        let json = |data: Vec<u8>| serde_json::from_slice(&data);
-        data.map(json)
-            .transpose()
+    let raw: Vec<(&'static [u8], Vec<u8>)> =
+        names.into_iter().zip(found).filter_map(|(name, data)| Some((name, data?))).collect();
+    let parse = |wanted: &[u8]| -> Result<Option<Value>> {
+        let Some((name, data)) = raw.iter().find(|(name, _)| *name == wanted) else { return Ok(None) };
+        serde_json::from_slice(data)
+            .map(Some)
             .map_err(|e| Error::damaged(archive, format!("{}: not JSON: {e}", String::from_utf8_lossy(name))))
-    });
-    let config = parsed.next().expect("config.dump")?;
-    Ok(Dumps { config, spec: parsed.next().expect("spec.dump")? })
+    };
+    let (config, spec) = (parse(podman::CONFIG_DUMP)?, parse(podman::SPEC_DUMP)?);
+    Ok(Dumps { config, spec, raw })
+}
+
+/// Refuses a new container made of another image than the checkpointed one ran on
+/// (`config.dump`'s `rootfsImageID`): the rootfs changes would apply to other files.
+fn same_image(archive: &Path, config: &Value, image: &str) -> Result<()> {
+    match config.get("rootfsImageID").and_then(Value::as_str).filter(|old| !old.is_empty()) {
+        Some(old) if old != image => Err(Error::unsuitable(
+            archive,
+            format!(
+                "the checkpointed container ran on image {old}, the new one is made of {image}; the \
+                 recreated container would not be the checkpointed one"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Moves what was staged into the container podman has just made for the archive (`new`),
+/// before podman mounts its rootfs; restores the archive into it in place when the stage is
+/// not on its mounts.
+fn move_in(
+    archive: &Path,
+    config: &Value,
+    new: &NewContainer,
+    staged: Staged<'_>,
+    importer: &Importer,
+) -> Result<ImportStats> {
+    same_image(archive, config, &new.image)?;
+    complete(&staged.stats, &new.bundle)?;
+    if overlay_uses_upper(&new.upper)? {
+        return Err(Error::refused(&new.upper, "podman mounted the layer before ckpt had restored it"));
+    }
+    if staged.fits(&new.bundle, &new.upper)? {
+        return staged.place(&new.bundle, &new.upper);
+    }
+    let importer = importer.clone().rootfs(Rootfs::Diff { upper: new.upper.clone(), lowers: Vec::new() });
+    let stats = importer.import(archive, &new.bundle)?;
+    complete(&stats, &new.bundle)?;
+    Ok(stats)
 }

@@ -1,27 +1,32 @@
-//! Restoring into a new container while podman creates it: the checkpoint and the rootfs
+//! Restoring into a new container while podman makes it: the checkpoint and the rootfs
 //! changes are cloned into private directories in podman's store, the new container's
-//! directories are known only once `podman create` returns, and then the staged entries are
+//! directories are known only once podman has made it, and then the staged entries are
 //! renamed into them. The clones and podman's own start-up overlap.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, RenameFlags};
 use serde_json::Value;
 
 use crate::container::podman;
+use crate::container::store::{stored_containers, stored_images};
 use crate::error::{Context, Error, Result};
 use crate::import::Importer;
 use crate::import::stats::ImportStats;
 use crate::sys::mount;
 
+use super::Scratch;
 use super::restore::swap_in;
-use super::{Container, Scratch};
 
 /// Private directories beside the directories podman keeps its containers' userdata dirs and
 /// its layers in (each a mount of its own: podman bind-mounts its layers' directory), holding
 /// a checkpoint's bundle members and rootfs changes until their container exists.
 pub(super) struct Stage {
+    /// The store's containers directory (`GRAPHROOT/overlay-containers`).
+    containers: PathBuf,
+    /// The store's layers directory (`GRAPHROOT/overlay`).
+    layers: PathBuf,
     bundle: Scratch,
     diff: Scratch,
 }
@@ -34,11 +39,22 @@ pub(super) struct Staged<'a> {
     layer_root: bool,
 }
 
+/// A container podman has just made in the stage's store.
+pub(super) struct NewContainer {
+    pub id: String,
+    /// The ID of the image it is made of.
+    pub image: String,
+    /// Its userdata dir.
+    pub bundle: PathBuf,
+    /// Its layer's upper dir.
+    pub upper: PathBuf,
+}
+
 impl Stage {
     /// A stage in the overlay store the checkpointed container was in (its userdata dir was
     /// `STORAGE/overlay-containers/ID/userdata`, as `config.dump`'s `staticDir` says), when
     /// this host has that store: a restore on the host of the checkpoint lands there. `None`
-    /// when there is no such store; the archive is then restored once the container exists.
+    /// when there is no such store.
     pub(super) fn in_store_of(config: &Value) -> Option<Stage> {
         let static_dir = Path::new(config.get("staticDir").and_then(Value::as_str)?);
         let containers = static_dir.parent()?.parent()?;
@@ -55,8 +71,10 @@ impl Stage {
         {
             return None;
         }
-        let made = Scratch::create(containers, "restore")
-            .and_then(|bundle| Ok(Stage { bundle, diff: Scratch::create(&layers, "restore")? }));
+        let made = Scratch::create(containers, "restore").and_then(|bundle| {
+            let diff = Scratch::create(&layers, "restore")?;
+            Ok(Stage { containers: containers.to_path_buf(), layers: layers.clone(), bundle, diff })
+        });
         match made {
             Ok(stage) => Some(stage),
             Err(e) => {
@@ -64,6 +82,36 @@ impl Stage {
                 None
             }
         }
+    }
+
+    /// The store's containers directory.
+    pub(super) fn containers(&self) -> &Path {
+        &self.containers
+    }
+
+    /// The IDs of the store's containers named `name`.
+    pub(super) fn named(&self, name: &str) -> Result<Vec<String>> {
+        let all = stored_containers(&self.containers)?;
+        Ok(all.into_iter().filter(|c| c.names.iter().any(|n| n == name)).map(|c| c.id).collect())
+    }
+
+    /// Whether the store has the image whose ID is `id`.
+    pub(super) fn has_image(&self, id: &str) -> bool {
+        let images = self.containers.with_file_name("overlay-images");
+        stored_images(&images).is_ok_and(|ids| ids.iter().any(|i| i == id))
+    }
+
+    /// The store's container named `name` that is none of `before`, with its directories,
+    /// once it has them.
+    pub(super) fn made(&self, name: &str, before: &[String]) -> Result<Option<NewContainer>> {
+        let all = stored_containers(&self.containers)?;
+        let found = all.into_iter().find(|c| c.names.iter().any(|n| n == name) && !before.contains(&c.id));
+        let Some(found) = found else { return Ok(None) };
+        let (bundle, upper) = (found.userdata(&self.containers)?, found.upper(&self.layers)?);
+        if !bundle.is_dir() || !upper.is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(NewContainer { id: found.id, image: found.image, bundle, upper }))
     }
 
     /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
@@ -76,39 +124,40 @@ impl Stage {
 }
 
 impl Staged<'_> {
-    /// Whether the staged entries can be renamed into the new container `info`'s directories:
-    /// each stage is on the mount and filesystem of its directory, and the layer is still
-    /// empty.
-    pub(super) fn fits(&self, info: &Container) -> Result<bool> {
-        for (stage, dir) in [(&self.stage.bundle.path, &info.bundle), (&self.stage.diff.path, &info.upper)] {
+    /// Whether the staged entries can be renamed into a new container's userdata dir
+    /// `bundle` and upper dir `upper`: each stage is on the mount and filesystem of its
+    /// directory, and the layer is still empty.
+    pub(super) fn fits(&self, bundle: &Path, upper: &Path) -> Result<bool> {
+        for (stage, dir) in [(&self.stage.bundle.path, bundle), (&self.stage.diff.path, upper)] {
             if !mount::renames_between(stage, dir)? {
                 log::debug!("{}: not on the mount of {}; restoring in place", stage.display(), dir.display());
                 return Ok(false);
             }
         }
-        let mut entries = std::fs::read_dir(&info.upper).at("read directory", &info.upper)?;
+        let mut entries = std::fs::read_dir(upper).at("read directory", upper)?;
         Ok(entries.next().is_none())
     }
 
-    /// Renames the staged bundle members into the new container's userdata dir and the rootfs
-    /// changes into its layer; what a rename would replace is refused instead.
-    pub(super) fn place(self, info: &Container) -> Result<ImportStats> {
+    /// Renames the staged bundle members into the new container's userdata dir `bundle` and
+    /// the rootfs changes into its upper dir `upper`; what a rename would replace is refused
+    /// instead.
+    pub(super) fn place(self, bundle: &Path, upper: &Path) -> Result<ImportStats> {
         for name in podman::RESTORED_MEMBERS {
             let from = self.stage.bundle.path.join(name);
             if std::fs::symlink_metadata(&from).is_ok() {
-                move_new(&from, &info.bundle.join(name))?;
+                move_new(&from, &bundle.join(name))?;
             }
         }
         let diff = &self.stage.diff.path;
         if self.layer_root {
             // The staged directory is the layer's as the archive has it; it replaces the new
             // container's empty one.
-            swap_in(diff, &info.upper)?;
+            swap_in(diff, upper)?;
         } else {
             // The layer's directory keeps podman's owner, mode and times; only its entries move.
             for entry in std::fs::read_dir(diff).at("read directory", diff)? {
                 let entry = entry.at("read directory", diff)?;
-                move_new(&entry.path(), &info.upper.join(entry.file_name()))?;
+                move_new(&entry.path(), &upper.join(entry.file_name()))?;
             }
         }
         log::debug!(
