@@ -25,6 +25,48 @@ pub(crate) struct ContainerFiles<'a> {
     pub rootfs: Option<&'a Rootfs>,
     /// Named volumes: name, directory.
     pub volumes: &'a [(String, PathBuf)],
+    /// The first pass over the rootfs changes, made ahead.
+    pub layer_plan: Option<&'a LayerPlan>,
+}
+
+/// The first pass over a layer's upper dir: the length of its nested archive, the bytes of
+/// file data in it, its deletions, and what it left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerPlan {
+    upper: PathBuf,
+    style: WhiteoutStyle,
+    align: u64,
+    len: u64,
+    bytes: u64,
+    deleted: Vec<String>,
+    skipped: Vec<PathBuf>,
+}
+
+/// The first pass over the layer `upper` (with its `lowers`), for a nested archive aligned to
+/// `align`; what it leaves out is added to `skipped`.
+pub(crate) fn plan_layer(
+    upper: &Path,
+    lowers: &[PathBuf],
+    style: WhiteoutStyle,
+    align: u64,
+    skipped: &Skipped,
+) -> Result<LayerPlan> {
+    let own = Skipped::default();
+    let mut layer = Layer::new(upper, lowers, style, own.clone())?;
+    let (len, bytes) = pieces::archive_len(&mut layer, align)?;
+    let plan = LayerPlan {
+        upper: upper.to_path_buf(),
+        style,
+        align,
+        len,
+        bytes,
+        deleted: layer.deleted(),
+        skipped: own.take(),
+    };
+    for path in &plan.skipped {
+        skipped.push(path.clone());
+    }
+    Ok(plan)
 }
 
 /// The members of a checkpoint archive for `bundle` in podman's layout, data aligned to
@@ -55,7 +97,7 @@ pub(crate) fn members(
                     ));
                 }
             }
-            rootfs_members(rootfs, style, align, skipped)?
+            rootfs_members(rootfs, files.layer_plan, style, align, skipped)?
         }
         None => (Vec::new(), 0),
     };
@@ -121,6 +163,7 @@ fn leading_members(bundle: &Path) -> Result<Vec<Member>> {
 /// in the layer.
 fn rootfs_members(
     rootfs: &Rootfs,
+    planned: Option<&LayerPlan>,
     style: WhiteoutStyle,
     align: u64,
     skipped: &Skipped,
@@ -140,14 +183,29 @@ fn rootfs_members(
     // The nested archive's header, which announces its length, comes before its members, and
     // deleted.files after them lists what the whole layer deletes: a first pass over the layer
     // finds both without holding its members.
-    let mut layer = Layer::new(&upper, &lowers, style, skipped.clone())?;
-    let (len, bytes) = pieces::archive_len(&mut layer, align)?;
-    let deleted = layer.deleted();
+    let ahead = planned.filter(|plan| plan.upper == upper && plan.style == style && plan.align == align);
+    let plan = match ahead {
+        Some(plan) => {
+            for path in &plan.skipped {
+                skipped.push(path.clone());
+            }
+            plan.clone()
+        }
+        None => plan_layer(&upper, &lowers, style, align, skipped)?,
+    };
+    let LayerPlan { len, bytes, deleted, .. } = plan;
     let header_meta = nested_meta(&std::fs::metadata(&upper).at("stat", &upper)?);
     let path = upper.clone();
+    let expected = ahead.is_some().then(|| deleted.clone());
     let second_pass = move || -> Result<Members<'static>> {
-        // What the first pass skipped has been reported, and its deletions listed.
-        Ok(Box::new(Layer::new(&upper, &lowers, style, Skipped::default())?.members_only()))
+        // What the first pass skipped has been reported, and its deletions listed; one made
+        // ahead, while the layer could still change, is checked by this one (its length is
+        // checked as for any nested archive).
+        let layer = Layer::new(&upper, &lowers, style, Skipped::default())?;
+        Ok(Box::new(match expected {
+            Some(deleted) => layer.expecting_deleted(deleted),
+            None => layer.members_only(),
+        }))
     };
     let mut members = vec![Member {
         name: ROOTFS_DIFF.to_vec(),
@@ -196,4 +254,70 @@ fn volume_archive(name: &str, dir: &Path, align: u64, skipped: &Skipped) -> Resu
         xattrs: Vec::new(),
     };
     Ok((member, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::export::Exporter;
+
+    /// A checkpoint bundle (it has CRIU's inventory) and a layer holding one small file.
+    fn bundle_and_layer(dir: &Path) -> (PathBuf, PathBuf) {
+        let (bundle, upper) = (dir.join("bundle"), dir.join("upper"));
+        std::fs::create_dir_all(bundle.join("checkpoint")).unwrap();
+        std::fs::write(bundle.join("checkpoint/inventory.img"), b"inventory").unwrap();
+        std::fs::write(bundle.join("config.dump"), b"{}").unwrap();
+        std::fs::write(bundle.join("spec.dump"), b"{}").unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::write(upper.join("kept"), b"kept").unwrap();
+        (bundle, upper)
+    }
+
+    fn exporter(upper: &Path) -> Exporter {
+        Exporter::new()
+            .bundle_layout(true)
+            .rootfs(Rootfs::Diff { upper: upper.to_path_buf(), lowers: Vec::new() })
+    }
+
+    #[test]
+    fn a_layer_planned_ahead_and_unchanged_is_archived_as_without_the_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, upper) = bundle_and_layer(dir.path());
+        let (planned, unplanned) = (dir.path().join("planned.tar"), dir.path().join("unplanned.tar"));
+        let plan = exporter(&upper).plan_layer(&planned).unwrap();
+        exporter(&upper).with_layer_plan(plan).export(&bundle, &planned).unwrap();
+        exporter(&upper).export(&bundle, &unplanned).unwrap();
+        assert_eq!(std::fs::read(&planned).unwrap(), std::fs::read(&unplanned).unwrap());
+    }
+
+    #[test]
+    fn a_deletion_made_after_the_layer_was_planned_fails_the_export_as_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, upper) = bundle_and_layer(dir.path());
+        let out = dir.path().join("c.tar");
+        let plan = exporter(&upper).plan_layer(&out).unwrap();
+        // A whiteout as unprivileged overlay mounts write them: no member of its own, so the
+        // nested archive keeps its length.
+        let whiteout = upper.join("gone");
+        std::fs::write(&whiteout, b"").unwrap();
+        rustix::fs::setxattr(&whiteout, "user.overlay.whiteout", b"y", rustix::fs::XattrFlags::empty())
+            .unwrap();
+        let e = exporter(&upper).with_layer_plan(plan).export(&bundle, &out).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SourceChanged, "{e}");
+        assert!(e.to_string().contains("deletions"), "{e}");
+        assert!(!out.exists(), "a failed export left {}", out.display());
+    }
+
+    #[test]
+    fn a_file_grown_after_the_layer_was_planned_fails_the_export_as_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, upper) = bundle_and_layer(dir.path());
+        let out = dir.path().join("c.tar");
+        let plan = exporter(&upper).plan_layer(&out).unwrap();
+        std::fs::write(upper.join("kept"), vec![b'x'; 10_000]).unwrap();
+        let e = exporter(&upper).with_layer_plan(plan).export(&bundle, &out).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SourceChanged, "{e}");
+        assert!(!out.exists(), "a failed export left {}", out.display());
+    }
 }

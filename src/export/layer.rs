@@ -41,6 +41,8 @@ pub(crate) struct Layer {
     list_deleted: bool,
     /// An OCI opaque marker, returned right after its directory.
     queued: Option<Member>,
+    /// The deletions a first pass listed, checked against this pass's at its end.
+    expected: Option<Vec<String>>,
 }
 
 impl Layer {
@@ -60,6 +62,7 @@ impl Layer {
             deleted: BTreeSet::new(),
             list_deleted: true,
             queued: None,
+            expected: None,
         })
     }
 
@@ -67,6 +70,14 @@ impl Layer {
     /// whose deletions the first one listed (which spares reading the lower dirs again).
     pub(crate) fn members_only(mut self) -> Layer {
         self.list_deleted = false;
+        self
+    }
+
+    /// Yields the members, and at their end an error (kind `SourceChanged`) if the deletions
+    /// differ from `deleted`: for a second pass over a layer that may have changed since the
+    /// first one listed them.
+    pub(crate) fn expecting_deleted(mut self, deleted: Vec<String>) -> Layer {
+        self.expected = Some(deleted);
         self
     }
 
@@ -144,9 +155,16 @@ impl Iterator for Layer {
             return Some(Ok(marker));
         }
         loop {
-            let member = match self.walk.next()? {
-                Ok(member) => member,
-                Err(e) => return Some(Err(e)),
+            let member = match self.walk.next() {
+                Some(Ok(member)) => member,
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    let expected = self.expected.take()?;
+                    let found: Vec<&String> = self.deleted.iter().collect();
+                    return (found != expected.iter().collect::<Vec<_>>()).then(|| {
+                        Err(Error::changed(&self.upper, "its deletions differ from the first pass over it"))
+                    });
+                }
             };
             match self.change(member) {
                 Ok(None) => continue,

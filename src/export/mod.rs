@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::FileType;
 
+use self::bundle::LayerPlan;
 use self::member::Members;
 use self::walk::{Naming, Skipped, Walk};
 use crate::container::overlay::WhiteoutStyle;
@@ -74,6 +75,7 @@ pub struct Exporter {
     digest: bool,
     clone_min: u64,
     progress: Option<ProgressHandle>,
+    layer_plan: Option<LayerPlan>,
 }
 
 /// What an export did.
@@ -124,6 +126,7 @@ impl Exporter {
             digest: false,
             clone_min: DEFAULT_CLONE_MIN,
             progress: None,
+            layer_plan: None,
         }
     }
 
@@ -200,6 +203,34 @@ impl Exporter {
         self
     }
 
+    /// The first pass over the rootfs changes (a layer's diff dir) of an archive written to
+    /// the file `out`, made ahead of the export, while the layer may still change. Given back
+    /// with [`with_layer_plan`](Self::with_layer_plan), the export does not make it again; if
+    /// the layer has changed since, the export fails with kind `SourceChanged`.
+    pub(crate) fn plan_layer(&self, out: &Path) -> Result<LayerPlan> {
+        let Some(Rootfs::Diff { upper, lowers }) = &self.rootfs else {
+            return Err(Error::usage("rootfs", "a layer is planned ahead only from its diff dir"));
+        };
+        // As the export will choose it: see write_file, write_compressed_file.
+        let align = match self.align {
+            Some(align) => align,
+            None if self.compression.is_some() => DEFAULT_ALIGN,
+            None => {
+                let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let fs_block = rustix::fs::statfs(dir).at("statfs", dir)?.f_bsize as u64;
+                DEFAULT_ALIGN.max(fs_block)
+            }
+        };
+        bundle::plan_layer(upper, lowers, self.whiteouts, align, &Skipped::default())
+    }
+
+    /// Uses `plan`, made by [`plan_layer`](Self::plan_layer), as the first pass over the
+    /// rootfs changes.
+    pub(crate) fn with_layer_plan(mut self, plan: LayerPlan) -> Exporter {
+        self.layer_plan = Some(plan);
+        self
+    }
+
     /// Archives the contents of `src` into `out` (`-` for standard output): as `tar -C src -cf out .` would name them, or
     /// in the checkpoint layout when asked for. A regular `out` (or a new one) is replaced
     /// when the archive is complete; a character device or fifo is written into.
@@ -256,7 +287,11 @@ impl Exporter {
     fn pieces(&self, src: &Path, align: u64, skipped: &Skipped, holes: bool) -> Result<Pieces<'static>> {
         let bundle = self.bundle || self.rootfs.is_some() || !self.volumes.is_empty();
         let (members, rootfs_bytes) = if bundle {
-            let files = bundle::ContainerFiles { rootfs: self.rootfs.as_ref(), volumes: &self.volumes };
+            let files = bundle::ContainerFiles {
+                rootfs: self.rootfs.as_ref(),
+                volumes: &self.volumes,
+                layer_plan: self.layer_plan.as_ref(),
+            };
             bundle::members(src, files, self.whiteouts, align, skipped)?
         } else {
             (Box::new(Walk::new(src, Naming::DotSlash, skipped.clone())?) as Members, 0)

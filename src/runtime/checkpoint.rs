@@ -11,8 +11,9 @@ use std::time::Instant;
 use rustix::fs::{Mode, OFlags};
 
 use crate::container::podman::Rootfs;
-use crate::error::{Context, Error, Result};
-use crate::export::Exporter;
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::export::bundle::LayerPlan;
+use crate::export::{ExportStats, Exporter};
 
 use super::{
     CheckpointOptions, CheckpointReport, Container, Podman, Scratch, Started, Volume, criu_flags,
@@ -50,12 +51,18 @@ impl Podman {
         for volume in volumes {
             exporter = exporter.volume(&volume.name, &volume.dir);
         }
-        let (export, mut podman_seconds) = self.freeze(&info, out, options, |podman_exited| {
-            // Podman has written its export: the checkpoint is complete and the container
-            // stopped. It is archived while podman cleans up, and replaces OUT only if podman
-            // then succeeds.
-            remove_stale_rootfs_diff(&info.bundle)
-                .and_then(|()| exporter.export_checked(&info.bundle, out, podman_exited))
+        let (export, mut podman_seconds) = std::thread::scope(|scope| {
+            // The layer's first pass is made while podman has CRIU dump the process; the
+            // export checks that the layer has not changed since.
+            let planning = scope.spawn(|| exporter.plan_layer(out));
+            self.freeze(&info, out, options, |podman_exited| {
+                // Podman has written its export: the checkpoint is complete and the container
+                // stopped. It is archived while podman cleans up, and replaces OUT only if
+                // podman then succeeds.
+                remove_stale_rootfs_diff(&info.bundle)?;
+                let planned = planning.join().expect("planning the layer does not panic");
+                export_planned(&exporter, planned, &info.bundle, out, podman_exited)
+            })
         })?;
         if !options.keep {
             remove_leftovers(&info.bundle);
@@ -122,6 +129,31 @@ impl Podman {
         args.push(OsStr::new(&info.id));
         let podman = self.start(&args)?;
         drain.run(podman, started, then)
+    }
+}
+
+/// Exports `bundle` to `out` with the layer's first pass `planned` ahead; again without it if
+/// the layer changed after that pass (the process ran on until CRIU froze it).
+fn export_planned(
+    exporter: &Exporter,
+    planned: Result<LayerPlan>,
+    bundle: &Path,
+    out: &Path,
+    podman_exited: &mut dyn FnMut() -> Result<()>,
+) -> Result<ExportStats> {
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(e) => {
+            log::debug!("the layer was not planned ahead: {e}");
+            return exporter.export_checked(bundle, out, podman_exited);
+        }
+    };
+    match exporter.clone().with_layer_plan(plan).export_checked(bundle, out, podman_exited) {
+        Err(e) if e.kind() == ErrorKind::SourceChanged => {
+            log::debug!("{e}: it changed before CRIU froze the process; archiving it again");
+            exporter.export_checked(bundle, out, podman_exited)
+        }
+        other => other,
     }
 }
 

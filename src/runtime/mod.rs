@@ -10,7 +10,8 @@
 //!   CRIU images from the page cache. Once that export has ended, while podman cleans up,
 //!   ckpt archives the userdata dir's checkpoint members, the rootfs changes from the layer's
 //!   upper dir and each named volume's directory, as podman's export would; the archive is
-//!   committed only if podman succeeds.
+//!   committed only if podman succeeds. The layer's first pass (the nested archive's length,
+//!   its deletions) is made ahead, while CRIU dumps, and checked by the second.
 //! - Restore into a new container on the host of the checkpoint's store: podman's own
 //!   `container restore --import` makes the container from the archive's `config.dump` and
 //!   `spec.dump`, which ckpt feeds it through a named pipe (see `handoff`); ckpt clones the
