@@ -435,6 +435,34 @@ on_btrfs_and_xfs! {
     }
 }
 
+on_btrfs_and_xfs! {
+    /// ckpt freezes the container's cgroup before CRIU does; when podman then fails before
+    /// CRIU has dumped anything, ckpt fails with podman's message and the container runs on,
+    /// thawed.
+    fn checkpoint_whose_podman_fails_before_criu_leaves_the_container_running(s, pm) {
+        pm.run_counter("c1", &[]);
+        let archive = s.path("c1.tar");
+        let podman = s.path("podman-fails-at-checkpoint");
+        fs::write(
+            &podman,
+            "#!/bin/sh\nif [ \"$1 $2\" = 'container checkpoint' ]; then sleep 0.3; echo 'no checkpoint (test)' >&2; exit 1; fi\n\
+             exec podman \"$@\"\n",
+        )
+        .unwrap();
+        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
+        let before = pm.counter("c1");
+
+        let args: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"podman", &"checkpoint", &"c1", &archive];
+        let out = pm.command(ckpt_bin()).env("CKPT_PODMAN", &podman).args(args.iter().map(|a| a.as_ref())).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no checkpoint (test)"), "{stderr}");
+        assert!(!archive.exists());
+        assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
+        pm.assert_counter_continues("c1", before);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // e. secrets stay out
 // ---------------------------------------------------------------------------

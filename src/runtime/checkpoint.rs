@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 
@@ -14,11 +14,17 @@ use crate::container::podman::Rootfs;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::export::bundle::LayerPlan;
 use crate::export::{ExportStats, Exporter};
+use crate::sys::freezer::Freezer;
 
 use super::{
     CheckpointOptions, CheckpointReport, Container, Podman, Scratch, Started, Volume, criu_flags,
     remove_stale_rootfs_diff,
 };
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// How long a container's cgroup may take to freeze before CRIU is left to freeze it.
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
 
 /// What podman leaves in the userdata dir after `checkpoint --export` without `--keep`
 /// removes (libpod `checkpoint`): ckpt mirrors it.
@@ -51,7 +57,17 @@ impl Podman {
         for volume in volumes {
             exporter = exporter.volume(&volume.name, &volume.dir);
         }
-        let (export, mut podman_seconds) = std::thread::scope(|scope| {
+        // CRIU 4.2 freezes the container's cgroup and, finding it still freezing, looks again
+        // only 100 ms later; one found frozen already is seized at once.
+        let frozen = Freezer::of(Path::new(CGROUP_ROOT), &info.cgroup).filter(|freezer| {
+            let frozen = freezer.freeze(FREEZE_WAIT);
+            if !matches!(frozen, Ok(true)) {
+                log::debug!("{}: not frozen ahead of CRIU: {frozen:?}", info.cgroup);
+                thaw(freezer);
+            }
+            matches!(frozen, Ok(true))
+        });
+        let frozen_and_archived = std::thread::scope(|scope| {
             // The layer's first pass is made while podman has CRIU dump the process; the
             // export checks that the layer has not changed since.
             let planning = scope.spawn(|| exporter.plan_layer(out));
@@ -63,7 +79,13 @@ impl Podman {
                 let planned = planning.join().expect("planning the layer does not panic");
                 export_planned(&exporter, planned, &info.bundle, out, podman_exited)
             })
-        })?;
+        });
+        // Podman failed: the container runs on, as after podman's own failed checkpoint (a
+        // checkpoint that succeeded has stopped it, and its cgroup is gone).
+        if let (Err(_), Some(freezer)) = (&frozen_and_archived, &frozen) {
+            thaw(freezer);
+        }
+        let (export, mut podman_seconds) = frozen_and_archived?;
         if !options.keep {
             remove_leftovers(&info.bundle);
         }
@@ -133,7 +155,8 @@ impl Podman {
 }
 
 /// Exports `bundle` to `out` with the layer's first pass `planned` ahead; again without it if
-/// the layer changed after that pass (the process ran on until CRIU froze it).
+/// the layer changed after that pass (where the cgroup could not be frozen first, the process
+/// ran on until CRIU froze it).
 fn export_planned(
     exporter: &Exporter,
     planned: Result<LayerPlan>,
@@ -154,6 +177,12 @@ fn export_planned(
             exporter.export_checked(bundle, out, podman_exited)
         }
         other => other,
+    }
+}
+
+fn thaw(freezer: &Freezer) {
+    if let Err(e) = freezer.thaw() {
+        log::warn!("{e}: the container's cgroup stays frozen");
     }
 }
 

@@ -3,9 +3,10 @@
 //! process) and moves the data itself, by cloning, where podman would copy it twice through
 //! tar.
 //!
-//! - Checkpoint: `podman container checkpoint --keep --export` has CRIU write its images into
-//!   the container's userdata dir and podman write `config.dump` and `spec.dump` there (it
-//!   writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
+//! - Checkpoint: ckpt freezes the container's cgroup, so that CRIU, finding it frozen, does
+//!   not wait for it to freeze. `podman container checkpoint --keep --export` has CRIU write
+//!   its images into the container's userdata dir and podman write `config.dump` and
+//!   `spec.dump` there (it writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
 //!   drains and discards, with the rootfs and volumes left out, so it costs one read of the
 //!   CRIU images from the page cache. Once that export has ended, while podman cleans up,
 //!   ckpt archives the userdata dir's checkpoint members, the rootfs changes from the layer's
@@ -139,6 +140,8 @@ struct Container {
     run_dir: Option<PathBuf>,
     /// The ID of the image the container's rootfs is made of.
     image: String,
+    /// Its cgroup, from a hierarchy's root (empty when podman names none).
+    cgroup: String,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
     /// Named volumes mounted into the container.
@@ -186,6 +189,7 @@ impl Podman {
             bundle: bundle.into(),
             run_dir: Path::new(&text("/PidFile")).parent().map(Path::to_path_buf),
             image: text("/Image"),
+            cgroup: text("/State/CgroupPath"),
             upper: upper.into(),
             lowers: lowers.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
             volumes: c
