@@ -81,6 +81,21 @@ fn assert_mode_0600(archive: &Path) {
     assert_eq!(mode & 0o7777, 0o600, "{} holds process memory: mode must be 0600", archive.display());
 }
 
+/// `ckpt ARGS` with podman run through `script` (a shell script, `podman` on its `PATH`), so
+/// that a podman step can be made to fail.
+fn ckpt_through(s: &Scratch, pm: &Podman, script: &str, args: &[Arg]) -> (Option<i32>, String) {
+    let podman = s.path("podman-wrapper");
+    fs::write(&podman, format!("#!/bin/sh\n{script}")).unwrap();
+    fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = pm
+        .command(ckpt_bin())
+        .env("CKPT_PODMAN", &podman)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// Waits until container `name`'s counter reaches `value`.
 fn wait_for_counter(pm: &Podman, name: &str, value: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -344,19 +359,14 @@ on_btrfs_and_xfs! {
         let archive = s.path("c1.tar");
         pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
         let before = pm.container_ids();
-        let podman = s.path("podman-fails-after-restore");
-        fs::write(
-            &podman,
-            "#!/bin/sh\npodman \"$@\" || exit\n\
+        let (code, stderr) = ckpt_through(
+            s,
+            pm,
+            "podman \"$@\" || exit\n\
              if [ \"$1 $2\" = 'container restore' ]; then echo 'restore failed (test)' >&2; exit 1; fi\n",
-        )
-        .unwrap();
-        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
-
-        let args: [&dyn AsRef<std::ffi::OsStr>; 6] = [&"podman", &"restore", &"-vv", &"--name", &"c2", &archive];
-        let out = pm.command(ckpt_bin()).env("CKPT_PODMAN", &podman).args(args.iter().map(|a| a.as_ref())).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+            &[&"podman", &"restore", &"-vv", &"--name", &"c2", &archive],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("restore failed (test)") && stderr.contains("moved into the container"), "{stderr}");
         assert_eq!(pm.container_ids(), before, "the container made for the restore is left");
         assert_eq!(pm.ckpt_leftovers(), Vec::<std::path::PathBuf>::new());
@@ -411,23 +421,14 @@ on_btrfs_and_xfs! {
         fs::create_dir(&dir).unwrap();
         let archive = dir.join("c1.tar");
         fs::write(&archive, b"the previous archive").unwrap();
-        let podman = s.path("podman-fails-after-checkpoint");
-        fs::write(
-            &podman,
-            "#!/bin/sh\npodman \"$@\" || exit\n\
+        let (code, stderr) = ckpt_through(
+            s,
+            pm,
+            "podman \"$@\" || exit\n\
              if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n",
-        )
-        .unwrap();
-        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
-
-        let out = pm
-            .command(ckpt_bin())
-            .env("CKPT_PODMAN", &podman)
-            .args([&"podman" as &dyn AsRef<std::ffi::OsStr>, &"checkpoint", &"c1", &archive].iter().map(|a| a.as_ref()))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+            &[&"podman", &"checkpoint", &"c1", &archive],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("cleanup failed (test)"), "{stderr}");
         assert_eq!(fs::read(&archive).unwrap(), b"the previous archive");
         let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -442,20 +443,15 @@ on_btrfs_and_xfs! {
     fn checkpoint_whose_podman_fails_before_criu_leaves_the_container_running(s, pm) {
         pm.run_counter("c1", &[]);
         let archive = s.path("c1.tar");
-        let podman = s.path("podman-fails-at-checkpoint");
-        fs::write(
-            &podman,
-            "#!/bin/sh\nif [ \"$1 $2\" = 'container checkpoint' ]; then sleep 0.3; echo 'no checkpoint (test)' >&2; exit 1; fi\n\
-             exec podman \"$@\"\n",
-        )
-        .unwrap();
-        fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
         let before = pm.counter("c1");
-
-        let args: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"podman", &"checkpoint", &"c1", &archive];
-        let out = pm.command(ckpt_bin()).env("CKPT_PODMAN", &podman).args(args.iter().map(|a| a.as_ref())).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = ckpt_through(
+            s,
+            pm,
+            "if [ \"$1 $2\" = 'container checkpoint' ]; then sleep 0.3; echo 'no checkpoint (test)' >&2; exit 1; fi\n\
+             exec podman \"$@\"\n",
+            &[&"podman", &"checkpoint", &"c1", &archive],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("no checkpoint (test)"), "{stderr}");
         assert!(!archive.exists());
         assert_eq!(pm.inspect("c1", "{{.State.Status}}"), "running");
