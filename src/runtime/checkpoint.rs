@@ -69,9 +69,10 @@ impl Podman {
         });
         let frozen_and_archived = std::thread::scope(|scope| {
             // The layer's first pass is made while podman has CRIU dump the process; the
-            // export checks that the layer has not changed since.
+            // export checks that the layer has not changed since (the container is frozen,
+            // but others may change it).
             let planning = scope.spawn(|| exporter.plan_layer(out));
-            self.freeze(&info, out, options, |podman_exited| {
+            self.dump(&info, out, options, |podman_exited| {
                 // Podman has written its export: the checkpoint is complete and the container
                 // stopped. It is archived while podman cleans up, and replaces OUT only if
                 // podman then succeeds.
@@ -132,7 +133,7 @@ impl Podman {
     /// it failed); `then`'s result and the seconds podman took, or podman's error. Not
     /// podman's --leave-running: the process would go on changing its files while they are
     /// archived. It is stopped, archived, then restored from the checkpoint.
-    fn freeze<T>(
+    fn dump<T>(
         &self,
         info: &Container,
         out: &Path,
@@ -173,7 +174,7 @@ fn export_planned(
     };
     match exporter.clone().with_layer_plan(plan).export_checked(bundle, out, podman_exited) {
         Err(e) if e.kind() == ErrorKind::SourceChanged => {
-            log::debug!("{e}: it changed before CRIU froze the process; archiving it again");
+            log::debug!("{e}; archiving it again, from two fresh walks");
             exporter.export_checked(bundle, out, podman_exited)
         }
         other => other,
