@@ -211,17 +211,25 @@ impl Exporter {
         let Some(Rootfs::Diff { upper, lowers }) = &self.rootfs else {
             return Err(Error::usage("rootfs", "a layer is planned ahead only from its diff dir"));
         };
-        // As the export will choose it: see write_file, write_compressed_file.
-        let align = match self.align {
-            Some(align) => align,
-            None if self.compression.is_some() => DEFAULT_ALIGN,
+        let align = match self.compression {
+            Some(_) => self.stream_align(),
             None => {
                 let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let fs_block = rustix::fs::statfs(dir).at("statfs", dir)?.f_bsize as u64;
-                DEFAULT_ALIGN.max(fs_block)
+                self.file_align(rustix::fs::statfs(dir).at("statfs", dir)?.f_bsize as u64)
             }
         };
         bundle::plan_layer(upper, lowers, self.whiteouts, align, &Skipped::default())
+    }
+
+    /// The alignment of an archive placed by offset into a file on a filesystem of
+    /// `fs_block`-byte blocks.
+    fn file_align(&self, fs_block: u64) -> u64 {
+        self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block))
+    }
+
+    /// The alignment of an archive written front to back (compressed, or into a pipe).
+    fn stream_align(&self) -> u64 {
+        self.align.unwrap_or(DEFAULT_ALIGN)
     }
 
     /// Uses `plan`, made by [`plan_layer`](Self::plan_layer), as the first pass over the
@@ -319,7 +327,7 @@ impl Exporter {
     ) -> Result<ExportStats> {
         let file = out_file.file();
         let fs_block = rustix::fs::fstatfs(file).at("fstatfs", out)?.f_bsize as u64;
-        let align = self.align.unwrap_or(DEFAULT_ALIGN.max(fs_block));
+        let align = self.file_align(fs_block);
         let mut pieces = self.pieces(src, align, skipped, false)?;
         let dev = file.metadata().at("fstat", out)?.dev();
         let target = Target { file, path: out, dev, block: fs_block.max(512) };
@@ -354,7 +362,7 @@ impl Exporter {
         let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         #[allow(clippy::unnecessary_cast)] // field types differ between targets
         let _writing = regular.then(|| Writing::new(st.st_dev as u64, st.st_ino as u64));
-        let align = self.align.unwrap_or(DEFAULT_ALIGN);
+        let align = self.stream_align();
         // A pipe or device cannot keep holes by offset, and a compressor would be fed the
         // zeros: there files with holes become sparse members. A seekable regular file on
         // standard output gets plain members, as a file archive has.
@@ -417,7 +425,7 @@ impl Exporter {
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<ExportStats> {
         let compression = self.compression.expect("compressed output");
-        let align = self.align.unwrap_or(DEFAULT_ALIGN);
+        let align = self.stream_align();
         let mut pieces = self.pieces(src, align, skipped, true)?;
         let (copied, written) =
             self.write_compressed(&mut pieces, compression, out_file.file().as_fd(), out)?;

@@ -61,11 +61,12 @@ impl Podman {
         // only 100 ms later; one found frozen already is seized at once.
         let frozen = Freezer::of(Path::new(CGROUP_ROOT), &info.cgroup).filter(|freezer| {
             let frozen = freezer.freeze(FREEZE_WAIT);
-            if !matches!(frozen, Ok(true)) {
+            let ok = matches!(frozen, Ok(true));
+            if !ok {
                 log::debug!("{}: not frozen ahead of CRIU: {frozen:?}", info.cgroup);
                 thaw(freezer);
             }
-            matches!(frozen, Ok(true))
+            ok
         });
         let frozen_and_archived = std::thread::scope(|scope| {
             // The layer's first pass is made while podman has CRIU dump the process; the

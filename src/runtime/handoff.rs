@@ -39,6 +39,8 @@ const POLL: Duration = Duration::from_millis(1);
 pub(super) struct Handoff {
     dir: Scratch,
     link: PathBuf,
+    /// What the symlink points at.
+    target: PathBuf,
     pipes: usize,
 }
 
@@ -47,9 +49,9 @@ impl Handoff {
     pub(super) fn new(dir: &Path) -> Result<Handoff> {
         let dir = Scratch::create(dir, "import")?;
         let link = dir.path.join("checkpoint.tar");
-        let mut handoff = Handoff { dir, link, pipes: 0 };
-        let first = handoff.new_pipe()?;
-        rustix::fs::symlink(&first, &handoff.link).at("symlink", &handoff.link)?;
+        let mut handoff = Handoff { dir, link, target: PathBuf::new(), pipes: 0 };
+        handoff.target = handoff.new_pipe()?;
+        rustix::fs::symlink(&handoff.target, &handoff.link).at("symlink", &handoff.link)?;
         let ended = handoff.ended();
         std::fs::write(&ended, END).at("write", &ended)?;
         Ok(handoff)
@@ -73,7 +75,7 @@ impl Handoff {
         mut made: impl FnMut() -> Result<Option<T>>,
     ) -> Result<Option<Result<T>>> {
         for _ in 0..MAX_EARLY_READS {
-            let current = self.current()?;
+            let current = self.target.clone();
             let Some(mut pipe) = wait_for_reader(&current, exited)? else { return Ok(None) };
             match made() {
                 Ok(None) => {
@@ -97,8 +99,7 @@ impl Handoff {
                 }
             }
         }
-        let current = self.current()?;
-        if let Some(mut pipe) = wait_for_reader(&current, exited)? {
+        if let Some(mut pipe) = wait_for_reader(&self.target.clone(), exited)? {
             self.end(&mut pipe, &BROKEN);
         }
         Err(Error::Runtime {
@@ -110,7 +111,7 @@ impl Handoff {
     /// Leaves podman nothing to wait for after `serve` failed: the path reads as an empty
     /// archive, and a read already blocked in opening a pipe is let through, to read it
     /// ended.
-    pub(super) fn abandon(&self) {
+    pub(super) fn abandon(&mut self) {
         if let Err(e) = self.point_at(&self.ended()) {
             log::warn!("{e}");
         }
@@ -121,7 +122,7 @@ impl Handoff {
     }
 
     /// Writes the last bytes of podman's last read; any later open reads an empty archive.
-    fn end(&self, pipe: &mut File, last: &[u8]) {
+    fn end(&mut self, pipe: &mut File, last: &[u8]) {
         if let Err(e) = self.point_at(&self.ended()) {
             log::warn!("{e}");
         }
@@ -134,11 +135,6 @@ impl Handoff {
         self.dir.path.join("ended.tar")
     }
 
-    /// The pipe the symlink points at.
-    fn current(&self) -> Result<PathBuf> {
-        std::fs::read_link(&self.link).at("readlink", &self.link)
-    }
-
     fn new_pipe(&mut self) -> Result<PathBuf> {
         let path = self.dir.path.join(format!("pipe-{}", self.pipes));
         self.pipes += 1;
@@ -147,10 +143,12 @@ impl Handoff {
     }
 
     /// Points the symlink at `target`, atomically.
-    fn point_at(&self, target: &Path) -> Result<()> {
+    fn point_at(&mut self, target: &Path) -> Result<()> {
         let new = self.dir.path.join("checkpoint.tar.new");
         rustix::fs::symlink(target, &new).at("symlink", &new)?;
-        rustix::fs::rename(&new, &self.link).at("rename", &self.link)
+        rustix::fs::rename(&new, &self.link).at("rename", &self.link)?;
+        self.target = target.to_path_buf();
+        Ok(())
     }
 }
 

@@ -6,9 +6,9 @@
 //! - Checkpoint: ckpt freezes the container's cgroup, so that CRIU, finding it frozen, does
 //!   not wait for it to freeze. `podman container checkpoint --keep --export` has CRIU write
 //!   its images into the container's userdata dir and podman write `config.dump` and
-//!   `spec.dump` there (it writes them only when exporting). Podman's own archive is sent into a pipe that ckpt
-//!   drains and discards, with the rootfs and volumes left out, so it costs one read of the
-//!   CRIU images from the page cache. Once that export has ended, while podman cleans up,
+//!   `spec.dump` there (it writes them only when exporting). Podman's own archive is sent
+//!   into a pipe that ckpt drains and discards, with the rootfs and volumes left out, so it
+//!   costs one read of the CRIU images from the page cache. Once that export has ended, while podman cleans up,
 //!   ckpt archives the userdata dir's checkpoint members, the rootfs changes from the layer's
 //!   upper dir and each named volume's directory, as podman's export would; the archive is
 //!   committed only if podman succeeds. The layer's first pass (the nested archive's length,

@@ -87,11 +87,10 @@ impl Podman {
         // exist, anonymous ones too) nor containers with secrets (CRIU finds no mount point
         // for them); and a container is made of the image by ID.
         let secrets = config.get("secrets").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
-        let image = config.get("rootfsImageID").and_then(Value::as_str).unwrap_or_default();
+        let image = checkpointed_image(config);
         if named_volumes(config).is_empty()
             && !secrets
-            && let Some(stage) = Stage::in_store_of(config)
-            && stage.has_image(image)
+            && let Some(stage) = Stage::in_store_of(config, image)
         {
             return self.restore_imported(archive, dumps, name, options, &stage);
         }
@@ -173,8 +172,9 @@ impl Podman {
                     reason: "restored a container without reading its checkpoint".into(),
                 });
                 // Podman made the container where ckpt did not look: in another store.
-                let image = config.get("rootfsImageID").and_then(Value::as_str).unwrap_or_default();
-                let Some(id) = self.made_since(name, image, since) else { return Err(e) };
+                let Some(id) = self.made_since(name, checkpointed_image(config), since) else {
+                    return Err(e);
+                };
                 log::debug!(
                     "podman made {name} outside {}; restoring in place",
                     stage.containers().display()
@@ -559,10 +559,15 @@ fn read_dumps(archive: &Path) -> Result<Dumps> {
     Ok(Dumps { config, spec, raw })
 }
 
+/// The ID of the image the checkpointed container ran on (empty when `config` names none).
+fn checkpointed_image(config: &Value) -> &str {
+    config.get("rootfsImageID").and_then(Value::as_str).unwrap_or_default()
+}
+
 /// Refuses a new container made of another image than the checkpointed one ran on
 /// (`config.dump`'s `rootfsImageID`): the rootfs changes would apply to other files.
 fn same_image(archive: &Path, config: &Value, image: &str) -> Result<()> {
-    match config.get("rootfsImageID").and_then(Value::as_str).filter(|old| !old.is_empty()) {
+    match Some(checkpointed_image(config)).filter(|old| !old.is_empty()) {
         Some(old) if old != image => Err(Error::unsuitable(
             archive,
             format!(

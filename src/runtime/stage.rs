@@ -53,12 +53,13 @@ pub(super) struct NewContainer {
 impl Stage {
     /// A stage in the overlay store the checkpointed container was in (its userdata dir was
     /// `STORAGE/overlay-containers/ID/userdata`, as `config.dump`'s `staticDir` says), when
-    /// this host has that store: a restore on the host of the checkpoint lands there. `None`
-    /// when there is no such store.
-    pub(super) fn in_store_of(config: &Value) -> Option<Stage> {
+    /// this host has that store and it holds the image `image`: a restore on the host of the
+    /// checkpoint lands there. `None` when there is no such store.
+    pub(super) fn in_store_of(config: &Value, image: &str) -> Option<Stage> {
         let static_dir = Path::new(config.get("staticDir").and_then(Value::as_str)?);
         let containers = static_dir.parent()?.parent()?;
-        let layers = containers.with_file_name("overlay");
+        let store = containers.parent()?;
+        let layers = store.join("overlay");
         // The archive names the directories: only those of a containers/storage store that no
         // other user can change are used.
         if !static_dir.is_absolute()
@@ -66,8 +67,9 @@ impl Stage {
             || containers.file_name()? != "overlay-containers"
             || !containers.join("containers.json").is_file()
             || !layers.is_dir()
-            || !out_of_others_reach(containers)
-            || !out_of_others_reach(&layers)
+            || !out_of_others_reach(store)
+            || ![containers, &layers].into_iter().all(|dir| out_of_others_reach_below(store, dir))
+            || !stored_images(&store.join("overlay-images")).is_ok_and(|ids| ids.iter().any(|i| i == image))
         {
             return None;
         }
@@ -93,12 +95,6 @@ impl Stage {
     pub(super) fn named(&self, name: &str) -> Result<Vec<String>> {
         let all = stored_containers(&self.containers)?;
         Ok(all.into_iter().filter(|c| c.names.iter().any(|n| n == name)).map(|c| c.id).collect())
-    }
-
-    /// Whether the store has the image whose ID is `id`.
-    pub(super) fn has_image(&self, id: &str) -> bool {
-        let images = self.containers.with_file_name("overlay-images");
-        stored_images(&images).is_ok_and(|ids| ids.iter().any(|i| i == id))
     }
 
     /// The store's container named `name` that is none of `before`, with its directories,
@@ -173,12 +169,23 @@ impl Staged<'_> {
 /// above it: each is this user's or root's, and writable by no one else unless sticky.
 fn out_of_others_reach(dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else { return false };
+    dir.ancestors().all(|d| std::fs::symlink_metadata(d).is_ok_and(|m| private(&m)))
+}
+
+/// Whether `dir`, in the directory `store` (out of others' reach itself), is out of others'
+/// reach: when it is directly in `store`, only `dir` is looked at.
+fn out_of_others_reach_below(store: &Path, dir: &Path) -> bool {
+    let (Ok(store), Ok(dir)) = (store.canonicalize(), dir.canonicalize()) else { return false };
+    if dir.parent() != Some(store.as_path()) {
+        return out_of_others_reach(&dir);
+    }
+    std::fs::symlink_metadata(&dir).is_ok_and(|m| private(&m))
+}
+
+/// Whether only this user or root can rename, replace or add entries in the directory `m`.
+fn private(m: &std::fs::Metadata) -> bool {
     let me = rustix::process::geteuid().as_raw();
-    dir.ancestors().all(|d| {
-        std::fs::symlink_metadata(d).is_ok_and(|m| {
-            (m.uid() == me || m.uid() == 0) && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
-        })
-    })
+    (m.uid() == me || m.uid() == 0) && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
 }
 
 /// Renames `from` to `to`, which must not exist.
