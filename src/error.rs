@@ -94,6 +94,14 @@ pub enum Error {
         /// The runtime's message, or why ckpt refuses.
         reason: String,
     },
+    /// The caller cancelled the operation (see [`Importer::cancel_on`](crate::Importer::cancel_on)).
+    #[error("{}: {op} cancelled", path.display())]
+    Cancelled {
+        /// What was being read or written.
+        path: PathBuf,
+        /// The operation (`import`).
+        op: &'static str,
+    },
     /// A registry or OCI image layout refused or failed an operation, or served content that
     /// is not what it claims (a digest mismatch, an oversized or malformed manifest).
     #[error("{reference}: {op}: {reason}")]
@@ -127,6 +135,8 @@ pub enum ErrorKind {
     Runtime,
     /// A registry (or image layout) failed, refused, or served bad content.
     Registry,
+    /// The caller cancelled the operation.
+    Cancelled,
 }
 
 /// `member "NAME" at offset N: `, or `at offset N: ` where no member is concerned (an empty or
@@ -179,6 +189,7 @@ impl Error {
             Error::Usage { .. } => ErrorKind::Usage,
             Error::Runtime { .. } => ErrorKind::Runtime,
             Error::Registry { .. } => ErrorKind::Registry,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
     }
 

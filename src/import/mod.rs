@@ -63,6 +63,8 @@ pub struct Importer {
     volumes: Vec<VolumeTarget>,
     /// Threads decoding a seekable zstd archive; None for the default.
     jobs: Option<usize>,
+    /// Set by the caller to stop the import at the next member.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Importer {
@@ -97,6 +99,7 @@ impl Importer {
             only: None,
             volumes: Vec::new(),
             jobs: None,
+            cancel: None,
         }
     }
 
@@ -149,6 +152,24 @@ impl Importer {
     pub fn jobs(mut self, jobs: usize) -> Importer {
         self.jobs = Some(jobs.max(1));
         self
+    }
+
+    /// Stops the import before its next member once `cancel` is set, with an error of kind
+    /// `Cancelled`: the members restored so far stay as restored (each file whole), as after
+    /// any other error; nothing of the member it stopped at is written. A member's data is
+    /// not interrupted, so a cancel waits for the file being filled.
+    pub fn cancel_on(mut self, cancel: Arc<AtomicBool>) -> Importer {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    fn check_cancelled(&self, archive: &Path) -> Result<()> {
+        match &self.cancel {
+            Some(cancel) if cancel.load(Ordering::Relaxed) => {
+                Err(Error::Cancelled { path: archive.to_path_buf(), op: "import" })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a bundle member of this (bundle-relative) name is restored.
@@ -300,7 +321,9 @@ impl Importer {
         targets: &mut Targets<'_>,
         deleted: &mut Vec<String>,
     ) -> Result<()> {
-        while let Some(entry) = reader.next_entry()? {
+        loop {
+            self.check_cancelled(archive)?;
+            let Some(entry) = reader.next_entry()? else { break };
             let reader = &mut *reader;
             let name = podman::bundle_name(&entry.name);
             let volume = match entry.kind {
@@ -310,12 +333,14 @@ impl Importer {
             if let Some(i) = volume {
                 let (extractor, found) = &mut targets.volumes[i];
                 *found = true;
-                extract_nested(reader, &entry, extractor)?;
+                self.extract_nested(reader, archive, &entry, extractor)?;
                 continue;
             }
             let bundle = &mut *targets.bundle;
             match targets.layer.as_deref_mut() {
-                Some(layer) if podman::is_rootfs_diff(&entry) => extract_nested(reader, &entry, layer)?,
+                Some(layer) if podman::is_rootfs_diff(&entry) => {
+                    self.extract_nested(reader, archive, &entry, layer)?
+                }
                 Some(_) if name == podman::DELETED_FILES && entry.kind == Some(Kind::Regular) => {
                     if entry.size > podman::MAX_DELETED_FILES {
                         return Err(Error::damaged(
@@ -333,6 +358,22 @@ impl Importer {
         }
         Ok(())
     }
+
+    /// Restores the members of the archive nested in `entry` with `extractor`.
+    fn extract_nested(
+        &self,
+        reader: &mut Reader<'_>,
+        archive: &Path,
+        entry: &Entry,
+        extractor: &mut Extractor,
+    ) -> Result<()> {
+        let mut inner = reader.nested(entry);
+        loop {
+            self.check_cancelled(archive)?;
+            let Some(member) = inner.next_entry()? else { return Ok(()) };
+            extractor.extract(&member, &mut inner)?;
+        }
+    }
 }
 
 /// Where an import puts what it restores.
@@ -341,15 +382,6 @@ struct Targets<'a> {
     layer: Option<&'a mut Extractor>,
     /// Each volume's extractor, and whether its archive was found.
     volumes: &'a mut [(Extractor, bool)],
-}
-
-/// Restores the members of the archive nested in `entry` with `extractor`.
-fn extract_nested(reader: &mut Reader<'_>, entry: &Entry, extractor: &mut Extractor) -> Result<()> {
-    let mut inner = reader.nested(entry);
-    while let Some(member) = inner.next_entry()? {
-        extractor.extract(&member, &mut inner)?;
-    }
-    Ok(())
 }
 
 /// Reads the archive's headers (and the small members packed between them) ahead of the
@@ -390,4 +422,71 @@ fn layer_target(rootfs: &Rootfs) -> Result<LayerTarget> {
             None => LayerTarget { dir: path.clone(), mode: LayerMode::Plain },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::progress::Progress;
+
+    /// An archive of three files, `a`, `b` and `c`, each holding 64 KiB of its own letter.
+    fn three_files(dir: &Path) -> PathBuf {
+        let src = dir.join("src");
+        std::fs::create_dir(&src).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(src.join(name), name.repeat(64 << 10)).unwrap();
+        }
+        let archive = dir.join("three.tar");
+        crate::Exporter::new().export(&src, &archive).unwrap();
+        archive
+    }
+
+    fn restored_names(dest: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match std::fs::read_dir(dest) {
+            Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_import_cancelled_before_it_starts_restores_nothing_and_says_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = three_files(dir.path());
+        let dest = dir.path().join("dest");
+        let cancel = Arc::new(AtomicBool::new(true));
+        let err = Importer::new().cancel_on(cancel).import(&archive, &dest).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+        assert!(err.to_string().contains("three.tar: import cancelled"), "{err}");
+        assert!(restored_names(&dest).is_empty());
+    }
+
+    /// Cancels its import once the first file's data has been moved.
+    struct CancelAfterFirstFile(Arc<AtomicBool>);
+
+    impl Progress for CancelAfterFirstFile {
+        fn advance(&self, _bytes: u64) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn an_import_cancelled_midway_stops_before_the_next_member_leaving_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = three_files(dir.path());
+        let dest = dir.path().join("dest");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let err = Importer::new()
+            .cancel_on(cancel.clone())
+            .progress(Arc::new(CancelAfterFirstFile(cancel)))
+            .import(&archive, &dest)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+        let names = restored_names(&dest);
+        assert_eq!(names.len(), 1, "one file restored, then the import stopped: {names:?}");
+        let name = &names[0];
+        assert_eq!(std::fs::read(dest.join(name)).unwrap(), name.repeat(64 << 10).into_bytes());
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -122,6 +123,10 @@ impl Podman {
         let started = Instant::now();
         let podman = self.start(&args)?;
         let exited = AtomicBool::new(false);
+        // A podman that fails before it makes the container leaves the stage unused: its
+        // import stops rather than cloning (or with --no-clone copying) the rest first.
+        let unused = Arc::new(AtomicBool::new(false));
+        let staging_importer = importer.clone().cancel_on(unused.clone());
         let mut made: Option<String> = None;
         let (served, (podman_result, podman_seconds)) = std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
@@ -129,7 +134,7 @@ impl Podman {
                 exited.store(true, Ordering::Release);
                 (result, started.elapsed().as_secs_f64())
             });
-            let mut staging = Some(scope.spawn(|| stage.import(importer.clone(), archive)));
+            let mut staging = Some(scope.spawn(|| stage.import(staging_importer, archive)));
             let served = handoff.serve(&dumps.tar(), &exited, || {
                 let Some(new) = stage.made(name, &before)? else { return Ok(None) };
                 made = Some(new.id.clone());
@@ -142,7 +147,10 @@ impl Podman {
             }
             if let Some(staging) = staging {
                 // Podman exited before making the container: the stage is removed with it.
-                let _ = staging.join();
+                unused.store(true, Ordering::Relaxed);
+                if let Ok(Err(e)) = staging.join() {
+                    log::debug!("staging stopped: {e}");
+                }
             }
             (served, waiter.join().expect("waiting for podman does not panic"))
         });
