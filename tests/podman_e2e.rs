@@ -436,6 +436,35 @@ on_btrfs_and_xfs! {
     }
 }
 
+/// A checkpoint whose archive fails on its own (no space on OUT's filesystem) while podman
+/// fails too: ckpt fails with podman's message, says why the archive failed as well, and
+/// leaves nothing at OUT.
+#[test]
+fn checkpoint_whose_archive_and_podman_both_fail_reports_both() {
+    with_podman(FsKind::Btrfs, |s, pm| {
+        pm.run_counter("c1", &[]);
+        exec_sh(pm, "c1", "head -c 20000000 /dev/urandom > /big");
+        let small = Mount::tmpfs(&s.path("small"));
+        let archive = small.target().join("c1.tar");
+        let (code, stderr) = ckpt_through(
+            s,
+            pm,
+            "podman \"$@\" || exit\n\
+             if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n",
+            &[&"podman", &"checkpoint", &"c1", &archive],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("cleanup failed (test)"), "podman's error: {stderr}");
+        assert!(
+            stderr.contains("the archive was not written either")
+                && stderr.contains("No space left on device"),
+            "the archive's own error: {stderr}"
+        );
+        let names: Vec<_> = fs::read_dir(small.target()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "{names:?}");
+    });
+}
+
 on_btrfs_and_xfs! {
     /// ckpt freezes the container's cgroup before CRIU does; when podman then fails before
     /// CRIU has dumped anything, ckpt fails with podman's message and the container runs on,

@@ -139,8 +139,8 @@ impl Podman {
         info: &Container,
         out: &Path,
         options: &CheckpointOptions,
-        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> T,
-    ) -> Result<(T, f64)> {
+        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> Result<T>,
+    ) -> Result<(Result<T>, f64)> {
         let started = Instant::now();
         let drain = Drain::new(out)?;
         let mut args: Vec<&OsStr> =
@@ -228,13 +228,13 @@ impl Drain {
     /// Reads the pipe while `podman` writes its export into it; once the export has ended,
     /// runs `then` with a function that waits for podman to exit (an error if podman failed).
     /// Podman is waited for in any case: `then`'s result and the seconds from `started` to
-    /// podman's exit, or podman's error.
+    /// podman's exit, or podman's error (with `then`'s own failure, if it had one, logged).
     fn run<T>(
         &self,
         podman: Started,
         started: Instant,
-        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> T,
-    ) -> Result<(T, f64)> {
+        then: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> Result<T>,
+    ) -> Result<(Result<T>, f64)> {
         // The read end opens at once without blocking; the write end held here keeps the pipe
         // from reading as ended before podman opens it, and is closed once podman has written
         // (or has exited), so the read ends exactly when podman's writes do.
@@ -283,6 +283,13 @@ impl Drain {
                 }
             };
             let (podman_result, seconds) = exit.into_result();
+            // Podman's failure decides what became of the container; an archive that failed
+            // on its own (not on finding podman failed) is said too.
+            if let (Err(_), Some(Err(e))) = (&podman_result, &then_result)
+                && e.kind() != ErrorKind::Runtime
+            {
+                log::error!("the archive was not written either: {e}");
+            }
             podman_result?;
             drained?;
             let then_result = then_result
