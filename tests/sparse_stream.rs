@@ -224,6 +224,38 @@ fn a_piped_sparse_export_is_smaller_than_the_tree_and_verifies() {
     assert!(piped.status.success(), "ckpt verify -: {}", describe(&piped));
 }
 
+#[test]
+fn ckpt_list_shows_a_sparse_members_file_size_as_gnu_tar_does_and_its_stored_size_apart() {
+    let (_s, src, archive) = exported();
+    let mut listed = std::collections::HashMap::new();
+    for line in ckpt_ok(&[&"list", &"--json", &archive]).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = v["name"].as_str().unwrap().trim_start_matches("./").to_string();
+        listed.insert(name, (v["size"].as_u64().unwrap(), v["file_size"].as_u64().unwrap()));
+    }
+    for rel in SPARSE {
+        let real = fs::metadata(src.join(rel)).unwrap().len();
+        let (stored, file_size) = listed[rel];
+        assert_eq!(file_size, real, "{rel}: file_size");
+        assert!(stored < real / 4, "{rel}: {stored} bytes stored of {real}");
+    }
+    for rel in PLAIN {
+        let (stored, file_size) = listed[rel];
+        assert_eq!((stored, file_size), (fs::metadata(src.join(rel)).unwrap().len(), stored), "{rel}");
+    }
+    // The text listing's size column is the one GNU tar's verbose listing shows.
+    let text = ckpt_ok(&[&"list", &archive]);
+    let line = text.lines().find(|l| l.ends_with(SPARSE[0])).unwrap();
+    let size: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    if have("tar") {
+        let gnu = sh("tar", &[&"-tvf", &archive]);
+        let gnu_line = gnu.lines().find(|l| l.ends_with(SPARSE[0])).unwrap();
+        let gnu_size: u64 = gnu_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert_eq!(size, gnu_size, "ckpt: {line}\nGNU tar: {gnu_line}");
+    }
+    assert_eq!(size, 8 * MIB, "{line}");
+}
+
 /// A compressed export of the tree into `out`, imported again: same content, holes kept,
 /// and the tar inside is smaller than the tree.
 fn compressed_round_trip(compression: &str) {

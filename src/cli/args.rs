@@ -257,7 +257,7 @@ pub(crate) struct ImportArgs {
 #[derive(Args)]
 pub(crate) struct ListArgs {
     /// One JSON object per member and line: name, type, typeflag, mode (octal string), uid,
-    /// gid, size, mtime, mtime_nsec, header_offset, data_offset, aligned, xattrs (names),
+    /// gid, size (as stored), file_size (restored, holes included), mtime, mtime_nsec, header_offset, data_offset, aligned, xattrs (names),
     /// link, dev_major/dev_minor, nested_in.
     #[arg(long)]
     pub(crate) json: bool,

@@ -36,8 +36,11 @@ pub struct ListEntry {
     pub uid: u64,
     /// The owner's group ID.
     pub gid: u64,
-    /// The size of the member's data.
+    /// The size of the member's data as stored in the archive.
     pub size: u64,
+    /// The size of the file it restores: a sparse member's full length, holes included
+    /// (what `tar -tv` shows), else `size`.
+    pub file_size: u64,
     /// Modification time: seconds since the epoch.
     pub mtime: i64,
     /// And nanoseconds (pax times keep them).
@@ -90,6 +93,7 @@ impl ListEntry {
             uid: entry.meta.uid,
             gid: entry.meta.gid,
             size: entry.size,
+            file_size: entry.sparse.as_ref().map_or(entry.size, |map| map.real_size),
             mtime: entry.meta.mtime,
             mtime_nsec: entry.meta.mtime_nsec,
             dev_major: device.then_some(entry.meta.dev_major),

@@ -13,7 +13,7 @@ impl ListEntry {
     pub fn text_line(&self) -> String {
         let size = match (self.dev_major, self.dev_minor) {
             (Some(major), Some(minor)) => format!("{major},{minor}"),
-            _ => self.size.to_string(),
+            _ => self.file_size.to_string(),
         };
         let aligned = match self.aligned {
             Some(true) => "aligned",
