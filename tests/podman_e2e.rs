@@ -332,6 +332,36 @@ on_btrfs_and_xfs! {
     }
 }
 
+/// On XFS a file's partial last block is copied, not shared, into the new container's layer:
+/// a restore returns with it written back (allocated on disk, not delayed allocation left
+/// for the next sync), and with the file's bytes right.
+#[test]
+fn restore_on_xfs_returns_with_the_copied_tails_written_back() {
+    with_podman(FsKind::Xfs, |s, pm| {
+        pm.run_counter("c1", &[]);
+        exec_sh(
+            pm,
+            "c1",
+            "mkdir /data && for i in 1 2 3 4 5 6 7 8; do head -c 10000 /dev/urandom > /data/t$i; done",
+        );
+        let archive = s.path("c1.tar");
+        pm.ckpt_ok(&[&"podman", &"checkpoint", &"--leave-running", &"c1", &archive]);
+        pm.ckpt_ok(&[&"podman", &"restore", &"--name", &"c2", &archive]);
+        let (old, new) = (pm.upper_dir("c1"), pm.upper_dir("c2"));
+        for i in 1..=8 {
+            let tail = new.join(format!("data/t{i}"));
+            let extents = sh("filefrag", &[&"-v", &tail]);
+            assert!(
+                !extents.contains("delalloc") && !extents.contains("unknown_loc"),
+                "{} is still waiting for writeback:\n{extents}",
+                tail.display()
+            );
+            assert_same_bytes(&old.join(format!("data/t{i}")), &tail);
+        }
+        pm.assert_counter_continues("c2", 0);
+    });
+}
+
 on_btrfs_and_xfs! {
     /// A restore whose container podman cannot create (its name is taken) fails with
     /// podman's reason, keeps the container that has the name, and leaves no new container

@@ -111,6 +111,26 @@ impl Stage {
     }
 
     /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
+    /// Writes back the filesystems of the store's containers and layers directories
+    /// (`syncfs`, once if they share one). Only a head start for the data: a failure is the
+    /// next sync's to report.
+    pub(super) fn write_back(&self) {
+        let mut synced = None;
+        for dir in [&self.containers, &self.layers] {
+            let synced_now = std::fs::File::open(dir).and_then(|dir| {
+                let dev = dir.metadata()?.dev();
+                if synced != Some(dev) {
+                    rustix::fs::syncfs(&dir)?;
+                }
+                Ok(dev)
+            });
+            match synced_now {
+                Ok(dev) => synced = Some(dev),
+                Err(e) => log::debug!("syncfs {}: {e}", dir.display()),
+            }
+        }
+    }
+
     pub(super) fn import(&self, importer: Importer, archive: &Path) -> Result<Staged<'_>> {
         let upper = self.diff.path.clone();
         let importer = importer.rootfs(podman::Rootfs::Diff { upper, lowers: Vec::new() });
