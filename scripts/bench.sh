@@ -814,6 +814,10 @@ e2e_rollback() {
 # checkpoints the same running container.
 bench_e2e() {
   local fs=$1 size=$2 bytes name img M upper userdata r op
+  # As for a listing: every run, podman's and ckpt's alike, starts with the programs the
+  # checkpoint or restore executes run once (off the clock), so that the archive, the
+  # layer and the store are read cold but the programs are not, as on a host that runs them.
+  local PREP="podman --version; conmon --version; runc --version; criu --version; $CKPT --version"
   bytes=$(to_bytes "$size")
   name=e2e-$fs-$size
   img=$WORK/$name.img
