@@ -96,6 +96,11 @@ fn ckpt_through(s: &Scratch, pm: &Podman, script: &str, args: &[Arg]) -> (Option
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A podman wrapper whose `container checkpoint` succeeds, then reports a failure (as a
+/// cleanup after the export that failed would).
+const PODMAN_FAILS_AFTER_CHECKPOINT: &str = "podman \"$@\" || exit\n\
+     if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n";
+
 /// Waits until container `name`'s counter reaches `value`.
 fn wait_for_counter(pm: &Podman, name: &str, value: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -454,8 +459,7 @@ on_btrfs_and_xfs! {
         let (code, stderr) = ckpt_through(
             s,
             pm,
-            "podman \"$@\" || exit\n\
-             if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n",
+            PODMAN_FAILS_AFTER_CHECKPOINT,
             &[&"podman", &"checkpoint", &"c1", &archive],
         );
         assert_eq!(code, Some(1), "{stderr}");
@@ -476,13 +480,8 @@ fn checkpoint_whose_archive_and_podman_both_fail_reports_both() {
         exec_sh(pm, "c1", "head -c 20000000 /dev/urandom > /big");
         let small = Mount::tmpfs(&s.path("small"));
         let archive = small.target().join("c1.tar");
-        let (code, stderr) = ckpt_through(
-            s,
-            pm,
-            "podman \"$@\" || exit\n\
-             if [ \"$1 $2\" = 'container checkpoint' ]; then echo 'cleanup failed (test)' >&2; exit 1; fi\n",
-            &[&"podman", &"checkpoint", &"c1", &archive],
-        );
+        let (code, stderr) =
+            ckpt_through(s, pm, PODMAN_FAILS_AFTER_CHECKPOINT, &[&"podman", &"checkpoint", &"c1", &archive]);
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("cleanup failed (test)"), "podman's error: {stderr}");
         assert!(
