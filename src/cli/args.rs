@@ -257,8 +257,9 @@ pub(crate) struct ImportArgs {
 #[derive(Args)]
 pub(crate) struct ListArgs {
     /// One JSON object per member and line: name, type, typeflag, mode (octal string), uid,
-    /// gid, size (as stored), file_size (restored, holes included), mtime, mtime_nsec, header_offset, data_offset, aligned, xattrs (names),
-    /// link, dev_major/dev_minor, nested_in.
+    /// gid, size (as stored), file_size (restored, holes included), mtime, mtime_nsec,
+    /// header_offset, data_offset, aligned, xattrs (names), link, dev_major/dev_minor,
+    /// nested_in.
     #[arg(long)]
     pub(crate) json: bool,
     /// Also list the members of the nested archives (rootfs-diff.tar, volumes/NAME.tar), named

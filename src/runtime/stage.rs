@@ -110,7 +110,6 @@ impl Stage {
         Ok(Some(NewContainer { id: found.id, image: found.image, bundle, upper }))
     }
 
-    /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
     /// Writes back the filesystems of the store's containers and layers directories
     /// (`syncfs`, once if they share one). Only a head start for the data: a failure is the
     /// next sync's to report.
@@ -131,6 +130,7 @@ impl Stage {
         }
     }
 
+    /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
     pub(super) fn import(&self, importer: Importer, archive: &Path) -> Result<Staged<'_>> {
         let upper = self.diff.path.clone();
         let importer = importer.rootfs(podman::Rootfs::Diff { upper, lowers: Vec::new() });
