@@ -14,6 +14,7 @@ use crate::error::{Context, Error, Result};
 use crate::import::extract::Filesystem;
 use crate::sys::mover::{End, MoveStats, Mover, Tail};
 use crate::sys::uncached;
+use crate::tar::compress::stream_error;
 use crate::tar::reader::{Entry, Reader};
 use crate::tar::round_up;
 
@@ -151,7 +152,8 @@ impl FileData {
         while offset < size {
             let want = (size - offset).min(self.buf.len() as u64) as usize;
             let buf = &mut self.buf[..want];
-            reader.read_exact(buf).map_err(|e| Error::io("read", reader.archive_path(), e))?;
+            // An archive cut short or a stream that does not decode is the archive's fault.
+            reader.read_exact(buf).map_err(|e| stream_error(reader.archive_path(), e))?;
             for (from, to) in data_runs(buf, 4096) {
                 let at = start + offset + from as u64;
                 uncached::pwrite_all(tmp.as_fd(), self.dev, &buf[from..to], at).at_with("write", path)?;

@@ -20,12 +20,13 @@ use std::time::Instant;
 
 use crate::container::overlay;
 use crate::container::podman::{self, Rootfs};
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::import::extract::{ExtractOptions, Extractor};
 use crate::import::layer::LayerMode;
 use crate::import::stats::ImportStats;
 use crate::progress::{Progress, ProgressHandle};
 use crate::tar::archive::{self, Opened};
+use crate::tar::compress::stream_error;
 use crate::tar::frames;
 use crate::tar::meta::Kind;
 use crate::tar::reader::{Entry, Reader};
@@ -349,7 +350,7 @@ impl Importer {
                         ));
                     }
                     let mut data = Vec::new();
-                    reader.take(entry.size).read_to_end(&mut data).at("read", archive)?;
+                    reader.take(entry.size).read_to_end(&mut data).map_err(|e| stream_error(archive, e))?;
                     deleted.extend(podman::parse_deleted_files(&data, archive)?);
                 }
                 _ if self.selected(name) => bundle.extract(&entry, reader)?,
@@ -488,5 +489,29 @@ mod tests {
         assert_eq!(names.len(), 1, "one file restored, then the import stopped: {names:?}");
         let name = &names[0];
         assert_eq!(std::fs::read(dest.join(name)).unwrap(), name.repeat(64 << 10).into_bytes());
+    }
+
+    /// A whole gzip stream of `three_files`'s archive cut off inside b's data: found out
+    /// only as b is written, since a stream's length is not known ahead.
+    fn cut_inside_b(dir: &Path) -> PathBuf {
+        use std::io::Write;
+        let bytes = std::fs::read(three_files(dir)).unwrap();
+        let b_data = bytes.windows(4096).position(|w| w.iter().all(|&c| c == b'b')).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes[..b_data + 1000]).unwrap();
+        let cut = dir.join("cut.tar.gz");
+        std::fs::write(&cut, gz.finish().unwrap()).unwrap();
+        cut
+    }
+
+    #[test]
+    fn a_stream_cut_off_inside_a_file_is_a_bad_archive_and_leaves_no_part_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = cut_inside_b(dir.path());
+        let dest = dir.path().join("dest");
+        let err = Importer::new().import(&cut, &dest).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadArchive, "{err}");
+        assert!(err.to_string().contains("in the middle of the data of member \"./b\""), "{err}");
+        assert_eq!(restored_names(&dest), ["a"]);
     }
 }
