@@ -1,10 +1,12 @@
 //! Creating entries atomically: a regular file is written unnamed (O_TMPFILE, or under a
 //! hidden temporary name where the filesystem has none) and a symlink, device or fifo is
 //! made under a temporary name, each given its final name only when complete, so an
-//! interrupted import leaves no half-made entry under its final name. An existing name is a
-//! conflict, or with --overwrite is replaced by rename, never written through. Hard links,
-//! directories, and the removal of temporary names a killed run left behind live here too.
-//! Separate because this is the one place that decides what may replace what.
+//! interrupted import leaves no half-made entry under its final name (in a private
+//! destination, discarded unless the import completes, a file is written under its own name
+//! instead). An existing name is a conflict, or with --overwrite is replaced by rename, never
+//! written through. Hard links, directories, and the removal of temporary names a killed run
+//! left behind live here too. Separate because this is the one place that decides what may
+//! replace what.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -57,11 +59,13 @@ pub(crate) fn node_type(kind: &Kind) -> FileType {
     }
 }
 
-/// The file a regular member is written into before it gets its name: unnamed, or under a
-/// temporary name where the filesystem has no O_TMPFILE.
+/// The file a regular member is written into: unnamed, or under a temporary name where the
+/// filesystem has no O_TMPFILE, until it is complete; or, in a private destination, under
+/// its own name from the start.
 struct NewFile {
     file: File,
     temp: Option<Vec<u8>>,
+    named: bool,
 }
 
 /// What a member is created from: its header, and the xattrs to give it (a layer's are
@@ -119,14 +123,28 @@ impl Extractor {
             // Still there after a conflict or a failure.
             let _ = rustix::fs::unlinkat(slot.dir, OsStr::from_bytes(temp), AtFlags::empty());
         }
+        if new.named && result.is_err() {
+            // Made by this import a moment ago, in a directory no one else can reach.
+            let _ = rustix::fs::unlinkat(slot.dir, OsStr::from_bytes(slot.name), AtFlags::empty());
+        }
         result
     }
 
     fn new_file(&self, slot: Slot<'_>, entry: &Entry) -> Result<NewFile> {
         // Usually the final mode already (the umask permitting), so no chmod is needed.
         let mode = Mode::from_bits_truncate(entry.meta.mode & 0o777);
+        if self.options.private {
+            let flags = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::RDWR | OFlags::CLOEXEC;
+            match rustix::fs::openat(slot.dir, OsStr::from_bytes(slot.name), flags, mode) {
+                Ok(fd) => return Ok(NewFile { file: File::from(fd), temp: None, named: true }),
+                // The name is taken (an archive may hold a name twice): written unnamed, it
+                // is then a conflict or, with --overwrite, replaces what is there.
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::io("create", self.display(slot.rel), e)),
+            }
+        }
         match rustix::fs::openat(slot.dir, ".", OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, mode) {
-            Ok(fd) => Ok(NewFile { file: File::from(fd), temp: None }),
+            Ok(fd) => Ok(NewFile { file: File::from(fd), temp: None, named: false }),
             // No O_TMPFILE here (NFS, FUSE, older kernels): a hidden temporary name instead.
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
                 let temp = temp::name_for(slot.name);
@@ -137,7 +155,7 @@ impl Extractor {
                     flags,
                     Mode::from_bits_truncate(0o600),
                 ) {
-                    Ok(fd) => Ok(NewFile { file: File::from(fd), temp: Some(temp) }),
+                    Ok(fd) => Ok(NewFile { file: File::from(fd), temp: Some(temp), named: false }),
                     Err(e) => Err(Error::io("create", self.display(slot.rel), e)),
                 }
             }
@@ -169,6 +187,9 @@ impl Extractor {
 
     /// Gives the complete new file its name.
     fn link_file(&mut self, slot: Slot<'_>, new: &NewFile) -> Result<()> {
+        if new.named {
+            return Ok(());
+        }
         if let Some(temp) = &new.temp {
             let flags = if self.options.overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
             return self.place(slot, |dir, n| {

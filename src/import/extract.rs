@@ -28,6 +28,10 @@ use crate::tar::reader::{Entry, Reader};
 pub(crate) struct ExtractOptions {
     pub(crate) share: bool,
     pub(crate) overwrite: bool,
+    /// The destination is reachable by no one else until the whole import has succeeded,
+    /// and is discarded otherwise: a file may be written under its own name, since no one
+    /// can see it half-written, which saves a metadata transaction (the link) per file.
+    pub(crate) private: bool,
 }
 
 /// Whether an error stops the import: the archive cannot be read on, or DEST cannot take

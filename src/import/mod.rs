@@ -94,7 +94,7 @@ impl Importer {
     /// entries left alone (reported as conflicts), every member restored.
     pub fn new() -> Importer {
         Importer {
-            options: ExtractOptions { share: true, overwrite: false },
+            options: ExtractOptions { share: true, overwrite: false, private: false },
             rootfs: None,
             progress: None,
             only: None,
@@ -161,6 +161,15 @@ impl Importer {
     /// not interrupted, so a cancel waits for the file being filled.
     pub fn cancel_on(mut self, cancel: Arc<AtomicBool>) -> Importer {
         self.cancel = Some(cancel);
+        self
+    }
+
+    /// Declares the destination private: no one else can reach it until the import has
+    /// succeeded, and it is discarded if the import fails (a staged restore). Files are then
+    /// written under their own names rather than unnamed and linked when complete; a file
+    /// that fails is still removed.
+    pub(crate) fn private_destination(mut self) -> Importer {
+        self.options.private = true;
         self
     }
 
@@ -491,6 +500,32 @@ mod tests {
         assert_eq!(std::fs::read(dest.join(name)).unwrap(), name.repeat(64 << 10).into_bytes());
     }
 
+    /// What `dest` holds: each file's name, mode, modification time and content.
+    fn files_in(dest: &Path) -> Vec<(String, u32, i64, Vec<u8>)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut files: Vec<_> = restored_names(dest)
+            .into_iter()
+            .map(|name| {
+                let path = dest.join(&name);
+                let meta = std::fs::metadata(&path).unwrap();
+                (name, meta.mode(), meta.mtime(), std::fs::read(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_private_destination_gets_the_files_any_destination_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = three_files(dir.path());
+        let (public, private) = (dir.path().join("public"), dir.path().join("private"));
+        Importer::new().import(&archive, &public).unwrap();
+        let stats = Importer::new().private_destination().import(&archive, &private).unwrap();
+        assert_eq!(stats.files, 3);
+        assert_eq!(files_in(&private), files_in(&public));
+    }
+
     /// A whole gzip stream of `three_files`'s archive cut off inside b's data: found out
     /// only as b is written, since a stream's length is not known ahead.
     fn cut_inside_b(dir: &Path) -> PathBuf {
@@ -513,5 +548,42 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::BadArchive, "{err}");
         assert!(err.to_string().contains("in the middle of the data of member \"./b\""), "{err}");
         assert_eq!(restored_names(&dest), ["a"]);
+    }
+
+    #[test]
+    fn a_private_destination_keeps_no_file_whose_data_a_stream_cuts_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = cut_inside_b(dir.path());
+        let dest = dir.path().join("dest");
+        let err = Importer::new().private_destination().import(&cut, &dest).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadArchive, "{err}");
+        assert_eq!(restored_names(&dest), ["a"], "the cut-off file is removed");
+    }
+
+    #[test]
+    fn a_private_destination_reports_a_name_given_twice_as_a_conflict_keeping_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut joined = Vec::new();
+        for (n, letter) in ["x", "y"].into_iter().enumerate() {
+            let src = dir.path().join(format!("src{n}"));
+            std::fs::create_dir(&src).unwrap();
+            std::fs::write(src.join("a"), letter.repeat(5000)).unwrap();
+            let archive = dir.path().join(format!("{n}.tar"));
+            crate::Exporter::new().export(&src, &archive).unwrap();
+            let mut bytes = std::fs::read(&archive).unwrap();
+            if n == 0 {
+                // Without its end of archive, so that the second archive's members follow.
+                while bytes.len() >= 512 && bytes[bytes.len() - 512..].iter().all(|&b| b == 0) {
+                    bytes.truncate(bytes.len() - 512);
+                }
+            }
+            joined.extend(bytes);
+        }
+        let archive = dir.path().join("twice.tar");
+        std::fs::write(&archive, joined).unwrap();
+        let dest = dir.path().join("dest");
+        let stats = Importer::new().private_destination().import(&archive, &dest).unwrap();
+        assert_eq!(stats.conflicts, [dest.join("a")]);
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), "x".repeat(5000).into_bytes());
     }
 }

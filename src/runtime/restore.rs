@@ -483,7 +483,9 @@ fn rollback(archive: &Path, info: &Container, share: bool) -> Result<ImportStats
     let importer = Importer::new()
         .share(share)
         .only(podman::RESTORED_MEMBERS.iter().copied().chain(["network.status"]))
-        .rootfs(Rootfs::Diff { upper: new_upper.path.clone(), lowers: Vec::new() });
+        .rootfs(Rootfs::Diff { upper: new_upper.path.clone(), lowers: Vec::new() })
+        // The scratch dirs are this process's own, swapped in only when complete.
+        .private_destination();
     let stats = importer.import(archive, &new_bundle.path)?;
     complete(&stats, &new_bundle.path)?;
     remove_stale_rootfs_diff(&info.bundle)?;

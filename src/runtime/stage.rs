@@ -133,7 +133,10 @@ impl Stage {
     /// Restores `archive` with `importer` (whose rootfs is set here) into the stage.
     pub(super) fn import(&self, importer: Importer, archive: &Path) -> Result<Staged<'_>> {
         let upper = self.diff.path.clone();
-        let importer = importer.rootfs(podman::Rootfs::Diff { upper, lowers: Vec::new() });
+        // Only this process can reach the stage, and it is removed unless the whole import
+        // succeeds: no file needs to be written unnamed first.
+        let importer =
+            importer.rootfs(podman::Rootfs::Diff { upper, lowers: Vec::new() }).private_destination();
         let (stats, layer_root) = importer.import_noting_layer_root(archive, &self.bundle.path)?;
         Ok(Staged { stage: self, stats, layer_root })
     }
