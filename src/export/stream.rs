@@ -46,13 +46,22 @@ pub(crate) struct Stream<'a> {
     progress: Option<&'a dyn Progress>,
     /// Hashes everything written while a listed member's data goes out.
     hasher: Option<Sha256>,
+    /// How much of what sendfile moved a descriptor sink may still hold (a pipe: its size).
+    held: u64,
 }
+
+/// What a descriptor sink that is not a pipe is taken to hold of what was sent to it.
+const HELD_BY_OTHER_SINKS: u64 = 1 << 20;
 
 const ZEROS: [u8; 4096] = [0; 4096];
 
 impl<'a> Stream<'a> {
     pub(crate) fn new(sink: Sink<'a>, name: &'a Path, progress: Option<&'a dyn Progress>) -> Stream<'a> {
-        Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new(), progress, hasher: None }
+        let held = match &sink {
+            Sink::Fd(fd) => rustix::pipe::fcntl_getpipe_size(*fd).map_or(HELD_BY_OTHER_SINKS, |n| n as u64),
+            _ => 0,
+        };
+        Stream { sink, name, pos: 0, bytes_copied: 0, buf: Vec::new(), progress, hasher: None, held }
     }
 
     /// Flushes a writer sink (a compressor is finished by its owner).
@@ -245,14 +254,18 @@ impl<'a> Stream<'a> {
         // without caching it (sendfile would cache it).
         let sent = match &self.sink {
             Sink::Fd(fd) if self.hasher.is_none() && !uncached::supported(source.dev) => {
-                let sent = send(*fd, file, from, to).map_err(fail)?;
-                uncached::forget_read(file.as_fd(), source.dev, from, sent - from);
-                sent
+                // The pages sendfile moves stay in the pipe until its reader takes them, and a
+                // page the pipe holds cannot be dropped: the range's last pipe-full goes
+                // through the buffer, which pushes the sent pages out before they are dropped.
+                let send_to = to.saturating_sub(self.held).max(from);
+                send(*fd, file, from, send_to).map_err(fail)?
             }
             _ => from,
         };
         self.pos += sent - from;
-        self.copy_through_buffer(file, source.dev, sent, to).map_err(fail)
+        self.copy_through_buffer(file, source.dev, sent, to).map_err(fail)?;
+        uncached::forget_read(file.as_fd(), source.dev, from, sent - from);
+        Ok(())
     }
 
     fn copy_through_buffer(&mut self, file: &File, dev: u64, from: u64, to: u64) -> io::Result<()> {
