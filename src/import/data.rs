@@ -5,7 +5,6 @@
 //! job that moves bytes, and the one that knows the destination filesystem's block rules.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,6 @@ use crate::error::{Context, Error, Result};
 use crate::import::extract::Filesystem;
 use crate::sys::mover::{End, MoveStats, Mover, Tail};
 use crate::sys::uncached;
-use crate::tar::compress::stream_error;
 use crate::tar::reader::{Entry, Reader};
 use crate::tar::round_up;
 
@@ -152,8 +150,7 @@ impl FileData {
         while offset < size {
             let want = (size - offset).min(self.buf.len() as u64) as usize;
             let buf = &mut self.buf[..want];
-            // An archive cut short or a stream that does not decode is the archive's fault.
-            reader.read_exact(buf).map_err(|e| stream_error(reader.archive_path(), e))?;
+            reader.read_data_exact(buf)?;
             for (from, to) in data_runs(buf, 4096) {
                 let at = start + offset + from as u64;
                 uncached::pwrite_all(tmp.as_fd(), self.dev, &buf[from..to], at).at_with("write", path)?;

@@ -12,7 +12,6 @@ pub(crate) mod stats;
 mod tree;
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +25,6 @@ use crate::import::layer::LayerMode;
 use crate::import::stats::ImportStats;
 use crate::progress::{Progress, ProgressHandle};
 use crate::tar::archive::{self, Opened};
-use crate::tar::compress::stream_error;
 use crate::tar::frames;
 use crate::tar::meta::Kind;
 use crate::tar::reader::{Entry, Reader};
@@ -358,8 +356,7 @@ impl Importer {
                             format!("deleted.files of {} bytes", entry.size),
                         ));
                     }
-                    let mut data = Vec::new();
-                    reader.take(entry.size).read_to_end(&mut data).map_err(|e| stream_error(archive, e))?;
+                    let data = reader.read_data_to_end(entry.size)?;
                     deleted.extend(podman::parse_deleted_files(&data, archive)?);
                 }
                 _ if self.selected(name) => bundle.extract(&entry, reader)?,

@@ -4,7 +4,6 @@
 //! stream, to their end: a later member of the same name replaces an earlier one, as it does
 //! in an extraction.
 
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -66,9 +65,7 @@ pub(crate) fn read_members(archive: &Path, names: &[&[u8]], max: u64) -> Result<
     let mut reader = Reader::open(&mut opened, archive);
     while let Some(entry) = reader.next_entry()? {
         if let Some(i) = wanted(names, &entry, max, archive)? {
-            let mut data = Vec::with_capacity(entry.size as usize);
-            (&mut reader).take(entry.size).read_to_end(&mut data).at("read", archive)?;
-            found[i] = Some(data);
+            found[i] = Some(reader.read_data_to_end(entry.size)?);
         }
     }
     Ok(found)

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::tar::BLOCK;
 use crate::tar::archive::Opened;
+use crate::tar::compress;
 use crate::tar::extensions::{self, Extended, PaxFields, Pending};
 use crate::tar::header::{BadField, Header, id_in_range};
 use crate::tar::input::{BlockError, Input};
@@ -115,6 +116,22 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn archive_path(&self) -> &Path {
         &self.archive
+    }
+
+    /// Fills `buf` from the current member's data. An archive that ends there or a stream
+    /// that does not decode is the archive's fault (`BadArchive`); only an OS error is `Io`.
+    pub(crate) fn read_data_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        let read = self.read_exact(buf);
+        read.map_err(|e| compress::stream_error(&self.archive, e))
+    }
+
+    /// The current member's data, all `size` bytes of it, in memory; errors as for
+    /// [`read_data_exact`](Self::read_data_exact).
+    pub(crate) fn read_data_to_end(&mut self, size: u64) -> Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
+        let read = self.by_ref().take(size).read_to_end(&mut data);
+        read.map_err(|e| compress::stream_error(&self.archive, e))?;
+        Ok(data)
     }
 
     fn malformed(&self, member: &[u8], offset: u64, reason: impl Into<String>) -> Error {
